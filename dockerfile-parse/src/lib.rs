@@ -1,0 +1,1 @@
+//! BuildKit-faithful Dockerfile front end (in progress: see the dockerfile-parse issue).

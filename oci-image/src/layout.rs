@@ -1,0 +1,574 @@
+//! The OCI image layout on disk (`oci-layout`, `index.json`, `blobs/`).
+//!
+//! Blobs are written through a temporary file in the blob directory, checked
+//! against their digest and size, and renamed into place atomically;
+//! `index.json` is replaced atomically too. A failed or interrupted write
+//! leaves the layout as it was.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tempfile::NamedTempFile;
+
+use crate::digest::into_verify_error;
+use crate::{
+    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, AnyManifest, Descriptor, Digest, DigestWriter, Document,
+    DocumentError, ImageIndex, IndexBuilder, Reference, Tag, VerifyError, VerifyingReader,
+};
+
+const LAYOUT_FILE: &str = "oci-layout";
+const INDEX_FILE: &str = "index.json";
+const BLOBS_DIR: &str = "blobs";
+const LAYOUT_VERSION: &str = "1.0.0";
+const TMP_PREFIX: &str = ".tmp-";
+/// The largest manifest, index or config that is read into memory.
+pub const MAX_DOCUMENT_SIZE: u64 = 4 * 1024 * 1024;
+
+/// Why a layout operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayoutError {
+    /// A file system operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: io::Error,
+    },
+    /// The directory has no valid `oci-layout` file.
+    #[error("{path} is not an OCI image layout: {reason}")]
+    NotALayout {
+        /// The directory.
+        path: PathBuf,
+        /// What is missing or wrong.
+        reason: String,
+    },
+    /// `index.json` (or a manifest in the layout) is not a valid document.
+    #[error("invalid document {what} in layout {path}")]
+    Document {
+        /// The layout.
+        path: PathBuf,
+        /// `index.json` or the blob's digest.
+        what: String,
+        /// Why.
+        #[source]
+        source: Box<DocumentError>,
+    },
+    /// A blob's content does not match its digest or size.
+    #[error("blob verification failed in layout {path}")]
+    Verify {
+        /// The layout.
+        path: PathBuf,
+        /// The mismatch.
+        #[source]
+        source: Box<VerifyError>,
+    },
+    /// A blob is missing.
+    #[error("blob {digest} not found in layout {path}")]
+    BlobNotFound {
+        /// The layout.
+        path: PathBuf,
+        /// The missing blob.
+        digest: Digest,
+    },
+    /// A document is larger than [`MAX_DOCUMENT_SIZE`].
+    #[error("document {digest} is {size} bytes, over the {MAX_DOCUMENT_SIZE}-byte limit")]
+    DocumentTooLarge {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// No entry of `index.json` has this tag.
+    #[error("tag {tag:?} not found in layout {path}")]
+    TagNotFound {
+        /// The layout.
+        path: PathBuf,
+        /// The tag asked for.
+        tag: String,
+    },
+    /// A reference without a tag was given where a tag is needed.
+    #[error("reference {reference} has no tag to name it by in the layout")]
+    MissingTag {
+        /// The reference.
+        reference: Box<Reference>,
+    },
+}
+
+/// Digest and size of a blob that was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// The blob's digest.
+    pub digest: Digest,
+    /// The blob's size.
+    pub size: u64,
+}
+
+/// An OCI image layout directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LayoutError + 'a {
+    move |source| LayoutError::Io { op, path: path.to_owned(), source }
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it and an atomic rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut tmp =
+        tempfile::Builder::new().prefix(TMP_PREFIX).tempfile_in(dir).map_err(io_err("create temp file in", dir))?;
+    tmp.write_all(bytes).map_err(io_err("write", tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io_err("sync", path))?;
+    tmp.persist(path).map_err(|e| LayoutError::Io { op: "rename into", path: path.to_owned(), source: e.error })?;
+    Ok(())
+}
+
+impl Layout {
+    /// Opens the layout at `root`, creating it (and the directory) when it
+    /// does not exist yet. An existing directory that is not empty and not a
+    /// layout is refused.
+    ///
+    /// # Errors
+    /// [`LayoutError`] on I/O failure or a directory that is something else.
+    pub fn create(root: impl AsRef<Path>) -> Result<Layout, LayoutError> {
+        let root = root.as_ref();
+        if root.join(LAYOUT_FILE).exists() {
+            return Layout::open(root);
+        }
+        fs::create_dir_all(root).map_err(io_err("create directory", root))?;
+        let non_empty = fs::read_dir(root).map_err(io_err("read directory", root))?.next().is_some();
+        if non_empty {
+            return Err(LayoutError::NotALayout {
+                path: root.to_owned(),
+                reason: "directory is not empty and has no oci-layout file".to_owned(),
+            });
+        }
+        let blobs = root.join(BLOBS_DIR).join("sha256");
+        fs::create_dir_all(&blobs).map_err(io_err("create directory", &blobs))?;
+        let layout = Layout { root: root.to_owned() };
+        layout.write_index(&IndexBuilder::new().build())?;
+        // oci-layout last: a directory without it is not (yet) a layout
+        write_atomic(&root.join(LAYOUT_FILE), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        Ok(layout)
+    }
+
+    /// Opens an existing layout, checking its `oci-layout` file.
+    ///
+    /// # Errors
+    /// [`LayoutError::NotALayout`] when the marker is missing or has another version.
+    pub fn open(root: impl AsRef<Path>) -> Result<Layout, LayoutError> {
+        let root = root.as_ref();
+        let marker = root.join(LAYOUT_FILE);
+        let not = |reason: String| LayoutError::NotALayout { path: root.to_owned(), reason };
+        let bytes = fs::read(&marker).map_err(|e| not(format!("cannot read {LAYOUT_FILE}: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| not(format!("{LAYOUT_FILE} is not JSON: {e}")))?;
+        match v.get("imageLayoutVersion").and_then(serde_json::Value::as_str) {
+            Some(LAYOUT_VERSION) => Ok(Layout { root: root.to_owned() }),
+            Some(other) => Err(not(format!("unsupported imageLayoutVersion {other:?}"))),
+            None => Err(not(format!("{LAYOUT_FILE} has no imageLayoutVersion"))),
+        }
+    }
+
+    /// The layout's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob for `digest` lives (`blobs/<alg>/<encoded>`).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join(BLOBS_DIR).join(digest.algorithm().as_str()).join(digest.encoded())
+    }
+
+    /// Whether the blob is present (not verified).
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// A writer for a new blob; the digest is known when it is finished.
+    ///
+    /// # Errors
+    /// [`LayoutError::Io`] when the temporary file cannot be made.
+    pub fn blob_writer(&self) -> Result<BlobWriter, LayoutError> {
+        Ok(BlobWriter {
+            layout: self.clone(),
+            inner: DigestWriter::new(BufWriter::with_capacity(256 * 1024, self.temp_file()?)),
+        })
+    }
+
+    /// Writes a blob from a reader. With `expected`, the content is checked
+    /// against that digest and size while it streams, and nothing is stored
+    /// on a mismatch.
+    ///
+    /// # Errors
+    /// [`LayoutError::Verify`] on a mismatch, [`LayoutError::Io`] on I/O failure.
+    pub fn write_blob<R: Read>(&self, reader: R, expected: Option<(&Digest, u64)>) -> Result<BlobInfo, LayoutError> {
+        let mut reader = reader;
+        let Some((digest, size)) = expected else {
+            let mut w = self.blob_writer()?;
+            io::copy(&mut reader, &mut w).map_err(io_err("write blob into", &self.root))?;
+            return w.finish();
+        };
+        if self.has_blob(digest) {
+            return Ok(BlobInfo { digest: digest.clone(), size });
+        }
+        let verify_err = |source| LayoutError::Verify { path: self.root.clone(), source: Box::new(source) };
+        // the verifying reader hashes; the temp file is written plainly
+        let mut r = VerifyingReader::new(reader, digest, size).map_err(verify_err)?;
+        let mut w = BufWriter::with_capacity(256 * 1024, self.temp_file()?);
+        io::copy(&mut r, &mut w).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => verify_err(into_verify_error(e, digest)),
+            _ => LayoutError::Io { op: "write blob into", path: self.root.clone(), source: e },
+        })?;
+        self.persist(w, digest)?;
+        Ok(BlobInfo { digest: digest.clone(), size })
+    }
+
+    fn temp_file(&self) -> Result<NamedTempFile, LayoutError> {
+        let dir = self.root.join(BLOBS_DIR);
+        tempfile::Builder::new().prefix(TMP_PREFIX).tempfile_in(&dir).map_err(io_err("create temp file in", &dir))
+    }
+
+    /// Flushes, syncs and renames a finished temporary blob into place.
+    fn persist(&self, w: BufWriter<NamedTempFile>, digest: &Digest) -> Result<(), LayoutError> {
+        let tmp = w.into_inner().map_err(|e| LayoutError::Io {
+            op: "flush blob in",
+            path: self.root.clone(),
+            source: e.into_error(),
+        })?;
+        let path = self.blob_path(digest);
+        if path.is_file() {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        }
+        tmp.as_file().sync_all().map_err(io_err("sync", &path))?;
+        tmp.persist(&path).map_err(|e| LayoutError::Io { op: "rename into", path: path.clone(), source: e.error })?;
+        Ok(())
+    }
+
+    /// Writes a blob from memory (sha256).
+    ///
+    /// # Errors
+    /// [`LayoutError::Io`] on I/O failure.
+    pub fn write_blob_bytes(&self, bytes: &[u8]) -> Result<BlobInfo, LayoutError> {
+        let digest = Digest::sha256(bytes);
+        let size = bytes.len() as u64;
+        if !self.has_blob(&digest) {
+            write_atomic(&self.blob_path(&digest), bytes)?;
+        }
+        Ok(BlobInfo { digest, size })
+    }
+
+    /// Opens a blob without checking it.
+    ///
+    /// # Errors
+    /// [`LayoutError::BlobNotFound`] when absent.
+    pub fn open_blob(&self, digest: &Digest) -> Result<File, LayoutError> {
+        let path = self.blob_path(digest);
+        File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => LayoutError::BlobNotFound { path: self.root.clone(), digest: digest.clone() },
+            _ => LayoutError::Io { op: "open", path, source: e },
+        })
+    }
+
+    /// Opens a blob for streaming, checking digest and size as it is read
+    /// (the reader fails at the end on a mismatch).
+    ///
+    /// # Errors
+    /// [`LayoutError::BlobNotFound`], or unverifiable digest.
+    pub fn open_blob_verified(&self, desc: &Descriptor) -> Result<VerifyingReader<File>, LayoutError> {
+        let f = self.open_blob(&desc.digest)?;
+        VerifyingReader::new(f, &desc.digest, desc.size)
+            .map_err(|source| LayoutError::Verify { path: self.root.clone(), source: Box::new(source) })
+    }
+
+    /// Reads a small blob (a document) into memory, verified. Refuses blobs
+    /// over [`MAX_DOCUMENT_SIZE`].
+    ///
+    /// # Errors
+    /// [`LayoutError::Verify`] on corruption, [`LayoutError::DocumentTooLarge`].
+    pub fn read_blob(&self, desc: &Descriptor) -> Result<Bytes, LayoutError> {
+        if desc.size > MAX_DOCUMENT_SIZE {
+            return Err(LayoutError::DocumentTooLarge { digest: desc.digest.clone(), size: desc.size });
+        }
+        let mut r = self.open_blob_verified(desc)?;
+        let mut buf = Vec::with_capacity(usize::try_from(desc.size).unwrap_or(0));
+        r.read_to_end(&mut buf).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => {
+                LayoutError::Verify { path: self.root.clone(), source: Box::new(into_verify_error(e, &desc.digest)) }
+            }
+            _ => LayoutError::Io { op: "read", path: self.blob_path(&desc.digest), source: e },
+        })?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Reads and parses the manifest or index a descriptor points at.
+    ///
+    /// # Errors
+    /// [`LayoutError`] on a missing, corrupted or invalid blob.
+    pub fn read_manifest(&self, desc: &Descriptor) -> Result<AnyManifest, LayoutError> {
+        let bytes = self.read_blob(desc)?;
+        AnyManifest::from_bytes(bytes, Some(&desc.media_type)).map_err(|source| LayoutError::Document {
+            path: self.root.clone(),
+            what: desc.digest.to_string(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Reads `index.json`.
+    ///
+    /// # Errors
+    /// [`LayoutError`] when it is missing or invalid.
+    pub fn index(&self) -> Result<ImageIndex, LayoutError> {
+        let path = self.root.join(INDEX_FILE);
+        let bytes = fs::read(&path).map_err(io_err("read", &path))?;
+        ImageIndex::from_json(&bytes).map_err(|source| LayoutError::Document {
+            path: self.root.clone(),
+            what: INDEX_FILE.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    fn write_index(&self, index: &ImageIndex) -> Result<(), LayoutError> {
+        write_atomic(&self.root.join(INDEX_FILE), &index.to_canonical_json())
+    }
+
+    /// Checks that the descriptor's blob and, for manifests and indexes,
+    /// everything they reference are present and intact, so an index entry
+    /// never points at an incomplete image.
+    fn check_complete(&self, desc: &Descriptor) -> Result<(), LayoutError> {
+        let mut seen = BTreeSet::new();
+        self.walk(desc, &mut seen, &mut |layout, d| {
+            if !layout.has_blob(&d.digest) {
+                return Err(LayoutError::BlobNotFound { path: layout.root.clone(), digest: d.digest.clone() });
+            }
+            Ok(())
+        })
+    }
+
+    /// Visits `desc` and, depth first, everything it references.
+    fn walk(
+        &self,
+        desc: &Descriptor,
+        seen: &mut BTreeSet<Digest>,
+        visit: &mut dyn FnMut(&Layout, &Descriptor) -> Result<(), LayoutError>,
+    ) -> Result<(), LayoutError> {
+        if !seen.insert(desc.digest.clone()) {
+            return Ok(());
+        }
+        visit(self, desc)?;
+        let m = &desc.media_type;
+        if !(m.is_manifest() || m.is_index()) {
+            return Ok(());
+        }
+        match self.read_manifest(desc)? {
+            AnyManifest::Image(raw) => {
+                let v = raw.value();
+                for d in std::iter::once(&v.config).chain(&v.layers) {
+                    // layers with urls (foreign layers) may live elsewhere
+                    if d.urls.is_some() && !self.has_blob(&d.digest) {
+                        continue;
+                    }
+                    self.walk(d, seen, visit)?;
+                }
+            }
+            AnyManifest::Index(raw) => {
+                for d in &raw.value().manifests {
+                    self.walk(d, seen, visit)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Names `desc` in `index.json` by `reference`'s tag (the
+    /// `org.opencontainers.image.ref.name` annotation, as skopeo and umoci
+    /// do, so `oci:DIR:TAG` finds it) with the full name in
+    /// `io.containerd.image.name`. An entry with the same tag is replaced.
+    /// The image must be complete in the layout.
+    ///
+    /// # Errors
+    /// [`LayoutError::MissingTag`], [`LayoutError::BlobNotFound`] for an incomplete image.
+    pub fn set_tag(&self, reference: &Reference, desc: Descriptor) -> Result<(), LayoutError> {
+        let tag = reference.tag().ok_or_else(|| LayoutError::MissingTag { reference: Box::new(reference.clone()) })?;
+        self.set_ref_name(tag, Some(reference), desc)
+    }
+
+    /// Names `desc` by `tag` alone (optionally with a full name).
+    ///
+    /// # Errors
+    /// [`LayoutError::BlobNotFound`] for an incomplete image, I/O failures.
+    pub fn set_ref_name(&self, tag: &Tag, full_name: Option<&Reference>, desc: Descriptor) -> Result<(), LayoutError> {
+        self.check_complete(&desc)?;
+        let mut index = self.index()?;
+        index.manifests.retain(|d| d.annotation(ANNOTATION_REF_NAME) != Some(tag.as_str()));
+        let mut d = desc.with_annotation(ANNOTATION_REF_NAME, tag.as_str());
+        if let Some(name) = full_name {
+            d = d.with_annotation(ANNOTATION_CONTAINERD_NAME, name.to_string());
+        }
+        index.manifests.push(d);
+        self.write_index(&index)
+    }
+
+    /// Adds an untagged entry to `index.json` (unless the digest is already there).
+    ///
+    /// # Errors
+    /// [`LayoutError::BlobNotFound`] for an incomplete image, I/O failures.
+    pub fn add_manifest(&self, desc: Descriptor) -> Result<(), LayoutError> {
+        self.check_complete(&desc)?;
+        let mut index = self.index()?;
+        if !index.manifests.iter().any(|d| d.digest == desc.digest) {
+            index.manifests.push(desc);
+            self.write_index(&index)?;
+        }
+        Ok(())
+    }
+
+    /// The descriptor tagged `tag`.
+    ///
+    /// # Errors
+    /// [`LayoutError::TagNotFound`].
+    pub fn resolve(&self, tag: &str) -> Result<Descriptor, LayoutError> {
+        self.index()?
+            .manifests
+            .into_iter()
+            .find(|d| d.annotation(ANNOTATION_REF_NAME) == Some(tag))
+            .ok_or_else(|| LayoutError::TagNotFound { path: self.root.clone(), tag: tag.to_owned() })
+    }
+
+    /// The tags in `index.json`, in index order.
+    ///
+    /// # Errors
+    /// [`LayoutError`] when `index.json` cannot be read.
+    pub fn tags(&self) -> Result<Vec<String>, LayoutError> {
+        Ok(self
+            .index()?
+            .manifests
+            .iter()
+            .filter_map(|d| d.annotation(ANNOTATION_REF_NAME).map(str::to_owned))
+            .collect())
+    }
+
+    /// Removes the entry tagged `tag`; returns whether there was one. Blobs
+    /// stay until [`Layout::gc`].
+    ///
+    /// # Errors
+    /// [`LayoutError`] on I/O failure.
+    pub fn remove_tag(&self, tag: &str) -> Result<bool, LayoutError> {
+        let mut index = self.index()?;
+        let before = index.manifests.len();
+        index.manifests.retain(|d| d.annotation(ANNOTATION_REF_NAME) != Some(tag));
+        let removed = index.manifests.len() != before;
+        if removed {
+            self.write_index(&index)?;
+        }
+        Ok(removed)
+    }
+
+    /// Every blob reachable from `index.json`.
+    ///
+    /// # Errors
+    /// [`LayoutError`] when a referenced document is missing or invalid.
+    pub fn reachable(&self) -> Result<BTreeSet<Digest>, LayoutError> {
+        let mut seen = BTreeSet::new();
+        for d in &self.index()?.manifests {
+            self.walk(d, &mut seen, &mut |_, _| Ok(()))?;
+        }
+        Ok(seen)
+    }
+
+    /// Reads every reachable blob and checks its digest and size.
+    ///
+    /// # Errors
+    /// The first [`LayoutError::Verify`] or missing blob found.
+    pub fn verify(&self) -> Result<(), LayoutError> {
+        let mut seen = BTreeSet::new();
+        for d in &self.index()?.manifests {
+            self.walk(d, &mut seen, &mut |layout, d| {
+                let r = layout.open_blob(&d.digest)?;
+                crate::verify(r, &d.digest, d.size)
+                    .map_err(|source| LayoutError::Verify { path: layout.root.clone(), source: Box::new(source) })
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Deletes blobs not reachable from `index.json` and stale temporary
+    /// files; returns the digests removed.
+    ///
+    /// # Errors
+    /// [`LayoutError`] when the graph cannot be read (then nothing is deleted).
+    pub fn gc(&self) -> Result<Vec<Digest>, LayoutError> {
+        let keep = self.reachable()?;
+        let mut removed = Vec::new();
+        let blobs = self.root.join(BLOBS_DIR);
+        for alg_entry in fs::read_dir(&blobs).map_err(io_err("read directory", &blobs))? {
+            let alg_entry = alg_entry.map_err(io_err("read directory", &blobs))?;
+            let alg_path = alg_entry.path();
+            let name = alg_entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TMP_PREFIX) {
+                fs::remove_file(&alg_path).map_err(io_err("remove", &alg_path))?;
+                continue;
+            }
+            if !alg_path.is_dir() {
+                continue;
+            }
+            for blob in fs::read_dir(&alg_path).map_err(io_err("read directory", &alg_path))? {
+                let blob = blob.map_err(io_err("read directory", &alg_path))?;
+                let file = blob.file_name().to_string_lossy().into_owned();
+                let path = blob.path();
+                let digest = format!("{name}:{file}").parse::<Digest>().ok();
+                if file.starts_with(TMP_PREFIX) || digest.as_ref().is_some_and(|d| !keep.contains(d)) {
+                    fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                    removed.extend(digest);
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Writes one blob into a layout; see [`Layout::blob_writer`]. Dropping it
+/// without [`BlobWriter::finish`] discards the temporary file.
+pub struct BlobWriter {
+    layout: Layout,
+    inner: DigestWriter<BufWriter<NamedTempFile>>,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    /// Stores the blob under its digest.
+    ///
+    /// # Errors
+    /// [`LayoutError::Io`] when flushing or renaming fails.
+    pub fn finish(self) -> Result<BlobInfo, LayoutError> {
+        let (buf, digest, size) = self.inner.finish();
+        self.layout.persist(buf, &digest)?;
+        Ok(BlobInfo { digest, size })
+    }
+}

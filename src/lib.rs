@@ -1,0 +1,156 @@
+//! kiln: build and ship OCI / Docker container images without a daemon.
+//!
+//! The porcelain over kiln's crates: [`oci_image`] (the vocabulary),
+//! [`layer_diff`] (trees to layers). This release packs a directory into a
+//! one-layer image in an OCI layout; Dockerfile builds, push, copy and
+//! promotion arrive with their issues.
+//!
+//! ```
+//! let context = tempfile::tempdir()?;
+//! std::fs::write(context.path().join("hello.txt"), "hello\n")?;
+//! let out = tempfile::tempdir()?;
+//! let image = kiln::image_from_dir(context.path(), &out.path().join("layout"), &"kiln/hello:latest".parse()?, &kiln::DirImageOptions::default())?;
+//! assert_eq!(image.layers.len(), 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::path::{Path, PathBuf};
+
+pub use layer_diff;
+pub use oci_image;
+
+use oci_image::{
+    ConfigBuilder, ContainerConfig, Descriptor, Digest, History, Layout, LayoutError, ManifestBuilder, Platform, Raw,
+    Reference,
+};
+
+/// Why an image could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageError {
+    /// Packing the directory failed.
+    #[error("packing {dir}")]
+    Pack {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: layer_diff::LayerError,
+    },
+    /// Writing the OCI layout failed.
+    #[error("writing OCI layout {dir}")]
+    Layout {
+        /// The layout directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<LayoutError>,
+    },
+}
+
+/// Options for [`image_from_dir`].
+#[derive(Debug, Clone)]
+pub struct DirImageOptions {
+    /// The image's platform (default: the host's).
+    pub platform: Platform,
+    /// Layer options: epoch clamping, owner normalisation, gzip level.
+    pub pack: layer_diff::PackOptions,
+    /// Execution parameters for the config (`Cmd`, `Env`, ...).
+    pub config: ContainerConfig,
+}
+
+impl Default for DirImageOptions {
+    fn default() -> Self {
+        DirImageOptions {
+            platform: Platform::host(),
+            pack: layer_diff::PackOptions::default(),
+            config: ContainerConfig::default(),
+        }
+    }
+}
+
+/// The image written by [`image_from_dir`].
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    /// The manifest's descriptor (its digest is the image digest).
+    pub manifest: Descriptor,
+    /// The config's descriptor.
+    pub config: Descriptor,
+    /// The layers' descriptors.
+    pub layers: Vec<Descriptor>,
+    /// The layers' diff ids.
+    pub diff_ids: Vec<Digest>,
+}
+
+/// Packs the files under `dir` as one layer, with a config and an OCI
+/// manifest, into the OCI layout at `layout_dir` (created when missing),
+/// tagged with `name`'s tag. The layer streams straight into the layout; the
+/// result is reproducible (sorted entries, clamped times, root ownership).
+///
+/// # Errors
+/// [`ImageError`] naming the directory or layout that failed; the layout's
+/// index is only updated once every blob is in place.
+pub fn image_from_dir(
+    dir: &Path,
+    layout_dir: &Path,
+    name: &Reference,
+    opts: &DirImageOptions,
+) -> Result<BuiltImage, ImageError> {
+    let layout_err = |source| ImageError::Layout { dir: layout_dir.to_owned(), source: Box::new(source) };
+    let layout = Layout::create(layout_dir).map_err(layout_err)?;
+    let blob = layout.blob_writer().map_err(layout_err)?;
+    let (blob, info) = layer_diff::pack_dir(dir, blob, &opts.pack)
+        .map_err(|source| ImageError::Pack { dir: dir.to_owned(), source })?;
+    blob.finish().map_err(layout_err)?;
+    let created = opts.pack.epoch.map(rfc3339_utc);
+    let mut history = History { created_by: Some(format!("kiln: files of {}", dir.display())), ..History::default() };
+    history.created.clone_from(&created);
+    let mut config =
+        ConfigBuilder::new(&opts.platform).config(opts.config.clone()).layer(info.diff_id.clone(), history);
+    if let Some(c) = created {
+        config = config.created(c);
+    }
+    let config = Raw::new(config.build());
+    layout.write_blob_bytes(config.bytes()).map_err(layout_err)?;
+    let layer = info.descriptor();
+    let manifest = Raw::new(ManifestBuilder::new(config.descriptor()).layer(layer.clone()).build());
+    layout.write_blob_bytes(manifest.bytes()).map_err(layout_err)?;
+    layout.set_tag(name, manifest.descriptor()).map_err(layout_err)?;
+    Ok(BuiltImage {
+        manifest: manifest.descriptor(),
+        config: config.descriptor(),
+        layers: vec![layer],
+        diff_ids: vec![info.diff_id],
+    })
+}
+
+/// Seconds since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
+#[allow(clippy::many_single_char_names)] // the civil-calendar formula's own names
+pub fn rfc3339_utc(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // civil-from-days (Howard Hinnant's algorithm), days since 1970-01-01
+    let z = i64::try_from(days).unwrap_or(i64::MAX / 2) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

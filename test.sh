@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# kiln's test command: installs the Debian packages the tests use (when
+# missing), then runs fmt, clippy, the whole test suite (doc tests included)
+# and builds the examples. `.ci/run` calls this; CI sets CI=true, which turns
+# every "tool missing, skipping" into a failure.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+log() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
+
+# Debian packages the tests drive as real peers.
+packages=(docker-registry skopeo umoci runc busybox-static apache2-utils buildah git jq)
+# binaries that prove each package is installed (same order)
+binaries=(docker-registry skopeo umoci runc busybox htpasswd buildah git jq)
+
+missing=()
+for i in "${!packages[@]}"; do
+  command -v "${binaries[$i]}" >/dev/null 2>&1 || missing+=("${packages[$i]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rust components the checks need (present on a rustup toolchain; quiet when so)
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  log "adding rustfmt and clippy"
+  rustup component add rustfmt clippy
+fi
+
+export KILN_SHARED_DIR="${KILN_SHARED_DIR:-$(cd .. && pwd)/shared}"
+
+log "cargo fmt --check"
+cargo fmt --all --check
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "cargo test"
+cargo test --workspace --locked
+
+log "cargo build --examples"
+cargo build --workspace --examples --locked
+
+log "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+log "done"
