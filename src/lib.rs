@@ -1,9 +1,11 @@
 //! kiln: build and ship OCI / Docker container images without a daemon.
 //!
 //! The porcelain over kiln's crates: [`oci_image`] (the vocabulary),
-//! [`layer_diff`] (trees to layers). This release packs a directory into a
-//! one-layer image in an OCI layout; Dockerfile builds, push, copy and
-//! promotion arrive with their issues.
+//! [`layer_diff`] (trees to layers), [`registry_client`] (the distribution
+//! client). This release packs a directory into a one-layer image in an OCI
+//! layout and copies images between registries, OCI layouts and
+//! docker-archive files ([`copy`]); Dockerfile builds and promotion arrive
+//! with their issues.
 //!
 //! ```
 //! let context = tempfile::tempdir()?;
@@ -16,8 +18,12 @@
 
 use std::path::{Path, PathBuf};
 
+mod copy;
+
+pub use copy::{CopyError, CopyReport, ImageLocation, LocationError, copy, repo_of};
 pub use layer_diff;
 pub use oci_image;
+pub use registry_client;
 
 use oci_image::{
     ConfigBuilder, ContainerConfig, Descriptor, Digest, History, Layout, LayoutError, ManifestBuilder, Platform, Raw,
@@ -103,7 +109,8 @@ pub fn image_from_dir(
         .map_err(|source| ImageError::Pack { dir: dir.to_owned(), source })?;
     blob.finish().map_err(layout_err)?;
     let created = opts.pack.epoch.map(rfc3339_utc);
-    let mut history = History { created_by: Some(format!("kiln: files of {}", dir.display())), ..History::default() };
+    // no path in the history: the same files anywhere give the same image
+    let mut history = History { created_by: Some("kiln: COPY . /".to_owned()), ..History::default() };
     history.created.clone_from(&created);
     let mut config =
         ConfigBuilder::new(&opts.platform).config(opts.config.clone()).layer(info.diff_id.clone(), history);

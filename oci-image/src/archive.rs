@@ -272,6 +272,37 @@ impl<W: Write> ArchiveWriter<W> {
     }
 }
 
+/// An archive being written to a temporary file beside its final path.
+pub type PendingArchive = ArchiveWriter<BufWriter<tempfile::NamedTempFile>>;
+
+impl PendingArchive {
+    /// Starts an archive that appears at `path` only when
+    /// [`PendingArchive::commit`] succeeds; on error or drop nothing is left.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Io`] when the temporary file cannot be made.
+    pub fn create(path: &Path) -> Result<Self, ArchiveError> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-kiln-archive-")
+            .tempfile_in(dir)
+            .map_err(|source| ArchiveError::Io { op: "create temp file in", path: dir.to_owned(), source })?;
+        Ok(ArchiveWriter::new(BufWriter::new(tmp)))
+    }
+
+    /// Finishes the archive and renames it to `path` atomically.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Io`] on write or rename failure (the temporary file is removed).
+    pub fn commit(self, path: &Path) -> Result<(), ArchiveError> {
+        let io = |op| move |source| ArchiveError::Io { op, path: path.to_owned(), source };
+        let tmp = self.finish()?.into_inner().map_err(|e| io("flush")(e.into_error()))?;
+        tmp.as_file().sync_all().map_err(io("sync"))?;
+        tmp.persist(path).map_err(|e| io("rename into")(e.error))?;
+        Ok(())
+    }
+}
+
 /// One image listed in a docker-archive's `manifest.json`.
 #[derive(Debug, Clone)]
 pub struct ArchiveImage {

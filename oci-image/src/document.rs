@@ -743,7 +743,6 @@ struct Probe {
 /// A manifest of either kind, read from bytes whose type is decided by the
 /// `Content-Type` (when known), the `mediaType` field, or the shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 #[allow(clippy::large_enum_variant)] // held one at a time; boxing would only add an allocation
 pub enum AnyManifest {
     /// An image (or artifact) manifest.

@@ -32,7 +32,7 @@ mod platform;
 mod reference;
 mod release;
 
-pub use archive::{ArchiveError, ArchiveImage, ArchiveReader, ArchiveWriter};
+pub use archive::{ArchiveError, ArchiveImage, ArchiveReader, ArchiveWriter, PendingArchive};
 pub use descriptor::{ANNOTATION_CONTAINERD_NAME, ANNOTATION_CREATED, ANNOTATION_REF_NAME, Descriptor, EMPTY_JSON};
 pub use digest::{
     Algorithm, Digest, DigestError, DigestReader, DigestWriter, Hasher, VerifyError, VerifyingReader,
@@ -43,7 +43,7 @@ pub use document::{
     ImageIndex, ImageManifest, IndexBuilder, ManifestBuilder, Raw, RawConfig, RawIndex, RawManifest, RootFs,
     to_canonical_json,
 };
-pub use layout::{BlobInfo, BlobWriter, Layout, LayoutError};
+pub use layout::{BlobInfo, BlobWriter, Layout, LayoutError, MAX_DOCUMENT_SIZE};
 pub use media_type::{Compression, MediaType, MediaTypeError};
 pub use platform::{Platform, PlatformError};
 pub use reference::{DOCKER_HUB, NAME_MAX, Reference, ReferenceError, Tag};

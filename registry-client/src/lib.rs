@@ -1,7 +1,34 @@
-//! Async OCI distribution client for kiln.
+//! kiln's asynchronous OCI distribution client: auth (anonymous, basic,
+//! bearer tokens, docker and podman credential files), manifests, blobs,
+//! uploads (monolithic and chunked, cross-repository mounts), tags,
+//! catalog and referrers, and whole-image push and pull against OCI
+//! layouts, with retries and bounded memory.
 //!
-//! This crate is the home of kiln's registry client (auth, blobs, uploads,
-//! manifests, tags, referrers). It currently re-exports the vocabulary it will
-//! speak, [`oci_image`]; the client itself lands with its own issue.
+//! ```no_run
+//! use registry_client::{Client, DockerConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::builder().credentials(DockerConfig::from_env()?).build()?;
+//! let manifest = client.get_manifest(&"localhost:5000/team/app:v1".parse()?).await?;
+//! println!("{}", manifest.digest());
+//! # Ok(())
+//! # }
+//! ```
+
+mod auth;
+mod client;
+mod config;
+mod error;
+mod ops;
+mod progress;
+mod transfer;
+
+pub use auth::{Anonymous, Credential, CredentialProvider, StaticCredentials};
+pub use client::{Client, ClientBuilder, Repo, RetryPolicy};
+pub use config::{AuthFileError, DockerConfig};
+pub use error::{Error, ErrorCode, ErrorKind, Result};
+pub use ops::{BlobPush, BlobSink, BlobSource, BytesSource, LayoutBlob, MAX_MANIFEST_SIZE, TagsPage, fallback_tag};
+pub use progress::Progress;
+pub use transfer::{PushReport, RegistryBlob};
 
 pub use oci_image;

@@ -10,6 +10,16 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod fault;
+mod pki;
+mod scripted;
+mod token;
+
+pub use fault::{Fault, FaultCounts, FaultPlan, FaultProxy};
+pub use pki::{CertPair, Pki};
+pub use scripted::{Logged, Quirks, ScriptedRegistry};
+pub use token::{ISSUER, SERVICE, TokenServer};
+
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -75,6 +85,8 @@ pub struct Registry {
     port: u16,
     dir: tempfile::TempDir,
     credentials: Option<(String, String)>,
+    ca_pem: Option<String>,
+    token: Option<TokenServer>,
 }
 
 /// Options for [`Registry::start_with`].
@@ -82,6 +94,24 @@ pub struct Registry {
 pub struct RegistryOptions {
     /// Require htpasswd basic auth with this user and password.
     pub basic_auth: Option<(String, String)>,
+    /// Require bearer tokens from a [`TokenServer`] that accepts this user
+    /// and password (and optionally an OAuth2 refresh token).
+    pub token_auth: Option<TokenAuth>,
+    /// Serve HTTPS with a certificate from a CA made for this run.
+    pub tls: bool,
+}
+
+/// Token-auth settings.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    /// The user.
+    pub user: String,
+    /// The password.
+    pub password: String,
+    /// A refresh token the server also accepts (`identitytoken`).
+    pub refresh_token: Option<String>,
+    /// Token lifetime in seconds.
+    pub ttl_secs: u64,
 }
 
 fn free_port() -> io::Result<u16> {
@@ -114,6 +144,35 @@ impl Registry {
             run(Command::new(htpasswd).arg("-Bbc").arg(&file).arg(user).arg(pass))?;
             auth = format!("auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n", file.display());
         }
+        let token = match &opts.token_auth {
+            Some(t) => {
+                let server = TokenServer::start(&t.user, &t.password, t.refresh_token.as_deref(), t.ttl_secs)?;
+                let bundle = dir.path().join("token-root.pem");
+                std::fs::write(&bundle, server.root_pem())?;
+                auth = format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                    server.realm(),
+                    bundle.display()
+                );
+                Some(server)
+            }
+            None => None,
+        };
+        let mut tls = String::new();
+        let mut ca_pem = None;
+        if opts.tls {
+            let pki = Pki::new()?;
+            let pair = pki.loopback_server()?;
+            std::fs::write(dir.path().join("server.pem"), &pair.cert_pem)?;
+            std::fs::write(dir.path().join("server.key"), &pair.key_pem)?;
+            tls = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("server.pem").display(),
+                dir.path().join("server.key").display()
+            );
+            ca_pem = Some(pki.ca_pem());
+        }
+        let mut token = token;
         // retry a few times in case another process takes the port first
         let mut last_err = None;
         for _ in 0..5 {
@@ -122,7 +181,7 @@ impl Registry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
                     storage.display()
                 ),
             )?;
@@ -134,7 +193,14 @@ impl Registry {
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .spawn()?;
-            let mut reg = Registry { child, port, dir, credentials: opts.basic_auth.clone() };
+            let mut reg = Registry {
+                child,
+                port,
+                dir,
+                credentials: opts.basic_auth.clone(),
+                ca_pem: ca_pem.clone(),
+                token: token.take(),
+            };
             match reg.wait_ready(Duration::from_secs(20)) {
                 Ok(()) => return Ok(reg),
                 Err(e) => {
@@ -142,6 +208,7 @@ impl Registry {
                     let _ = reg.child.kill();
                     let _ = reg.child.wait();
                     dir = reg.take_dir()?;
+                    token = reg.token.take();
                 }
             }
         }
@@ -170,11 +237,16 @@ impl Registry {
         }
     }
 
-    /// Sends a bare HTTP/1.1 GET and returns the status code.
+    /// Sends a bare HTTP/1.1 GET and returns the status code (over TLS
+    /// registries, whether the port accepts connections: 200).
     ///
     /// # Errors
     /// When the connection fails or the answer is not HTTP.
     pub fn get_status(&self, path: &str) -> io::Result<u16> {
+        if self.ca_pem.is_some() {
+            TcpStream::connect(("127.0.0.1", self.port))?;
+            return Ok(200);
+        }
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         write!(s, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.host())?;
@@ -194,6 +266,16 @@ impl Registry {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The CA certificate (PEM) when the registry serves TLS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// The token server, when the registry uses token auth.
+    pub fn token_server(&self) -> Option<&TokenServer> {
+        self.token.as_ref()
     }
 
     /// The PID of the registry process.
@@ -238,8 +320,11 @@ mod tests {
         if tool("docker-registry").is_none() || tool("htpasswd").is_none() {
             return;
         }
-        let reg =
-            Registry::start_with(&RegistryOptions { basic_auth: Some(("kiln".into(), "s3cret".into())) }).unwrap();
+        let reg = Registry::start_with(&RegistryOptions {
+            basic_auth: Some(("kiln".into(), "s3cret".into())),
+            ..RegistryOptions::default()
+        })
+        .unwrap();
         assert_eq!(reg.get_status("/v2/").unwrap(), 401);
         assert_eq!(reg.credentials(), Some(("kiln", "s3cret")));
     }

@@ -219,3 +219,30 @@ fn broken_docker_archives_are_refused_without_touching_the_layout() {
     fs::write(&junk, b"definitely not a tar file").unwrap();
     assert!(ArchiveReader::open(&junk).is_err());
 }
+
+#[test]
+fn a_failed_archive_write_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::create(dir.path().join("layout")).unwrap();
+    let (desc, layer) = small_image(&layout, "example.com/app:v1");
+    let oci_image::AnyManifest::Image(manifest) = layout.read_manifest(&desc).unwrap() else { panic!() };
+    let config =
+        Raw::<oci_image::ImageConfiguration>::from_bytes(layout.read_blob(&manifest.value().config).unwrap()).unwrap();
+    // corrupt the layer: the writer must notice while streaming it
+    let path = layout.blob_path(&layer);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[10] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    let out = dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let target = out.join("image.tar");
+    let mut w = oci_image::PendingArchive::create(&target).unwrap();
+    let e = w
+        .add_image(manifest.value(), &config, &["example.com/app:v1".parse().unwrap()], |d| {
+            layout.open_blob(&d.digest).map_err(std::io::Error::other)
+        })
+        .unwrap_err();
+    assert!(matches!(e, ArchiveError::Verify(_)), "{e}");
+    drop(w);
+    assert!(files_under(&out).is_empty(), "no partial archive: {:?}", files_under(&out));
+}

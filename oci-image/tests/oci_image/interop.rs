@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use oci_image::{AnyManifest, ArchiveReader, ArchiveWriter, Document, ImageConfiguration, Layout, Raw, Reference};
+use oci_image::{AnyManifest, ArchiveReader, Document, ImageConfiguration, Layout, PendingArchive, Raw, Reference};
 use serde_json::Value;
 use testkit::{Registry, RegistryOptions, run, tool};
 
@@ -122,11 +122,11 @@ fn docker_archives_round_trip_through_skopeo() {
 
     // ours -> skopeo
     let archive = dir.path().join("ours.tar");
-    let mut w = ArchiveWriter::new(fs::File::create(&archive).unwrap());
+    let mut w = PendingArchive::create(&archive).unwrap();
     let name: Reference = "example.com/app:v1".parse().unwrap();
     w.add_image(manifest.value(), &config, std::slice::from_ref(&name), |d| Ok(layout.open_blob(&d.digest).unwrap()))
         .unwrap();
-    w.finish().unwrap();
+    w.commit(&archive).unwrap();
     let raw =
         run(Command::new(&skopeo).args(["inspect", "--raw"]).arg(format!("docker-archive:{}", archive.display())))
             .unwrap();
@@ -194,7 +194,11 @@ fn skopeo_pushes_our_layout_to_a_real_registry_unchanged() {
     if !have(&["htpasswd"]) {
         return;
     }
-    let secured = Registry::start_with(&RegistryOptions { basic_auth: Some(("kiln".into(), "pw-1".into())) }).unwrap();
+    let secured = Registry::start_with(&RegistryOptions {
+        basic_auth: Some(("kiln".into(), "pw-1".into())),
+        ..RegistryOptions::default()
+    })
+    .unwrap();
     assert_eq!(secured.get_status("/v2/").unwrap(), 401);
     let pushed = push_and_inspect(&secured, dir.path(), Some("kiln:pw-1"));
     assert_eq!(pushed["Digest"], manifest.digest.to_string());

@@ -2,6 +2,9 @@
 //! the image-spec validation cases, property tests, interop with umoci and
 //! skopeo, and bad input.
 
+// Test code: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 mod bad_input;
 mod cases;
 mod conformance;

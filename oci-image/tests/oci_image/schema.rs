@@ -13,7 +13,11 @@ impl Retrieve for LocalSchemas {
         let s = uri.as_str();
         let s = s.split('#').next().unwrap_or(s);
         let name = s.rsplit('/').next().unwrap_or(s);
-        let name = if name.ends_with(".json") { name.to_owned() } else { format!("{name}.json") };
+        let name = if std::path::Path::new(name).extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+            name.to_owned()
+        } else {
+            format!("{name}.json")
+        };
         let bytes = std::fs::read(self.0.join(&name)).map_err(|e| format!("schema {name} for {s}: {e}"))?;
         Ok(serde_json::from_slice(&bytes)?)
     }

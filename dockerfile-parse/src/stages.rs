@@ -1,0 +1,586 @@
+//! Stages and the build graph: global `ARG`s, build arguments, target
+//! selection and the dependencies between stages, as BuildKit's dockerfile2llb
+//! works them out before building.
+//!
+//! ```
+//! use dockerfile_parse::{parse, stages::{plan, Base, BuildOptions}};
+//!
+//! let df = parse(
+//!     "ARG GO=1.22\nFROM golang:${GO} AS build\nRUN make\n\
+//!      FROM alpine AS final\nCOPY --from=build /app /app\n",
+//! )?;
+//! let opts = BuildOptions::new().build_arg("GO", "1.23");
+//! let plan = plan(&df, &opts)?;
+//! assert_eq!(plan.stages[0].base, Base::Image("golang:1.23".into()));
+//! assert_eq!(plan.target, 1);
+//! assert_eq!(plan.needed, vec![0, 1]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ast::{Dockerfile, Span};
+use crate::command::{ArgDef, Command, CommandError};
+use crate::shell::{ExpandError, Lexer};
+
+/// Why the stages could not be worked out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StageError {
+    /// An instruction that is not a valid command.
+    #[error(transparent)]
+    Command(#[from] Box<CommandError>),
+    /// An instruction other than `ARG` before the first `FROM`.
+    #[error("no build stage in current context: {instruction} before the first FROM (at {span})")]
+    NoStage {
+        /// The instruction, uppercase.
+        instruction: String,
+        /// Where.
+        span: Span,
+    },
+    /// A word that could not be expanded.
+    #[error("cannot expand {word:?} (at {span})")]
+    Expand {
+        /// The word.
+        word: String,
+        /// Where.
+        span: Span,
+        /// Why.
+        #[source]
+        source: Box<ExpandError>,
+    },
+    /// `--from` naming the stage it is in, a later stage by index, or
+    /// stages that depend on each other in a cycle.
+    #[error("circular dependency or forward index on stage reference {reference:?} (at {span})")]
+    Circular {
+        /// The reference as expanded.
+        reference: String,
+        /// Where.
+        span: Span,
+    },
+    /// Two stages with the same name.
+    #[error("duplicate stage name {name:?} (at {span})")]
+    DuplicateName {
+        /// The name.
+        name: String,
+        /// The second definition.
+        span: Span,
+    },
+    /// The requested target stage does not exist.
+    #[error("target stage {target:?} could not be found")]
+    UnknownTarget {
+        /// The target asked for.
+        target: String,
+    },
+    /// The Dockerfile has no `FROM`.
+    #[error("dockerfile has no stages")]
+    NoStages,
+}
+
+/// Build arguments BuildKit defines for every build (from the build and
+/// target platforms); usable in `FROM` without a global `ARG`.
+pub const PLATFORM_ARGS: &[&str] = &[
+    "BUILDPLATFORM",
+    "BUILDOS",
+    "BUILDARCH",
+    "BUILDVARIANT",
+    "TARGETPLATFORM",
+    "TARGETOS",
+    "TARGETARCH",
+    "TARGETVARIANT",
+];
+
+/// Predefined proxy build arguments: passed to `RUN` without an `ARG`, and
+/// never reported as unused.
+pub const PROXY_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// Inputs that change how a Dockerfile builds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BuildOptions {
+    /// `--build-arg NAME=value` values (including `BUILDPLATFORM`,
+    /// `TARGETPLATFORM`, ... when the caller sets them).
+    pub build_args: BTreeMap<String, String>,
+    /// `--target`; the last stage when `None`.
+    pub target: Option<String>,
+}
+
+impl BuildOptions {
+    /// No build arguments, last stage as target.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a `--build-arg name=value`.
+    #[must_use]
+    pub fn build_arg(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.build_args.insert(name.into(), value.into());
+        self
+    }
+
+    /// Build `target` instead of the last stage.
+    #[must_use]
+    pub fn target(mut self, target: impl Into<String>) -> Self {
+        self.target = Some(target.into());
+        self
+    }
+}
+
+/// What a stage starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Base {
+    /// `FROM scratch`.
+    Scratch,
+    /// An earlier stage, by index.
+    Stage(usize),
+    /// An image reference (expanded).
+    Image(String),
+}
+
+/// Where a `COPY --from` or `RUN --mount from=` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// An earlier stage, by index.
+    Stage(usize),
+    /// An image reference.
+    Image(String),
+}
+
+/// One command of a stage with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Step {
+    /// The command as written (values not expanded).
+    pub command: Command,
+    /// The command with the stage's `ARG` and `ENV` values at that point
+    /// expanded (see [`Command::expand`]).
+    pub expanded: Command,
+    /// The variables the expansion looked up.
+    pub used: BTreeSet<String>,
+    /// The instruction's span.
+    pub span: Span,
+}
+
+/// A build stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stage {
+    /// Position among the stages, from 0.
+    pub index: usize,
+    /// `AS` name, lowercased.
+    pub name: Option<String>,
+    /// What it starts from.
+    pub base: Base,
+    /// `--platform`, expanded.
+    pub platform: Option<String>,
+    /// The commands after `FROM`.
+    pub steps: Vec<Step>,
+    /// Stages and images used by `COPY --from` / `RUN --mount from=`.
+    pub sources: Vec<Source>,
+    /// Indexes of the stages this stage needs (base and sources).
+    pub depends_on: BTreeSet<usize>,
+    /// `ARG` and `ENV` values at the end of the stage (expanded), for
+    /// information; ENV from a base stage is included.
+    pub vars: BTreeMap<String, String>,
+    /// The `FROM` instruction's span.
+    pub span: Span,
+}
+
+/// The result of [`plan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Plan {
+    /// `ARG`s before the first `FROM`, as written.
+    pub global_args: Vec<ArgDef>,
+    /// Their values after build arguments and defaults.
+    pub global_values: BTreeMap<String, String>,
+    /// All stages.
+    pub stages: Vec<Stage>,
+    /// The target stage's index.
+    pub target: usize,
+    /// The stages the target needs, itself included, in build order.
+    pub needed: Vec<usize>,
+    /// Build arguments no `ARG` declared (BuildKit warns about these).
+    pub unused_build_args: BTreeSet<String>,
+}
+
+impl Plan {
+    /// The stage called `name` (case-insensitive), or with that index.
+    pub fn stage(&self, name_or_index: &str) -> Option<&Stage> {
+        find_stage(&self.stages, name_or_index).and_then(|i| self.stages.get(i))
+    }
+}
+
+fn find_stage(stages: &[Stage], reference: &str) -> Option<usize> {
+    let lower = reference.to_lowercase();
+    if let Some(s) = stages.iter().find(|s| s.name.as_deref() == Some(lower.as_str())) {
+        return Some(s.index);
+    }
+    reference.parse::<usize>().ok().filter(|&i| i < stages.len())
+}
+
+fn expand(lexer: Lexer, word: &str, env: &BTreeMap<String, String>, span: Span) -> Result<String, StageError> {
+    lexer.expand_word(word, env).map_err(|source| StageError::Expand {
+        word: word.to_string(),
+        span,
+        source: Box::new(source),
+    })
+}
+
+/// Work out the stages of `df` for `opts`.
+///
+/// One pass over the instructions, in the order BuildKit applies them.
+///
+/// # Errors
+///
+/// [`StageError`] for invalid commands, instructions before the first
+/// `FROM` other than `ARG`, expansion errors, references to later stages,
+/// duplicate stage names, and an unknown target.
+#[allow(clippy::too_many_lines)] // one linear walk; splitting it scatters the scoping rules
+pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan, StageError> {
+    let lexer = Lexer::new(df.directives.escape);
+    let mut global_args = Vec::new();
+    let mut global_values: BTreeMap<String, String> = BTreeMap::new();
+    let mut declared: BTreeSet<String> = BTreeSet::new();
+    let mut stages: Vec<Stage> = Vec::new();
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    // Stage names, by index, for references to stages defined later.
+    let mut names: Vec<Option<String>> = Vec::new();
+    for inst in &df.instructions {
+        if inst.keyword == crate::ast::Keyword::From
+            && let Command::From(f) = inst.command().map_err(Box::new)?
+        {
+            names.push(f.name);
+        }
+    }
+
+    for inst in &df.instructions {
+        let command = inst.command().map_err(Box::new)?;
+        let span = inst.span;
+        match command {
+            Command::Arg(defs) => {
+                // Stage ARG defaults see the variables as they were before
+                // the line; global ones see the globals declared before them.
+                let before = env.clone();
+                let mut used = BTreeSet::new();
+                for def in &defs {
+                    declared.insert(def.name.clone());
+                    let value = if let Some(v) = opts.build_args.get(&def.name) {
+                        Some(v.clone())
+                    } else if let Some(d) = &def.default {
+                        let scope = if stages.is_empty() { &global_values } else { &before };
+                        let out = lexer.expand(d, scope).map_err(|source| StageError::Expand {
+                            word: d.clone(),
+                            span,
+                            source: Box::new(source),
+                        })?;
+                        used.extend(out.matched);
+                        used.extend(out.unmatched);
+                        Some(out.value)
+                    } else if !stages.is_empty() {
+                        global_values.get(&def.name).cloned()
+                    } else {
+                        None
+                    };
+                    if stages.is_empty() {
+                        if let Some(v) = value {
+                            global_values.insert(def.name.clone(), v);
+                        }
+                    } else if let Some(v) = value {
+                        env.insert(def.name.clone(), v);
+                    }
+                }
+                if stages.is_empty() {
+                    global_args.extend(defs);
+                } else if let Some(stage) = stages.last_mut() {
+                    let expanded = Command::Arg(
+                        defs.iter()
+                            .map(|d| ArgDef { name: d.name.clone(), default: env.get(&d.name).cloned() })
+                            .collect(),
+                    );
+                    stage.steps.push(Step { command: Command::Arg(defs), expanded, used, span });
+                }
+            }
+            Command::From(from) => {
+                // FROM sees the global ARGs and the platform build arguments
+                // BuildKit defines automatically.
+                let mut scope = global_values.clone();
+                for name in PLATFORM_ARGS {
+                    if let Some(v) = opts.build_args.get(*name) {
+                        scope.entry((*name).to_string()).or_insert_with(|| v.clone());
+                    }
+                }
+                let image = expand(lexer, &from.image, &scope, span)?;
+                let platform = from.platform.as_deref().map(|p| expand(lexer, p, &scope, span)).transpose()?;
+                let index = stages.len();
+                if let Some(name) = &from.name
+                    && stages.iter().any(|s| s.name.as_deref() == Some(name.as_str()))
+                {
+                    return Err(StageError::DuplicateName { name: name.clone(), span });
+                }
+                let lower = image.to_lowercase();
+                let base_stage = stages.iter().find(|s| s.name.as_deref() == Some(lower.as_str())).map(|s| s.index);
+                let mut depends_on = BTreeSet::new();
+                env = BTreeMap::new();
+                let base = if let Some(i) = base_stage {
+                    depends_on.insert(i);
+                    if let Some(b) = stages.get(i) {
+                        // ENV is inherited from the base stage; ARG is not, but
+                        // the recorded vars do not tell them apart.
+                        env.clone_from(&b.vars);
+                    }
+                    Base::Stage(i)
+                } else if lower == "scratch" {
+                    Base::Scratch
+                } else {
+                    Base::Image(image)
+                };
+                stages.push(Stage {
+                    index,
+                    name: from.name,
+                    base,
+                    platform,
+                    steps: Vec::new(),
+                    sources: Vec::new(),
+                    depends_on,
+                    vars: BTreeMap::new(),
+                    span,
+                });
+            }
+            other => {
+                let Some(stage) = stages.last_mut() else {
+                    return Err(StageError::NoStage { instruction: inst.name.to_uppercase(), span });
+                };
+                let (expanded, used) = other.expand(lexer, &env).map_err(|source| StageError::Expand {
+                    word: inst.original.clone(),
+                    span,
+                    source: Box::new(source),
+                })?;
+                let mut refs: Vec<String> = Vec::new();
+                match &expanded {
+                    // Every value on one ENV line saw the variables as they
+                    // were before the line.
+                    Command::Env(pairs) => env.extend(pairs.iter().cloned()),
+                    Command::Copy(c) => refs.extend(c.from.iter().cloned()),
+                    Command::Run(r) => refs.extend(r.mounts.iter().filter_map(|m| m.from.clone())),
+                    _ => {}
+                }
+                let index = stage.index;
+                for r in refs {
+                    let lower = r.to_lowercase();
+                    let by_name = names.iter().position(|n| n.as_deref() == Some(lower.as_str()));
+                    let found = match by_name {
+                        Some(i) if i == index => {
+                            return Err(StageError::Circular { reference: r, span });
+                        }
+                        Some(i) => Some(i),
+                        None => match r.parse::<usize>() {
+                            Ok(i) if i >= index => {
+                                return Err(StageError::Circular { reference: r, span });
+                            }
+                            Ok(i) => Some(i),
+                            Err(_) => None,
+                        },
+                    };
+                    let Some(stage) = stages.last_mut() else {
+                        continue;
+                    };
+                    match found {
+                        Some(i) => {
+                            stage.depends_on.insert(i);
+                            stage.sources.push(Source::Stage(i));
+                        }
+                        None => stage.sources.push(Source::Image(r)),
+                    }
+                }
+                if let Some(stage) = stages.last_mut() {
+                    stage.steps.push(Step { command: other, expanded, used, span });
+                }
+            }
+        }
+        if let Some(stage) = stages.last_mut() {
+            stage.vars.clone_from(&env);
+        }
+    }
+
+    if stages.is_empty() {
+        return Err(StageError::NoStages);
+    }
+    check_cycles(&stages)?;
+    let target = match &opts.target {
+        None => stages.len() - 1,
+        Some(t) => {
+            let lower = t.to_lowercase();
+            stages
+                .iter()
+                .find(|s| s.name.as_deref() == Some(lower.as_str()))
+                .map(|s| s.index)
+                .ok_or_else(|| StageError::UnknownTarget { target: t.clone() })?
+        }
+    };
+    let mut needed_set = BTreeSet::new();
+    let mut todo = vec![target];
+    while let Some(i) = todo.pop() {
+        if needed_set.insert(i)
+            && let Some(s) = stages.get(i)
+        {
+            todo.extend(s.depends_on.iter().copied());
+        }
+    }
+    let unused_build_args = opts
+        .build_args
+        .keys()
+        .filter(|k| !declared.contains(*k) && !PLATFORM_ARGS.contains(&k.as_str()) && !PROXY_ARGS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    Ok(Plan { global_args, global_values, stages, target, needed: needed_set.into_iter().collect(), unused_build_args })
+}
+
+/// Fail when stages depend on each other in a cycle (possible through
+/// `--from` references to later stages).
+fn check_cycles(stages: &[Stage]) -> Result<(), StageError> {
+    // 0 = unvisited, 1 = on the stack, 2 = done.
+    let mut color = vec![0u8; stages.len()];
+    for root in 0..stages.len() {
+        if color.get(root) != Some(&0) {
+            continue;
+        }
+        let mut stack: Vec<(usize, Vec<usize>)> = Vec::new();
+        let deps = |i: usize| stages.get(i).map(|s| s.depends_on.iter().copied().collect()).unwrap_or_default();
+        if let Some(c) = color.get_mut(root) {
+            *c = 1;
+        }
+        stack.push((root, deps(root)));
+        while let Some((node, pending)) = stack.last_mut() {
+            let node = *node;
+            if let Some(next) = pending.pop() {
+                match color.get(next) {
+                    Some(0) => {
+                        if let Some(c) = color.get_mut(next) {
+                            *c = 1;
+                        }
+                        stack.push((next, deps(next)));
+                    }
+                    Some(1) => {
+                        let stage = stages.get(next);
+                        return Err(StageError::Circular {
+                            reference: stage.and_then(|s| s.name.clone()).unwrap_or_else(|| next.to_string()),
+                            span: stages.get(node).map(|s| s.span).unwrap_or_default(),
+                        });
+                    }
+                    _ => {}
+                }
+            } else {
+                if let Some(c) = color.get_mut(node) {
+                    *c = 2;
+                }
+                stack.pop();
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse;
+
+    fn p(src: &str, args: &[(&str, &str)], target: Option<&str>) -> Result<Plan, StageError> {
+        let opts = BuildOptions {
+            build_args: args.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
+            target: target.map(str::to_string),
+        };
+        plan(&parse(src).unwrap(), &opts)
+    }
+
+    const SRC: &str = "ARG BASE=alpine\nARG TAG=3\nFROM ${BASE}:${TAG} AS base\nARG TAG\nENV T=$TAG\n\
+FROM base AS build\nRUN --mount=type=bind,from=tools,target=/t make\n\
+FROM busybox AS tools\n\
+FROM scratch AS out\nCOPY --from=build /a /a\nCOPY --from=0 /b /b\nCOPY --from=nginx:1 /c /c\n";
+
+    #[test]
+    fn stages_and_graph() {
+        let plan = p(SRC, &[], None).unwrap();
+        assert_eq!(plan.stages[1].sources, vec![Source::Stage(2)]);
+        let cyc = "FROM a AS one\nCOPY --from=two / /\nFROM b AS two\nCOPY --from=one / /\n";
+        assert!(matches!(p(cyc, &[], None), Err(StageError::Circular { .. })));
+        assert!(matches!(p("FROM a\nCOPY --from=0 / /", &[], None), Err(StageError::Circular { .. })));
+        let src = SRC.replace("from=tools", "from=base");
+        let plan = p(&src, &[("TAG", "3.20"), ("UNUSED", "x")], None).unwrap();
+        assert_eq!(plan.stages.len(), 4);
+        assert_eq!(plan.stages[0].base, Base::Image("alpine:3.20".into()));
+        assert_eq!(plan.stages[0].vars.get("T").map(String::as_str), Some("3.20"));
+        assert_eq!(plan.stages[1].base, Base::Stage(0));
+        assert_eq!(plan.stages[3].base, Base::Scratch);
+        assert_eq!(plan.stages[3].sources[2], Source::Image("nginx:1".into()));
+        assert_eq!(plan.target, 3);
+        assert_eq!(plan.needed, vec![0, 1, 3]);
+        assert_eq!(plan.unused_build_args, BTreeSet::from(["UNUSED".to_string()]));
+        let plan = p(&src, &[], Some("TOOLS")).unwrap();
+        assert_eq!(plan.needed, vec![2]);
+        assert!(matches!(p(&src, &[], Some("nope")), Err(StageError::UnknownTarget { .. })));
+        assert_eq!(plan.stage("build").map(|s| s.index), Some(1));
+        assert_eq!(plan.stage("2").map(|s| s.index), Some(2));
+    }
+
+    #[test]
+    fn platform_args_in_from() {
+        let plan = p(
+            "FROM --platform=$BUILDPLATFORM golang AS b\nFROM alpine:$TARGETARCH\n",
+            &[("BUILDPLATFORM", "linux/amd64"), ("TARGETARCH", "arm64"), ("http_proxy", "x")],
+            None,
+        )
+        .unwrap();
+        assert_eq!(plan.stages[0].platform.as_deref(), Some("linux/amd64"));
+        assert_eq!(plan.stages[1].base, Base::Image("alpine:arm64".into()));
+        assert!(plan.unused_build_args.is_empty());
+    }
+
+    #[test]
+    fn steps_are_expanded_in_order() {
+        let src = "FROM a\nARG V=1\nENV W=$V/x\nARG X=$W Y=$V\nWORKDIR /$W\nENV W=2 Z=$W\nRUN echo $W\n";
+        let plan = p(src, &[], None).unwrap();
+        let steps = &plan.stages[0].steps;
+        assert_eq!(
+            steps[2].expanded,
+            Command::Arg(vec![
+                ArgDef { name: "X".into(), default: Some("1/x".into()) },
+                ArgDef { name: "Y".into(), default: Some("1".into()) }
+            ])
+        );
+        assert_eq!(steps[3].expanded, Command::Workdir("/1/x".into()));
+        assert_eq!(steps[3].used, BTreeSet::from(["W".to_string()]));
+        assert_eq!(steps[4].expanded, Command::Env(vec![("W".into(), "2".into()), ("Z".into(), "1/x".into())]));
+        assert!(matches!(&steps[5].expanded, Command::Run(_)));
+        assert_eq!(plan.stages[0].vars.get("Z").map(String::as_str), Some("1/x"));
+    }
+
+    #[test]
+    fn global_args_scope() {
+        let plan = p("ARG V=1\nFROM a\nRUN x\nFROM b\nARG V\nENV W=$V\n", &[], None).unwrap();
+        assert!(!plan.stages[0].vars.contains_key("V"));
+        assert_eq!(plan.stages[1].vars.get("W").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(p("RUN x\nFROM a", &[], None), Err(StageError::NoStage { .. })));
+        assert!(matches!(p("ARG a\n", &[], None), Err(StageError::NoStages)));
+        assert!(matches!(p("FROM a AS x\nFROM b AS x", &[], None), Err(StageError::DuplicateName { .. })));
+        assert!(matches!(p("FROM ${a", &[], None), Err(StageError::Expand { .. })));
+    }
+}

@@ -1,0 +1,711 @@
+//! The client: configuration, the transport loop (auth challenges, token
+//! cache, retries with backoff and `Retry-After`), and scheme selection.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{Method, StatusCode};
+use rustls::pki_types::pem::PemObject as _;
+use url::Url;
+
+use crate::auth::{Anonymous, Challenge, Credential, CredentialProvider, TokenCache, TokenResponse, parse_challenge};
+use crate::error::{Error, ErrorKind, Result, kind_for_status, parse_codes};
+use crate::progress::{Progress, ProgressFn};
+
+/// How often and how long to retry.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    /// The first backoff; doubled each retry, with jitter.
+    pub base_delay: Duration,
+    /// The longest backoff.
+    pub max_delay: Duration,
+    /// The longest `Retry-After` honoured; a longer one fails as rate limited.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Builds a [`Client`].
+pub struct ClientBuilder {
+    credentials: Arc<dyn CredentialProvider>,
+    insecure_hosts: BTreeSet<String>,
+    ca_pems: Vec<Vec<u8>>,
+    retry: RetryPolicy,
+    concurrency: usize,
+    timeout: Option<Duration>,
+    connect_timeout: Duration,
+    progress: Option<ProgressFn>,
+    chunk_size: Option<u64>,
+    single_request_uploads: bool,
+    proxy: Option<String>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("insecure_hosts", &self.insecure_hosts)
+            .field("retry", &self.retry)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            credentials: Arc::new(Anonymous),
+            insecure_hosts: BTreeSet::new(),
+            ca_pems: Vec::new(),
+            retry: RetryPolicy::default(),
+            concurrency: 4,
+            timeout: None,
+            connect_timeout: Duration::from_secs(30),
+            progress: None,
+            chunk_size: None,
+            single_request_uploads: false,
+            proxy: None,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// Where credentials come from (default: anonymous).
+    #[must_use]
+    pub fn credentials(mut self, provider: impl CredentialProvider + 'static) -> Self {
+        self.credentials = Arc::new(provider);
+        self
+    }
+
+    /// Allows plain HTTP (and falls back to it) for a non-loopback host
+    /// (`host[:port]`). Loopback hosts are always allowed.
+    #[must_use]
+    pub fn insecure_host(mut self, host: impl Into<String>) -> Self {
+        self.insecure_hosts.insert(host.into());
+        self
+    }
+
+    /// Trusts an extra CA certificate (PEM) besides the system roots.
+    #[must_use]
+    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pems.push(pem.into());
+        self
+    }
+
+    /// The retry policy.
+    #[must_use]
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Blobs transferred at once in a push or pull (default 4).
+    #[must_use]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// A total timeout per request (default none: blobs can be large).
+    #[must_use]
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// The connect timeout (default 30 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Receives progress events.
+    #[must_use]
+    pub fn progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// Uploads blobs in `PATCH` chunks of this size (raised to the
+    /// registry's `OCI-Chunk-Min-Length`) instead of one monolithic `PUT`.
+    #[must_use]
+    pub fn chunk_size(mut self, bytes: u64) -> Self {
+        self.chunk_size = Some(bytes.max(1));
+        self
+    }
+
+    /// Tries a single-request monolithic upload (`POST ?digest=` with the
+    /// body) first; a registry that answers 202 gets the body by `PUT`.
+    #[must_use]
+    pub fn single_request_uploads(mut self, yes: bool) -> Self {
+        self.single_request_uploads = yes;
+        self
+    }
+
+    /// Sends every request through this proxy URL (otherwise the
+    /// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` environment applies).
+    #[must_use]
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = Some(url.into());
+        self
+    }
+
+    /// Builds the client.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Invalid`] for an unusable CA certificate or proxy URL.
+    pub fn build(self) -> Result<Client> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        for pem in &self.ca_pems {
+            let mut added = 0;
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+                let cert =
+                    cert.map_err(|e| Error::new(ErrorKind::Invalid, format!("invalid CA certificate PEM: {e}")))?;
+                roots.add(cert).map_err(|e| Error::new(ErrorKind::Invalid, format!("unusable CA certificate: {e}")))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(Error::new(ErrorKind::Invalid, "CA certificate PEM holds no certificate"));
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::new(ErrorKind::Invalid, format!("TLS set-up: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(self.connect_timeout)
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")));
+        if let Some(t) = self.timeout {
+            http = http.timeout(t);
+        }
+        if let Some(p) = &self.proxy {
+            let proxy = reqwest::Proxy::all(p).map_err(|_| Error::new(ErrorKind::Invalid, "invalid proxy URL"))?;
+            http = http.proxy(proxy);
+        }
+        let http = http.build().map_err(|e| Error::transport("building the HTTP client", &e))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                credentials: self.credentials,
+                tokens: TokenCache::default(),
+                basic_hosts: Mutex::new(BTreeSet::new()),
+                schemes: Mutex::new(HashMap::new()),
+                insecure_hosts: self.insecure_hosts,
+                retry: self.retry,
+                concurrency: self.concurrency,
+                progress: self.progress,
+                chunk_size: self.chunk_size,
+                single_request_uploads: self.single_request_uploads,
+            }),
+        })
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) http: reqwest::Client,
+    credentials: Arc<dyn CredentialProvider>,
+    tokens: TokenCache,
+    basic_hosts: Mutex<BTreeSet<String>>,
+    schemes: Mutex<HashMap<String, &'static str>>,
+    insecure_hosts: BTreeSet<String>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) concurrency: usize,
+    progress: Option<ProgressFn>,
+    pub(crate) chunk_size: Option<u64>,
+    pub(crate) single_request_uploads: bool,
+}
+
+/// An OCI distribution client. Cheap to clone; clones share connections
+/// and the token cache.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("insecure_hosts", &self.inner.insecure_hosts).finish_non_exhaustive()
+    }
+}
+
+/// A repository on a registry: where requests go and which token scope they need.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Repo {
+    /// The registry as named in references (`docker.io`, `localhost:5000`).
+    pub registry: String,
+    /// The repository path (`library/nginx`).
+    pub path: String,
+}
+
+impl Repo {
+    /// The repository of a reference.
+    pub fn of(r: &oci_image::Reference) -> Repo {
+        Repo { registry: r.domain().to_owned(), path: r.path().to_owned() }
+    }
+
+    /// The host to talk to: Docker Hub's API lives on `registry-1.docker.io`.
+    pub fn api_host(&self) -> &str {
+        if self.registry == oci_image::DOCKER_HUB { "registry-1.docker.io" } else { &self.registry }
+    }
+}
+
+/// The body of a request, re-creatable for retries and re-authentication.
+#[derive(Clone)]
+pub(crate) enum Body {
+    Empty,
+    Bytes(Bytes),
+    /// Opens a fresh stream of exactly `len` bytes each time it is called.
+    Stream {
+        len: Option<u64>,
+        open: Arc<dyn Fn() -> BoxFuture<'static, Result<reqwest::Body>> + Send + Sync>,
+    },
+}
+
+/// One request, described so it can be sent again.
+#[derive(Clone)]
+pub(crate) struct Request {
+    pub method: Method,
+    pub url: Url,
+    pub headers: HeaderMap,
+    pub body: Body,
+    /// Token scopes (`repository:x:pull,push`), push scope first for mounts.
+    pub scopes: Vec<String>,
+    /// Whether a transport failure may be retried by resending.
+    pub idempotent: bool,
+}
+
+fn is_loopback(host: &str) -> bool {
+    let h = host.strip_prefix('[').and_then(|h| h.split_once(']')).map_or_else(
+        || host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host }),
+        |(h, _)| h,
+    );
+    h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn jitter(d: Duration) -> Duration {
+    let factor = rand::random_range(0.5..1.0);
+    d.mul_f64(factor)
+}
+
+fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
+    let s = v.to_str().ok()?.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate_parse(s)?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+#[allow(clippy::many_single_char_names)] // the civil-calendar formula's own names
+fn httpdate_parse(s: &str) -> Option<SystemTime> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else { return None };
+    let day: u64 = day.parse().ok()?;
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        .iter()
+        .position(|m| m == month)? as u64
+        + 1;
+    let year: u64 = year.parse().ok()?;
+    let mut t = time.split(':').map(|x| x.parse::<u64>().ok());
+    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
+    // days from civil (1970-01-01)
+    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(days * 86_400 + h * 3600 + mi * 60 + se))
+}
+
+impl Client {
+    /// A client with default settings (anonymous).
+    ///
+    /// # Errors
+    /// See [`ClientBuilder::build`].
+    pub fn new() -> Result<Client> {
+        ClientBuilder::default().build()
+    }
+
+    /// Starts configuring a client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    pub(crate) fn emit(&self, p: &Progress) {
+        if let Some(f) = &self.inner.progress {
+            f(p);
+        }
+    }
+
+    fn allows_http(&self, host: &str) -> bool {
+        is_loopback(host) || self.inner.insecure_hosts.contains(host)
+    }
+
+    /// `scheme://host/v2/` for a repository's registry: HTTPS, except that a
+    /// loopback or insecure host that does not speak TLS is used over HTTP.
+    pub(crate) async fn base_url(&self, repo: &Repo) -> Result<Url> {
+        let host = repo.api_host().to_owned();
+        let cached = self.inner.schemes.lock().ok().and_then(|m| m.get(&host).copied());
+        let scheme = match cached {
+            Some(s) => s,
+            None if !self.allows_http(&host) => "https",
+            None => {
+                let https = Url::parse(&format!("https://{host}/v2/"))
+                    .map_err(|_| Error::new(ErrorKind::Invalid, format!("invalid registry host {host:?}")))?;
+                let s = match self.inner.http.get(https).send().await {
+                    Ok(_) => "https",
+                    Err(_) => "http",
+                };
+                if let Ok(mut m) = self.inner.schemes.lock() {
+                    m.insert(host.clone(), s);
+                }
+                s
+            }
+        };
+        Url::parse(&format!("{scheme}://{host}/v2/"))
+            .map_err(|_| Error::new(ErrorKind::Invalid, format!("invalid registry host {host:?}")))
+    }
+
+    pub(crate) async fn url(&self, repo: &Repo, tail: &str) -> Result<Url> {
+        let base = self.base_url(repo).await?;
+        base.join(&format!("{}/{tail}", repo.path))
+            .map_err(|_| Error::new(ErrorKind::Invalid, format!("invalid repository path {:?}", repo.path)))
+    }
+
+    /// Resolves a `Location` header against the request URL, refusing a
+    /// plain-HTTP target the caller did not allow.
+    pub(crate) fn resolve_location(&self, base: &Url, headers: &HeaderMap) -> Result<Url> {
+        let loc = headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Error::new(ErrorKind::Protocol, "registry answered without a Location header"))?;
+        let url = base
+            .join(loc)
+            .map_err(|_| Error::new(ErrorKind::Protocol, format!("registry sent an invalid Location {loc:?}")))?;
+        if url.scheme() == "http" && !url.host_str().is_some_and(|h| self.allows_http(&authority(&url, h))) {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("refusing plain-HTTP location on host {:?}", url.host_str()),
+            ));
+        }
+        Ok(url)
+    }
+
+    fn scope_key(scopes: &[String]) -> String {
+        scopes.join(" ")
+    }
+
+    fn auth_header(&self, repo: &Repo, scopes: &[String]) -> Option<HeaderValue> {
+        let registry = repo.registry.as_str();
+        if let Some(t) = self.inner.tokens.get(registry, &Self::scope_key(scopes)) {
+            return bearer(&t);
+        }
+        let is_basic = self.inner.basic_hosts.lock().is_ok_and(|h| h.contains(registry));
+        match self.inner.credentials.credential(registry, &repo.path) {
+            Some(Credential::Basic { username, password }) if is_basic => basic(&username, &password),
+            _ => None,
+        }
+    }
+
+    /// Handles a 401: learns the scheme, fetches a token when needed.
+    /// Returns whether a retry with new credentials makes sense.
+    async fn authenticate(&self, repo: &Repo, scopes: &[String], challenge: Option<&str>) -> Result<bool> {
+        let registry = repo.registry.as_str();
+        let Some(challenge) = challenge.and_then(parse_challenge) else { return Ok(false) };
+        let credential = self.inner.credentials.credential(registry, &repo.path);
+        match challenge {
+            Challenge::Basic => {
+                if let Ok(mut h) = self.inner.basic_hosts.lock() {
+                    h.insert(registry.to_owned());
+                }
+                Ok(matches!(credential, Some(Credential::Basic { .. })))
+            }
+            Challenge::Bearer { realm, service, scope, error } => {
+                let mut wanted: Vec<String> = scopes.to_vec();
+                if let Some(s) = scope {
+                    for part in s.split(' ') {
+                        if !wanted.iter().any(|w| w == part) {
+                            wanted.push(part.to_owned());
+                        }
+                    }
+                }
+                let key = Self::scope_key(scopes);
+                if error.as_deref() == Some("insufficient_scope") {
+                    self.inner.tokens.forget(registry, &key);
+                }
+                let (token, lifetime) =
+                    self.fetch_token(&realm, service.as_deref(), &wanted, credential.as_ref()).await?;
+                self.inner.tokens.put(registry, &key, token, lifetime);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+        credential: Option<&Credential>,
+    ) -> Result<(String, Duration)> {
+        let mut url = Url::parse(realm)
+            .map_err(|_| Error::new(ErrorKind::Protocol, format!("registry sent an invalid token realm {realm:?}")))?;
+        if url.scheme() == "http" && !url.host_str().is_some_and(|h| self.allows_http(&authority(&url, h))) {
+            return Err(Error::new(ErrorKind::Invalid, "refusing a plain-HTTP token realm on a non-loopback host"));
+        }
+        let resp = match credential {
+            Some(Credential::IdentityToken(refresh)) => {
+                let mut form: Vec<(&str, String)> = vec![
+                    ("grant_type", "refresh_token".into()),
+                    ("refresh_token", refresh.clone()),
+                    ("client_id", "kiln".into()),
+                ];
+                if let Some(s) = service {
+                    form.push(("service", s.to_owned()));
+                }
+                for s in scopes {
+                    form.push(("scope", s.clone()));
+                }
+                let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+                self.inner
+                    .http
+                    .post(url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(body)
+                    .send()
+                    .await
+            }
+            Some(Credential::RegistryToken(t)) => return Ok((t.clone(), Duration::from_secs(3600))),
+            other => {
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(s) = service {
+                        q.append_pair("service", s);
+                    }
+                    for s in scopes {
+                        q.append_pair("scope", s);
+                    }
+                }
+                let mut req = self.inner.http.get(url);
+                if let Some(Credential::Basic { username, password }) = other {
+                    req = req.basic_auth(username, Some(password));
+                }
+                req.send().await
+            }
+        }
+        .map_err(|e| Error::transport("requesting a token", &e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let kind = if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                ErrorKind::Unauthorized
+            } else {
+                kind_for_status(status.as_u16())
+            };
+            return Err(Error::new(kind, "the token server refused the credentials").with_status(status.as_u16()));
+        }
+        let body = resp.bytes().await.map_err(|e| Error::transport("reading a token", &e))?;
+        serde_json::from_slice::<TokenResponse>(&body)
+            .ok()
+            .and_then(TokenResponse::into_token)
+            .ok_or_else(|| Error::new(ErrorKind::Protocol, "the token server answered without a token"))
+    }
+
+    /// Sends a request with auth and retries; returns the response whatever
+    /// its status once it is final (not 401 after re-auth, not retryable).
+    pub(crate) async fn send(&self, repo: &Repo, req: &Request) -> Result<reqwest::Response> {
+        let policy = &self.inner.retry;
+        let mut attempt = 0u32;
+        let mut auth_retries = 0u32;
+        loop {
+            attempt += 1;
+            let mut builder = self.inner.http.request(req.method.clone(), req.url.clone()).headers(req.headers.clone());
+            // credentials go only to the registry itself, never to another host
+            if same_host(&req.url, repo.api_host())
+                && let Some(h) = self.auth_header(repo, &req.scopes)
+            {
+                builder = builder.header(AUTHORIZATION, h);
+            }
+            builder = match &req.body {
+                Body::Empty => builder,
+                Body::Bytes(b) => builder.body(b.clone()),
+                Body::Stream { len, open } => {
+                    let body = open().await?;
+                    let b = builder.body(body);
+                    match len {
+                        Some(n) => b.header(reqwest::header::CONTENT_LENGTH, *n),
+                        None => b,
+                    }
+                }
+            };
+            let result = builder.send().await;
+            let delay = match result {
+                Err(e) => {
+                    let err = Error::transport(format!("{} {}", req.method, redact(&req.url)), &e);
+                    if !req.idempotent || attempt >= policy.max_attempts {
+                        return Err(err);
+                    }
+                    self.backoff(attempt)
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status == StatusCode::UNAUTHORIZED && auth_retries < 2 {
+                        auth_retries += 1;
+                        let challenge =
+                            resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                        // a cached token that is refused is stale (expired mid-push)
+                        self.inner.tokens.forget(&repo.registry, &Self::scope_key(&req.scopes));
+                        if self.authenticate(repo, &req.scopes, challenge.as_deref()).await? {
+                            attempt -= 1;
+                            continue;
+                        }
+                        return Ok(resp);
+                    }
+                    let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+                    if !retryable || attempt >= policy.max_attempts {
+                        return Ok(resp);
+                    }
+                    match resp.headers().get(RETRY_AFTER).and_then(parse_retry_after) {
+                        Some(d) if d > policy.max_retry_after => return Ok(resp),
+                        Some(d) => d,
+                        None => self.backoff(attempt),
+                    }
+                }
+            };
+            self.emit(&Progress::RetryWaiting { url: redact(&req.url), attempt, delay });
+            tracing::debug!(attempt, ?delay, url = %redact(&req.url), "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let p = &self.inner.retry;
+        let exp = p.base_delay.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        jitter(exp.min(p.max_delay))
+    }
+
+    /// Sends and turns a non-success status into an [`Error`].
+    pub(crate) async fn send_ok(&self, repo: &Repo, req: &Request, what: &str) -> Result<reqwest::Response> {
+        let resp = self.send(repo, req).await?;
+        check(resp, what).await
+    }
+}
+
+/// Turns a non-2xx response into an error carrying status and codes.
+pub(crate) async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body = resp.bytes().await.unwrap_or_default();
+    let body = body.get(..64 * 1024).unwrap_or(&body);
+    Err(Error::new(kind_for_status(status.as_u16()), what.to_owned())
+        .with_status(status.as_u16())
+        .with_codes(parse_codes(body)))
+}
+
+/// Whether `url` points at `host` (`name[:port]`, `[v6][:port]`).
+fn same_host(url: &Url, host: &str) -> bool {
+    url.host_str().is_some_and(|h| {
+        let a = authority(url, h);
+        a == host || (url.port().is_none() && url.port_or_known_default().is_some_and(|p| format!("{a}:{p}") == host))
+    })
+}
+
+fn authority(url: &Url, host: &str) -> String {
+    match url.port() {
+        Some(p) if host.contains(':') && !host.starts_with('[') => format!("[{host}]:{p}"),
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    }
+}
+
+/// A URL without user info or query (uploads carry state tokens there).
+pub(crate) fn redact(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.to_string()
+}
+
+fn bearer(token: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+fn basic(user: &str, pass: &str) -> Option<HeaderValue> {
+    let enc = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    let mut v = HeaderValue::from_str(&format!("Basic {enc}")).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        for h in ["localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000", "[::1]"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["example.com", "10.0.0.1:5000", "[fe80::1]:5000", "localhost.example.com"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after(&HeaderValue::from_static("7")), Some(Duration::from_secs(7)));
+        assert_eq!(
+            httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+        let past = parse_retry_after(&HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"));
+        assert_eq!(past, Some(Duration::ZERO));
+        assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);
+    }
+
+    #[test]
+    fn hosts_compare_with_ports() {
+        let u = Url::parse("http://127.0.0.1:5000/v2/").unwrap();
+        assert!(same_host(&u, "127.0.0.1:5000"));
+        assert!(!same_host(&u, "127.0.0.1:5001"));
+        assert!(same_host(&Url::parse("http://[::1]:5000/v2/").unwrap(), "[::1]:5000"));
+        assert!(same_host(&Url::parse("https://registry-1.docker.io/v2/").unwrap(), "registry-1.docker.io"));
+        assert!(!same_host(&Url::parse("https://cdn.example.com/blob").unwrap(), "registry-1.docker.io"));
+    }
+
+    #[test]
+    fn redaction() {
+        let u = Url::parse("https://u:p@host/v2/a/blobs/uploads/x?_state=secret").unwrap();
+        assert_eq!(redact(&u), "https://host/v2/a/blobs/uploads/x");
+    }
+}

@@ -1,0 +1,381 @@
+//! Whole images: push from an OCI layout (blobs deduplicated and uploaded
+//! concurrently, child manifests before their index, the named manifest
+//! last and only after every blob succeeded) and pull into an OCI layout
+//! (every blob streamed to disk and verified).
+
+use std::collections::BTreeSet;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt, stream};
+use oci_image::{AnyManifest, Descriptor, Digest, Layout, LayoutError, Platform, Reference};
+
+use crate::client::{Client, Repo};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ops::{BlobPush, BytesSource, LayoutBlob};
+
+/// What a push did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushReport {
+    /// The digest of the manifest (or index) pushed under the target name.
+    pub digest: Option<Digest>,
+    /// Blobs uploaded.
+    pub uploaded: usize,
+    /// Blobs mounted from another repository.
+    pub mounted: usize,
+    /// Blobs already present.
+    pub skipped: usize,
+    /// Bytes uploaded.
+    pub bytes_uploaded: u64,
+}
+
+fn layout_err(e: LayoutError) -> Error {
+    let kind = match &e {
+        LayoutError::Verify { .. } => ErrorKind::DigestMismatch,
+        LayoutError::BlobNotFound { .. } | LayoutError::TagNotFound { .. } => ErrorKind::NotFound,
+        _ => ErrorKind::Io,
+    };
+    Error::new(kind, format!("OCI layout: {e}")).with_source(e)
+}
+
+/// Collects the blobs (config and layers) and child manifests of an image or index, depth first.
+fn collect(
+    layout: &Layout,
+    desc: &Descriptor,
+    blobs: &mut Vec<Descriptor>,
+    manifests: &mut Vec<(Descriptor, Bytes)>,
+) -> Result<()> {
+    let m = layout.read_manifest(desc).map_err(layout_err)?;
+    match &m {
+        AnyManifest::Image(raw) => {
+            let v = raw.value();
+            for d in std::iter::once(&v.config).chain(&v.layers) {
+                // foreign layers (with urls) that are not in the layout are not pushed
+                if d.urls.is_some() && !layout.has_blob(&d.digest) {
+                    continue;
+                }
+                blobs.push(d.clone());
+            }
+        }
+        AnyManifest::Index(raw) => {
+            for child in &raw.value().manifests {
+                if child.media_type.is_manifest() || child.media_type.is_index() {
+                    collect(layout, child, blobs, manifests)?;
+                } else {
+                    blobs.push(child.clone());
+                }
+            }
+        }
+    }
+    manifests.push((desc.clone(), m.bytes().clone()));
+    Ok(())
+}
+
+impl Client {
+    /// Pushes the image or index `desc` of `layout` to `target` (its tag,
+    /// or by digest when it has none). With `mount_from`, blobs missing at
+    /// the target are first mounted from that repository of the same
+    /// registry. Manifest bytes are pushed unchanged, so the digest at the
+    /// target equals the layout's.
+    ///
+    /// # Errors
+    /// The first blob or manifest failure; the target name is not touched then.
+    pub async fn push_from_layout(
+        &self,
+        layout: &Layout,
+        desc: &Descriptor,
+        target: &Reference,
+        mount_from: Option<&Repo>,
+    ) -> Result<PushReport> {
+        let repo = Repo::of(target);
+        let mut blobs = Vec::new();
+        let mut manifests = Vec::new();
+        collect(layout, desc, &mut blobs, &mut manifests)?;
+        let mut seen = BTreeSet::new();
+        blobs.retain(|d| seen.insert(d.digest.clone()));
+        let results: Vec<(BlobPush, u64)> = stream::iter(blobs.into_iter().map(|d| {
+            let client = self.clone();
+            let repo = repo.clone();
+            let source = Arc::new(LayoutBlob { layout: layout.clone(), digest: d.digest.clone() });
+            let mount = mount_from.cloned();
+            async move {
+                let r = client.push_blob(&repo, &d, source, mount.as_ref()).await?;
+                Ok::<_, Error>((r, d.size))
+            }
+        }))
+        .buffer_unordered(self.inner.concurrency)
+        .try_collect()
+        .await?;
+        let mut report = PushReport::default();
+        for (r, size) in results {
+            match r {
+                BlobPush::Uploaded => {
+                    report.uploaded += 1;
+                    report.bytes_uploaded += size;
+                }
+                BlobPush::Mounted => report.mounted += 1,
+                BlobPush::Skipped => report.skipped += 1,
+            }
+        }
+        // children first, by digest; the named one last
+        let last = manifests.len().saturating_sub(1);
+        for (i, (d, bytes)) in manifests.into_iter().enumerate() {
+            let name = if i == last { target.clone() } else { target.repository_only().with_digest(d.digest.clone()) };
+            let pushed = self.put_manifest(&name, bytes, &d.media_type).await?;
+            if pushed != d.digest {
+                return Err(Error::digest_mismatch(&d.digest, &pushed));
+            }
+            if i == last {
+                report.digest = Some(pushed);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Pushes raw manifest or blob bytes that are already in memory.
+    ///
+    /// # Errors
+    /// As [`Client::push_blob`].
+    pub async fn push_bytes(&self, repo: &Repo, desc: &Descriptor, bytes: Bytes) -> Result<BlobPush> {
+        self.push_blob(repo, desc, Arc::new(BytesSource(bytes)), None).await
+    }
+
+    /// Pulls `source` into `layout` and names it with `name`'s tag (or
+    /// adds it untagged). With `platform`, an index is resolved to that
+    /// platform's manifest; without, the whole index comes along. Returns
+    /// the descriptor written to the layout's index.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`], [`ErrorKind::DigestMismatch`]; the layout's
+    /// index is not updated unless every blob arrived intact.
+    pub async fn pull_to_layout(
+        &self,
+        source: &Reference,
+        layout: &Layout,
+        platform: Option<&Platform>,
+        name: Option<&Reference>,
+    ) -> Result<Descriptor> {
+        let repo = Repo::of(source);
+        let mut top = self.get_manifest(source).await?;
+        if let (Some(p), AnyManifest::Index(index)) = (platform, &top) {
+            let child =
+                index.value().manifest_for(p).cloned().ok_or_else(|| {
+                    Error::new(ErrorKind::NotFound, format!("{source} has no manifest for platform {p}"))
+                })?;
+            top = self.get_manifest(&source.repository_only().with_digest(child.digest.clone())).await?;
+        }
+        let desc = self.pull_manifest_tree(source, top).await.and_then(|(desc, docs)| {
+            for m in docs {
+                let size = m.bytes().len() as u64;
+                layout.write_blob(&m.bytes()[..], Some((m.digest(), size))).map_err(layout_err)?;
+            }
+            Ok(desc)
+        })?;
+        // blobs: collect from the stored documents and fetch what is missing
+        let mut blobs = Vec::new();
+        let mut manifests = Vec::new();
+        collect(layout, &desc, &mut blobs, &mut manifests)?;
+        let mut seen = BTreeSet::new();
+        blobs.retain(|d| seen.insert(d.digest.clone()) && !layout.has_blob(&d.digest));
+        stream::iter(blobs.into_iter().map(|d| {
+            let client = self.clone();
+            let repo = repo.clone();
+            let layout = layout.clone();
+            async move { client.pull_blob_into(&repo, &d, &layout).await }
+        }))
+        .buffer_unordered(self.inner.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+        let tagged = name.or(source.tag().is_some().then_some(source));
+        match tagged.filter(|n| n.tag().is_some()) {
+            Some(n) => layout.set_tag(n, desc.clone()).map_err(layout_err)?,
+            None => layout.add_manifest(desc.clone()).map_err(layout_err)?,
+        }
+        Ok(desc)
+    }
+
+    /// Fetches a manifest and, for an index, every child manifest
+    /// (recursively); returns the top descriptor and all document bytes.
+    async fn pull_manifest_tree(&self, source: &Reference, top: AnyManifest) -> Result<(Descriptor, Vec<AnyManifest>)> {
+        let desc = top.descriptor();
+        let mut docs = Vec::new();
+        let mut queue = vec![top];
+        while let Some(m) = queue.pop() {
+            if let AnyManifest::Index(i) = &m {
+                for child in &i.value().manifests {
+                    if child.media_type.is_manifest() || child.media_type.is_index() {
+                        let r = source.repository_only().with_digest(child.digest.clone());
+                        queue.push(self.get_manifest(&r).await?);
+                    }
+                }
+            }
+            docs.push(m);
+        }
+        Ok((desc, docs))
+    }
+
+    /// Streams one blob into a layout through a bounded channel to a
+    /// blocking writer; the layout verifies digest and size before the
+    /// blob appears under its name.
+    pub(crate) async fn pull_blob_into(&self, repo: &Repo, desc: &Descriptor, layout: &Layout) -> Result<()> {
+        let (mut tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let layout = layout.clone();
+        let expected = desc.digest.clone();
+        let size = desc.size;
+        let writer = tokio::task::spawn_blocking(move || {
+            layout.write_blob(ChannelReader { rx, current: Bytes::new() }, Some((&expected, size)))
+        });
+        let fetched = self.fetch_blob(repo, desc, false, &mut tx).await;
+        drop(tx);
+        let written = writer.await.map_err(|e| Error::new(ErrorKind::Io, format!("layout writer task: {e}")))?;
+        fetched?;
+        written.map_err(layout_err)?;
+        Ok(())
+    }
+}
+
+/// A blob read from a registry while it is uploaded elsewhere: the fetch
+/// runs on the async runtime and feeds a bounded channel that the upload
+/// reads from, so nothing touches the disk and memory stays bounded.
+pub struct RegistryBlob {
+    client: Client,
+    repo: Repo,
+    desc: Descriptor,
+    runtime: tokio::runtime::Handle,
+}
+
+impl RegistryBlob {
+    /// A source for `desc` in `repo`, fetched through `client` on the current runtime.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn new(client: Client, repo: Repo, desc: Descriptor) -> Self {
+        RegistryBlob { client, repo, desc, runtime: tokio::runtime::Handle::current() }
+    }
+}
+
+impl crate::ops::BlobSource for RegistryBlob {
+    fn open(&self) -> io::Result<Box<dyn Read + Send>> {
+        let (mut tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let (client, repo, desc) = (self.client.clone(), self.repo.clone(), self.desc.clone());
+        let (err_tx, err_rx) = mpsc::sync_channel::<Error>(1);
+        self.runtime.spawn(async move {
+            let r = client.fetch_blob(&repo, &desc, true, &mut tx).await;
+            if let Err(e) = r {
+                let _ = err_tx.send(e);
+            }
+        });
+        Ok(Box::new(ErrorAwareReader { inner: ChannelReader { rx, current: Bytes::new() }, errors: err_rx }))
+    }
+}
+
+/// A channel reader that turns a failed fetch into a read error instead of a short read.
+struct ErrorAwareReader {
+    inner: ChannelReader,
+    errors: mpsc::Receiver<Error>,
+}
+
+impl Read for ErrorAwareReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0
+            && let Ok(e) = self.errors.try_recv()
+        {
+            return Err(io::Error::other(e));
+        }
+        Ok(n)
+    }
+}
+
+impl Client {
+    /// Copies an image or index between registries without touching the
+    /// disk: manifests move as exact bytes (same digests), blobs are
+    /// skipped when present, mounted when both sides are on one registry,
+    /// or streamed from the source into the upload. Returns the digest at
+    /// the destination.
+    ///
+    /// # Errors
+    /// The first failure; the destination name is pushed last, only after
+    /// every blob and child manifest is in place.
+    pub async fn copy_between(&self, source: &Reference, target: &Reference) -> Result<PushReport> {
+        let src_repo = Repo::of(source);
+        let dst_repo = Repo::of(target);
+        let top = self.get_manifest(source).await?;
+        let top_desc = top.descriptor();
+        let (_, manifests) = self.pull_manifest_tree(source, top).await?;
+        let mut blobs = Vec::new();
+        for m in &manifests {
+            if let AnyManifest::Image(raw) = m {
+                let v = raw.value();
+                blobs.extend(std::iter::once(&v.config).chain(&v.layers).filter(|d| d.urls.is_none()).cloned());
+            }
+        }
+        let mut seen = BTreeSet::new();
+        blobs.retain(|d| seen.insert(d.digest.clone()));
+        let same_registry = src_repo.registry == dst_repo.registry;
+        let results: Vec<(BlobPush, u64)> = stream::iter(blobs.into_iter().map(|d| {
+            let client = self.clone();
+            let (src_repo, dst_repo) = (src_repo.clone(), dst_repo.clone());
+            async move {
+                let source = Arc::new(RegistryBlob::new(client.clone(), src_repo.clone(), d.clone()));
+                let mount = same_registry.then_some(&src_repo);
+                let r = client.push_blob(&dst_repo, &d, source, mount).await?;
+                Ok::<_, Error>((r, d.size))
+            }
+        }))
+        .buffer_unordered(self.inner.concurrency)
+        .try_collect()
+        .await?;
+        let mut report = PushReport::default();
+        for (r, size) in results {
+            match r {
+                BlobPush::Uploaded => {
+                    report.uploaded += 1;
+                    report.bytes_uploaded += size;
+                }
+                BlobPush::Mounted => report.mounted += 1,
+                BlobPush::Skipped => report.skipped += 1,
+            }
+        }
+        // children (pulled depth first, top first) go before their parents
+        for m in manifests.iter().rev() {
+            let d = m.descriptor();
+            let name = if d.digest == top_desc.digest {
+                target.clone()
+            } else {
+                target.repository_only().with_digest(d.digest.clone())
+            };
+            let pushed = self.put_manifest(&name, m.bytes().clone(), &d.media_type).await?;
+            if pushed != d.digest {
+                return Err(Error::digest_mismatch(&d.digest, &pushed));
+            }
+        }
+        report.digest = Some(top_desc.digest);
+        Ok(report)
+    }
+}
+
+/// A `Read` over chunks arriving on a channel; used on blocking threads only.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.current = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        let chunk = self.current.split_to(n);
+        if let Some(dst) = buf.get_mut(..n) {
+            dst.copy_from_slice(&chunk);
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,181 @@
+//! Basic auth against a real htpasswd-protected registry: static
+//! credentials, docker's config.json, refused credentials.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use oci_image::{Descriptor, MediaType};
+use registry_client::{BytesSource, Client, Credential, DockerConfig, ErrorKind, Repo, StaticCredentials};
+use testkit::{Registry, RegistryOptions};
+
+use super::noise;
+
+fn secured() -> Option<Registry> {
+    testkit::tool("docker-registry")?;
+    testkit::tool("htpasswd")?;
+    Some(
+        Registry::start_with(&RegistryOptions {
+            basic_auth: Some(("kiln".into(), "correct horse".into())),
+            ..RegistryOptions::default()
+        })
+        .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn basic_auth_with_static_credentials() {
+    let Some(reg) = secured() else { return };
+    let repo = Repo { registry: reg.host(), path: "kiln/secure".into() };
+    let anon = Client::builder().build().unwrap();
+    let e = anon.ping(&repo).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    let wrong = Client::builder()
+        .credentials(StaticCredentials::new().with(reg.host(), Credential::basic("kiln", "wrong")))
+        .build()
+        .unwrap();
+    let e = wrong.ping(&repo).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthorized);
+    assert!(!format!("{e} {e:?}").contains("wrong"), "no secret in errors: {e:?}");
+    let good = Client::builder()
+        .credentials(StaticCredentials::new().with(reg.host(), Credential::basic("kiln", "correct horse")))
+        .build()
+        .unwrap();
+    good.ping(&repo).await.unwrap();
+    let data = noise(9, 3000);
+    let desc = Descriptor::of_bytes(MediaType::OciLayer, &data);
+    good.push_blob(&repo, &desc, Arc::new(BytesSource(Bytes::from(data))), None).await.unwrap();
+    assert_eq!(good.head_blob(&repo, &desc.digest).await.unwrap(), Some(3000));
+}
+
+#[tokio::test]
+async fn basic_auth_from_docker_config() {
+    let Some(reg) = secured() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("kiln:correct horse");
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!(r#"{{"auths": {{"http://{}": {{"auth": "{auth}"}}}}}}"#, reg.host()),
+    )
+    .unwrap();
+    let config = DockerConfig::from_paths(&[dir.path().join("config.json")]).unwrap();
+    let c = Client::builder().credentials(config).build().unwrap();
+    let repo = Repo { registry: reg.host(), path: "kiln/fromconfig".into() };
+    c.ping(&repo).await.unwrap();
+    assert_eq!(c.list_tags(&repo).await.unwrap_err().kind(), ErrorKind::NotFound);
+}
+
+fn token_registry(ttl_secs: u64) -> Option<Registry> {
+    testkit::tool("docker-registry")?;
+    Some(
+        Registry::start_with(&RegistryOptions {
+            token_auth: Some(testkit::TokenAuth {
+                user: "tok-user".into(),
+                password: "tok-pass".into(),
+                refresh_token: Some("refresh-123".into()),
+                ttl_secs,
+            }),
+            ..RegistryOptions::default()
+        })
+        .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn bearer_tokens_from_a_token_server_the_registry_verifies() {
+    let Some(reg) = token_registry(300) else { return };
+    let tokens = reg.token_server().unwrap();
+    let src = Repo { registry: reg.host(), path: "kiln/tok-src".into() };
+    let dst = Repo { registry: reg.host(), path: "kiln/tok-dst".into() };
+    let anon = Client::builder().build().unwrap();
+    let e = anon.ping(&src).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    let c = Client::builder()
+        .credentials(StaticCredentials::new().with(reg.host(), Credential::basic("tok-user", "tok-pass")))
+        .build()
+        .unwrap();
+    let data = noise(11, 8000);
+    let desc = Descriptor::of_bytes(MediaType::OciLayer, &data);
+    c.push_blob(&src, &desc, Arc::new(BytesSource(Bytes::from(data.clone()))), None).await.unwrap();
+    let issued = tokens.issued();
+    assert!(issued >= 1);
+    // the token is cached per scope: more requests in the same scope need no new token
+    assert_eq!(c.head_blob(&src, &desc.digest).await.unwrap(), Some(8000));
+    c.push_blob(&src, &desc, Arc::new(BytesSource(Bytes::from(data.clone()))), None).await.unwrap();
+    assert!(tokens.issued() <= issued + 1, "tokens are reused: {} then {}", issued, tokens.issued());
+    // a mount asks for push on the target and pull on the source, push scope first
+    let before = tokens.scopes().len();
+    let r = c.push_blob(&dst, &desc, Arc::new(BytesSource(Bytes::from(data))), Some(&src)).await.unwrap();
+    assert_eq!(r, registry_client::BlobPush::Mounted);
+    let scopes = tokens.scopes()[before..].to_vec();
+    let push = scopes.iter().position(|s| s == "repository:kiln/tok-dst:pull,push").expect("push scope requested");
+    let pull = scopes.iter().position(|s| s == "repository:kiln/tok-src:pull").expect("source pull scope requested");
+    assert!(push < pull, "push scope first: {scopes:?}");
+    // wrong credentials: the token server refuses, the error says unauthorized
+    let bad = Client::builder()
+        .credentials(StaticCredentials::new().with(reg.host(), Credential::basic("tok-user", "nope")))
+        .build()
+        .unwrap();
+    let e = bad.ping(&src).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthorized);
+    assert!(tokens.refused() >= 1);
+    assert!(!format!("{e:?}").contains("nope"));
+}
+
+#[tokio::test]
+async fn identity_tokens_use_the_refresh_token_grant() {
+    let Some(reg) = token_registry(300) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!(r#"{{"auths": {{"{}": {{"identitytoken": "refresh-123"}}}}}}"#, reg.host()),
+    )
+    .unwrap();
+    let c = Client::builder()
+        .credentials(DockerConfig::from_paths(&[dir.path().join("config.json")]).unwrap())
+        .build()
+        .unwrap();
+    let repo = Repo { registry: reg.host(), path: "kiln/identity".into() };
+    c.ping(&repo).await.unwrap();
+    let data = noise(12, 100);
+    let desc = Descriptor::of_bytes(MediaType::OciLayer, &data);
+    c.push_blob(&repo, &desc, Arc::new(BytesSource(Bytes::from(data))), None).await.unwrap();
+    assert!(reg.token_server().unwrap().issued() >= 1);
+}
+
+#[tokio::test]
+async fn expired_tokens_are_fetched_again() {
+    let Some(reg) = token_registry(2) else { return };
+    let tokens = reg.token_server().unwrap();
+    let c = Client::builder()
+        .credentials(StaticCredentials::new().with(reg.host(), Credential::basic("tok-user", "tok-pass")))
+        .build()
+        .unwrap();
+    let repo = Repo { registry: reg.host(), path: "kiln/expiry".into() };
+    let data = noise(13, 100);
+    let desc = Descriptor::of_bytes(MediaType::OciLayer, &data);
+    c.push_blob(&repo, &desc, Arc::new(BytesSource(Bytes::from(data))), None).await.unwrap();
+    let first = tokens.issued();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(c.head_blob(&repo, &desc.digest).await.unwrap(), Some(100));
+    assert!(tokens.issued() > first, "a new token after expiry");
+}
+
+#[tokio::test]
+async fn tls_with_a_ca_made_for_this_run() {
+    let Some(_) = testkit::tool("docker-registry") else { return };
+    let reg = Registry::start_with(&RegistryOptions { tls: true, ..RegistryOptions::default() }).unwrap();
+    let repo = Repo { registry: reg.host(), path: "kiln/tls".into() };
+    let c = Client::builder().ca_certificate_pem(reg.ca_pem().unwrap()).build().unwrap();
+    c.ping(&repo).await.unwrap();
+    let data = noise(14, 50_000);
+    let desc = Descriptor::of_bytes(MediaType::OciLayer, &data);
+    c.push_blob(&repo, &desc, Arc::new(BytesSource(Bytes::from(data.clone()))), None).await.unwrap();
+    let mut out = Vec::new();
+    c.fetch_blob(&repo, &desc, true, &mut out).await.unwrap();
+    assert_eq!(out, data);
+    // without the CA the registry cannot be trusted, and plain HTTP is no way around it
+    let untrusting = Client::builder().build().unwrap();
+    assert!(untrusting.ping(&repo).await.is_err());
+    assert!(Client::builder().ca_certificate_pem("not a certificate").build().is_err());
+}

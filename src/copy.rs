@@ -1,0 +1,354 @@
+//! Copy images between registries, OCI layouts and docker-archive files,
+//! moving manifests as exact bytes so digests are preserved.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use oci_image::{ArchiveReader, Descriptor, Digest, Layout, PendingArchive, Raw, Reference, Tag};
+use registry_client::{Client, Repo};
+
+/// Where an image is: a registry, an OCI layout, or a docker-archive file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImageLocation {
+    /// A registry reference (`docker://` prefix optional).
+    Registry(Reference),
+    /// `oci:DIR[:TAG]`.
+    Layout {
+        /// The layout directory.
+        dir: PathBuf,
+        /// The tag (`org.opencontainers.image.ref.name`), if given.
+        tag: Option<Tag>,
+    },
+    /// `docker-archive:FILE[:NAME:TAG]`.
+    DockerArchive {
+        /// The tar file.
+        file: PathBuf,
+        /// The image name inside (`name:tag`), if given.
+        name: Option<Reference>,
+    },
+}
+
+/// Why a location string is invalid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocationError {
+    /// The reference part is invalid.
+    #[error("invalid image location {input:?}")]
+    Reference {
+        /// The input.
+        input: String,
+        /// Why.
+        #[source]
+        source: oci_image::ReferenceError,
+    },
+    /// An empty path after `oci:` or `docker-archive:`.
+    #[error("invalid image location {input:?}: missing path")]
+    MissingPath {
+        /// The input.
+        input: String,
+    },
+}
+
+impl FromStr for ImageLocation {
+    type Err = LocationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let reference_err = |source| LocationError::Reference { input: s.to_owned(), source };
+        if let Some(rest) = s.strip_prefix("oci:") {
+            // the tag is after the last ':' unless that part looks like a path
+            let (dir, tag) = match rest.rsplit_once(':') {
+                Some((d, t)) if !t.contains('/') && !d.is_empty() => {
+                    (d, Some(t.parse::<Tag>().map_err(reference_err)?))
+                }
+                _ => (rest, None),
+            };
+            if dir.is_empty() {
+                return Err(LocationError::MissingPath { input: s.to_owned() });
+            }
+            return Ok(ImageLocation::Layout { dir: PathBuf::from(dir), tag });
+        }
+        if let Some(rest) = s.strip_prefix("docker-archive:") {
+            let (file, name) = match rest.split_once(':') {
+                Some((f, n)) => (f, Some(Reference::parse(n).map_err(reference_err)?)),
+                None => (rest, None),
+            };
+            if file.is_empty() {
+                return Err(LocationError::MissingPath { input: s.to_owned() });
+            }
+            return Ok(ImageLocation::DockerArchive { file: PathBuf::from(file), name });
+        }
+        let r = s.strip_prefix("docker://").unwrap_or(s);
+        Ok(ImageLocation::Registry(Reference::parse(r).map_err(reference_err)?))
+    }
+}
+
+impl fmt::Display for ImageLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageLocation::Registry(r) => write!(f, "docker://{r}"),
+            ImageLocation::Layout { dir, tag: Some(t) } => write!(f, "oci:{}:{t}", dir.display()),
+            ImageLocation::Layout { dir, tag: None } => write!(f, "oci:{}", dir.display()),
+            ImageLocation::DockerArchive { file, name: Some(n) } => {
+                write!(f, "docker-archive:{}:{}", file.display(), n.familiar())
+            }
+            ImageLocation::DockerArchive { file, name: None } => write!(f, "docker-archive:{}", file.display()),
+        }
+    }
+}
+
+/// Why a copy failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CopyError {
+    /// A registry operation failed.
+    #[error("registry")]
+    Registry(#[from] registry_client::Error),
+    /// An OCI layout operation failed.
+    #[error("OCI layout")]
+    Layout(#[from] Box<oci_image::LayoutError>),
+    /// A docker-archive operation failed.
+    #[error("docker-archive")]
+    Archive(#[from] Box<oci_image::ArchiveError>),
+    /// A layout source needs a tag or holds more than one image.
+    #[error("{location}: name the image with :TAG (the layout holds {count} entries)")]
+    Ambiguous {
+        /// The location.
+        location: String,
+        /// Entries in the layout's index.
+        count: usize,
+    },
+    /// The destination cannot take this source as is.
+    #[error("cannot copy {from} to {to}: {why}")]
+    Unsupported {
+        /// The source.
+        from: String,
+        /// The destination.
+        to: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// A temporary directory could not be made.
+    #[error("creating a temporary directory")]
+    Temp(#[source] std::io::Error),
+}
+
+impl From<oci_image::LayoutError> for CopyError {
+    fn from(e: oci_image::LayoutError) -> Self {
+        CopyError::Layout(Box::new(e))
+    }
+}
+
+impl From<oci_image::ArchiveError> for CopyError {
+    fn from(e: oci_image::ArchiveError) -> Self {
+        CopyError::Archive(Box::new(e))
+    }
+}
+
+/// What a copy did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyReport {
+    /// The digest of the manifest (or index) at the destination.
+    pub digest: Digest,
+    /// Blobs uploaded to a registry destination.
+    pub uploaded: usize,
+    /// Blobs mounted from another repository.
+    pub mounted: usize,
+    /// Blobs already present.
+    pub skipped: usize,
+}
+
+fn layout_entry(layout: &Layout, location: &ImageLocation, tag: Option<&Tag>) -> Result<Descriptor, CopyError> {
+    if let Some(t) = tag {
+        return Ok(layout.resolve(t.as_str())?);
+    }
+    match layout.index()?.manifests.as_slice() {
+        [only] => Ok(only.clone()),
+        other => Err(CopyError::Ambiguous { location: location.to_string(), count: other.len() }),
+    }
+}
+
+/// The full name to record beside `tag` in a layout, when the source has one.
+fn source_name(src: &ImageLocation, tag: &Tag) -> Option<Reference> {
+    match src {
+        ImageLocation::Registry(r) => Some(r.with_tag(tag.clone())),
+        ImageLocation::DockerArchive { name: Some(n), .. } => Some(n.with_tag(tag.clone())),
+        _ => None,
+    }
+}
+
+/// Writes the single-platform image `desc` of `layout` as a docker-archive file.
+fn write_archive(
+    layout: &Layout,
+    desc: &Descriptor,
+    file: &std::path::Path,
+    name: Option<&Reference>,
+) -> Result<Digest, CopyError> {
+    let oci_image::AnyManifest::Image(manifest) = layout.read_manifest(desc)? else {
+        return Err(CopyError::Unsupported {
+            from: format!("oci:{}", layout.root().display()),
+            to: format!("docker-archive:{}", file.display()),
+            why: "a docker-archive holds single-platform images; pick one platform",
+        });
+    };
+    let config = Raw::<oci_image::ImageConfiguration>::from_bytes(layout.read_blob(&manifest.value().config)?)
+        .map_err(|e| oci_image::LayoutError::Document {
+            path: layout.root().to_owned(),
+            what: "config".into(),
+            source: Box::new(e),
+        })?;
+    let tags: Vec<Reference> = name.into_iter().cloned().collect();
+    let mut w = PendingArchive::create(file)?;
+    w.add_image(manifest.value(), &config, &tags, |d| layout.open_blob(&d.digest).map_err(std::io::Error::other))?;
+    w.commit(file)?;
+    Ok(manifest.digest().clone())
+}
+
+/// Copies the image at `src` to `dst`. Manifests keep their bytes, so the
+/// destination digest equals the source digest (a docker-archive source,
+/// which holds no manifest, gets a new OCI manifest). Registry to registry
+/// streams blobs without touching the disk and mounts within one registry.
+///
+/// # Errors
+/// [`CopyError`] naming the side that failed.
+pub async fn copy(client: &Client, src: &ImageLocation, dst: &ImageLocation) -> Result<CopyReport, CopyError> {
+    use ImageLocation as L;
+    match (src, dst) {
+        (L::Registry(s), L::Registry(d)) => {
+            let r = client.copy_between(s, d).await?;
+            Ok(CopyReport {
+                digest: r.digest.unwrap_or_else(|| Digest::sha256(b"")),
+                uploaded: r.uploaded,
+                mounted: r.mounted,
+                skipped: r.skipped,
+            })
+        }
+        (L::Layout { dir, tag }, L::Registry(d)) => {
+            let layout = Layout::open(dir)?;
+            let desc = layout_entry(&layout, src, tag.as_ref())?;
+            let r = client.push_from_layout(&layout, &desc, d, None).await?;
+            Ok(CopyReport { digest: desc.digest, uploaded: r.uploaded, mounted: r.mounted, skipped: r.skipped })
+        }
+        (L::Registry(s), L::Layout { dir, tag }) => {
+            let layout = Layout::create(dir)?;
+            let name = tag.as_ref().map(|t| s.with_tag(t.clone()));
+            let desc = client.pull_to_layout(s, &layout, None, name.as_ref()).await?;
+            Ok(CopyReport { digest: desc.digest, uploaded: 0, mounted: 0, skipped: 0 })
+        }
+        (L::Layout { dir, tag }, L::Layout { dir: to, tag: to_tag }) => {
+            let from = Layout::open(dir)?;
+            let desc = layout_entry(&from, src, tag.as_ref())?;
+            let into = Layout::create(to)?;
+            let reachable = reachable_from(&from, &desc)?;
+            for d in &reachable {
+                if !into.has_blob(&d.digest) {
+                    into.write_blob(from.open_blob(&d.digest)?, Some((&d.digest, d.size)))?;
+                }
+            }
+            match to_tag.as_ref().or(tag.as_ref()) {
+                Some(t) => into.set_ref_name(t, None, desc.clone())?,
+                None => into.add_manifest(desc.clone())?,
+            }
+            Ok(CopyReport { digest: desc.digest, uploaded: 0, mounted: 0, skipped: 0 })
+        }
+        (L::DockerArchive { file, name }, _) => {
+            let reader = ArchiveReader::open(file)?;
+            let wanted = name.as_ref().map(Reference::familiar);
+            let image = reader.find(wanted.as_deref())?;
+            let tmp = tempfile::tempdir().map_err(CopyError::Temp)?;
+            let (layout, tag) = match dst {
+                L::Layout { dir, tag } => (Layout::create(dir)?, tag.clone()),
+                _ => (Layout::create(tmp.path().join("layout"))?, None),
+            };
+            let desc = reader.copy_to_layout(image, &layout, None)?;
+            if let Some(t) = &tag {
+                layout.set_ref_name(t, source_name(src, t).as_ref(), desc.clone())?;
+            }
+            match dst {
+                L::Registry(d) => {
+                    let r = client.push_from_layout(&layout, &desc, d, None).await?;
+                    Ok(CopyReport { digest: desc.digest, uploaded: r.uploaded, mounted: r.mounted, skipped: r.skipped })
+                }
+                L::Layout { .. } => Ok(CopyReport { digest: desc.digest, uploaded: 0, mounted: 0, skipped: 0 }),
+                L::DockerArchive { .. } => Err(CopyError::Unsupported {
+                    from: src.to_string(),
+                    to: dst.to_string(),
+                    why: "docker-archive to docker-archive: copy through an OCI layout",
+                }),
+            }
+        }
+        (L::Layout { dir, tag }, L::DockerArchive { file, name }) => {
+            let layout = Layout::open(dir)?;
+            let desc = layout_entry(&layout, src, tag.as_ref())?;
+            let digest = write_archive(&layout, &desc, file, name.as_ref())?;
+            Ok(CopyReport { digest, uploaded: 0, mounted: 0, skipped: 0 })
+        }
+        (L::Registry(s), L::DockerArchive { file, name }) => {
+            // the image is gathered in a temporary layout: an archive needs every layer
+            let tmp = tempfile::tempdir().map_err(CopyError::Temp)?;
+            let layout = Layout::create(tmp.path().join("layout"))?;
+            let desc = client.pull_to_layout(s, &layout, Some(&oci_image::Platform::host()), None).await?;
+            let digest = write_archive(&layout, &desc, file, name.as_ref().or(Some(s)))?;
+            Ok(CopyReport { digest, uploaded: 0, mounted: 0, skipped: 0 })
+        }
+    }
+}
+
+/// Every descriptor reachable from `desc` in a layout (itself included).
+fn reachable_from(layout: &Layout, desc: &Descriptor) -> Result<Vec<Descriptor>, CopyError> {
+    let mut out = vec![desc.clone()];
+    let mut i = 0;
+    while let Some(d) = out.get(i).cloned() {
+        i += 1;
+        if !(d.media_type.is_manifest() || d.media_type.is_index()) {
+            continue;
+        }
+        match layout.read_manifest(&d)? {
+            oci_image::AnyManifest::Image(m) => {
+                let v = m.value();
+                out.extend(
+                    std::iter::once(&v.config)
+                        .chain(&v.layers)
+                        .filter(|x| x.urls.is_none() || layout.has_blob(&x.digest))
+                        .cloned(),
+                );
+            }
+            oci_image::AnyManifest::Index(ix) => out.extend(ix.value().manifests.iter().cloned()),
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    out.retain(|d| seen.insert(d.digest.clone()));
+    Ok(out)
+}
+
+/// The repository of a registry location (for mounts).
+pub fn repo_of(location: &ImageLocation) -> Option<Repo> {
+    match location {
+        ImageLocation::Registry(r) => Some(Repo::of(r)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse() {
+        let l: ImageLocation = "oci:/tmp/x:v1".parse().unwrap();
+        assert_eq!(l, ImageLocation::Layout { dir: "/tmp/x".into(), tag: Some("v1".parse().unwrap()) });
+        let l: ImageLocation = "oci:relative/dir".parse().unwrap();
+        assert_eq!(l, ImageLocation::Layout { dir: "relative/dir".into(), tag: None });
+        let l: ImageLocation = "docker://localhost:5000/a:b".parse().unwrap();
+        assert_eq!(l, ImageLocation::Registry("localhost:5000/a:b".parse().unwrap()));
+        let l: ImageLocation = "docker-archive:/tmp/a.tar:app:v2".parse().unwrap();
+        assert_eq!(
+            l,
+            ImageLocation::DockerArchive { file: "/tmp/a.tar".into(), name: Some("app:v2".parse().unwrap()) }
+        );
+        assert!("oci:".parse::<ImageLocation>().is_err());
+        assert!("oci:/x:-bad".parse::<ImageLocation>().is_err());
+        assert!("Bad/Ref".parse::<ImageLocation>().is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! A token server for the registry's `auth: token` mode: it checks basic
+//! credentials (or an OAuth2 refresh token), then issues ES256 JWTs with an
+//! `x5c` header that the real registry verifies against its root bundle.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+use crate::pki::CertPair;
+
+/// The `service` the registry is configured with.
+pub const SERVICE: &str = "kiln-test-registry";
+/// The `issuer` the registry is configured with.
+pub const ISSUER: &str = "kiln-test-token-server";
+
+struct State {
+    user: String,
+    password: String,
+    refresh_token: Option<String>,
+    ttl_secs: u64,
+    key: EncodingKey,
+    x5c: String,
+    issued: AtomicUsize,
+    refused: AtomicUsize,
+    scopes: Mutex<Vec<String>>,
+    stop: AtomicBool,
+}
+
+/// A running token server; stops when dropped.
+pub struct TokenServer {
+    port: u16,
+    state: Arc<State>,
+    signer: CertPair,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn respond(s: &mut TcpStream, status: &str, extra: &str, body: &str) -> io::Result<()> {
+    write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+        body.len()
+    )
+}
+
+fn query_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                if let Some(v) = hex {
+                    out.push(v);
+                    i += 2;
+                } else {
+                    out.push(b);
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn handle(mut s: TcpStream, st: &State) -> io::Result<()> {
+    let mut reader = BufReader::new(s.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or_default().to_owned());
+    let mut auth = None;
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "authorization" => auth = Some(v.trim().to_owned()),
+                "content-length" => length = v.trim().parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0u8; length.min(64 * 1024)];
+    reader.read_exact(&mut body)?;
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let mut pairs = query_pairs(query);
+    if method == "POST" {
+        pairs.extend(query_pairs(&String::from_utf8_lossy(&body)));
+    }
+    let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let authorised = if method == "POST" && get("grant_type").as_deref() == Some("refresh_token") {
+        st.refresh_token.is_some() && get("refresh_token") == st.refresh_token
+    } else {
+        let expected = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", st.user, st.password));
+        auth.as_deref() == Some(&format!("Basic {expected}"))
+    };
+    if !authorised {
+        st.refused.fetch_add(1, Ordering::SeqCst);
+        return respond(&mut s, "401 Unauthorized", "", r#"{"details":"bad credentials"}"#);
+    }
+    let scopes: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' ').map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    if let Ok(mut all) = st.scopes.lock() {
+        all.extend(scopes.iter().cloned());
+    }
+    let access: Vec<serde_json::Value> = scopes
+        .iter()
+        .filter_map(|s| {
+            let mut it = s.splitn(3, ':');
+            let (kind, name, actions) = (it.next()?, it.next()?, it.next()?);
+            Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+        })
+        .collect();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let claims = serde_json::json!({
+        "iss": ISSUER, "sub": st.user, "aud": get("service").unwrap_or_else(|| SERVICE.to_owned()),
+        "exp": now + st.ttl_secs, "nbf": now.saturating_sub(10), "iat": now,
+        "jti": format!("{:016x}", rand::random::<u64>()), "access": access,
+    });
+    let mut header = Header::new(Algorithm::ES256);
+    header.x5c = Some(vec![st.x5c.clone()]);
+    let token = jsonwebtoken::encode(&header, &claims, &st.key).map_err(io::Error::other)?;
+    st.issued.fetch_add(1, Ordering::SeqCst);
+    let body = serde_json::json!({"token": token, "access_token": token, "expires_in": st.ttl_secs}).to_string();
+    respond(&mut s, "200 OK", "", &body)
+}
+
+impl TokenServer {
+    /// Starts a token server that accepts `user`/`password` (and, when
+    /// given, an OAuth2 refresh token) and issues tokens valid `ttl_secs`.
+    ///
+    /// # Errors
+    /// When the key is unusable or the port cannot be bound.
+    pub fn start(user: &str, password: &str, refresh_token: Option<&str>, ttl_secs: u64) -> io::Result<TokenServer> {
+        let signer = crate::pki::token_signer()?;
+        let key = EncodingKey::from_ec_pem(signer.key_pem.as_bytes()).map_err(io::Error::other)?;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let state = Arc::new(State {
+            user: user.to_owned(),
+            password: password.to_owned(),
+            refresh_token: refresh_token.map(str::to_owned),
+            ttl_secs,
+            key,
+            x5c: base64::engine::general_purpose::STANDARD.encode(&signer.cert_der),
+            issued: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
+            scopes: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let st = state.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(s) = conn {
+                    let st = st.clone();
+                    std::thread::spawn(move || {
+                        let _ = handle(s, &st);
+                    });
+                }
+            }
+        });
+        Ok(TokenServer { port, state, signer, thread: Some(thread) })
+    }
+
+    /// The realm URL to configure in the registry.
+    pub fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+
+    /// The certificate the registry must trust (`rootcertbundle`), PEM.
+    pub fn root_pem(&self) -> &str {
+        &self.signer.cert_pem
+    }
+
+    /// Tokens issued so far.
+    pub fn issued(&self) -> usize {
+        self.state.issued.load(Ordering::SeqCst)
+    }
+
+    /// Requests refused for bad credentials so far.
+    pub fn refused(&self) -> usize {
+        self.state.refused.load(Ordering::SeqCst)
+    }
+
+    /// Every scope requested so far, in order.
+    pub fn scopes(&self) -> Vec<String> {
+        self.state.scopes.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
