@@ -54,6 +54,7 @@ pub struct ClientBuilder {
     progress: Option<ProgressFn>,
     chunk_size: Option<u64>,
     single_request_uploads: bool,
+    streamed_uploads: bool,
     proxy: Option<String>,
 }
 
@@ -80,6 +81,7 @@ impl Default for ClientBuilder {
             progress: None,
             chunk_size: None,
             single_request_uploads: false,
+            streamed_uploads: false,
             proxy: None,
         }
     }
@@ -159,6 +161,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Uploads each blob as one streamed `PATCH` (chunked transfer
+    /// encoding) followed by `PUT ?digest=`, instead of a monolithic `PUT`.
+    #[must_use]
+    pub fn streamed_uploads(mut self, yes: bool) -> Self {
+        self.streamed_uploads = yes;
+        self
+    }
+
     /// Sends every request through this proxy URL (otherwise the
     /// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` environment applies).
     #[must_use]
@@ -220,6 +230,7 @@ impl ClientBuilder {
                 progress: self.progress,
                 chunk_size: self.chunk_size,
                 single_request_uploads: self.single_request_uploads,
+                streamed_uploads: self.streamed_uploads,
             }),
         })
     }
@@ -237,6 +248,7 @@ pub(crate) struct Inner {
     progress: Option<ProgressFn>,
     pub(crate) chunk_size: Option<u64>,
     pub(crate) single_request_uploads: bool,
+    pub(crate) streamed_uploads: bool,
 }
 
 /// An OCI distribution client. Cheap to clone; clones share connections

@@ -530,9 +530,10 @@ impl Client {
                 Some(l) => l,
                 None => self.start_upload(repo).await?,
             };
-            let result = match self.inner.chunk_size {
-                Some(chunk) => self.upload_chunked(repo, desc, &source, loc, chunk).await,
-                None => self.upload_monolithic(repo, desc, &source, loc).await,
+            let result = match (self.inner.chunk_size, self.inner.streamed_uploads) {
+                (Some(chunk), _) => self.upload_chunked(repo, desc, &source, loc, chunk).await,
+                (None, true) => self.upload_streamed(repo, desc, &source, loc).await,
+                (None, false) => self.upload_monolithic(repo, desc, &source, loc).await,
             };
             match result {
                 Ok(()) => break,
@@ -691,13 +692,8 @@ impl Client {
         let chunk = chunk.max(upload.min_chunk.unwrap_or(0)).max(1);
         let mut url = upload.url;
         let mut offset = 0u64;
-        let mut reader = {
-            let src = source.clone();
-            tokio::task::spawn_blocking(move || src.open())
-                .await
-                .map_err(|e| Error::new(ErrorKind::Io, format!("blob source task: {e}")))?
-                .map_err(|e| Error::io("opening blob source", e))?
-        };
+        let mut reader = open_at(source, 0).await?;
+        let mut resumes = 0;
         while offset < desc.size {
             let len = chunk.min(desc.size - offset);
             let (r, bytes) = read_exact_blocking(reader, len).await?;
@@ -718,7 +714,23 @@ impl Client {
                 scopes: vec![scope(repo, "pull,push")],
                 idempotent: false,
             };
-            let resp = self.send(repo, &req).await?;
+            let resp = match self.send(repo, &req).await {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::Transport && resumes < self.inner.retry.max_attempts => {
+                    // the chunk broke off: ask the registry what it kept and go on from there
+                    resumes += 1;
+                    // a registry that dropped the session (distribution does) answers
+                    // the status with 404: then the broken chunk's error stands, and
+                    // the caller starts a fresh upload
+                    let Ok((status_url, kept)) = self.upload_status(repo, &url).await else { return Err(e) };
+                    tracing::debug!(digest = %desc.digest, kept, "chunk upload broke off; resuming from the upload's Range");
+                    url = status_url;
+                    offset = kept;
+                    reader = open_at(source, offset).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let status = resp.status();
             let next = if status == StatusCode::ACCEPTED || status == StatusCode::CREATED {
                 self.resolve_location(&url, resp.headers())?
@@ -746,6 +758,61 @@ impl Client {
             self.emit(&Progress::Bytes { digest: desc.digest.clone(), done: offset, total: desc.size });
         }
         self.finish_upload(repo, desc, url, Body::Empty, 0).await
+    }
+
+    /// The upload's status: its newest location and how many bytes it holds.
+    async fn upload_status(&self, repo: &Repo, url: &Url) -> Result<(Url, u64)> {
+        let req = Request {
+            method: Method::GET,
+            url: url.clone(),
+            headers: HeaderMap::new(),
+            body: Body::Empty,
+            scopes: vec![scope(repo, "pull,push")],
+            idempotent: true,
+        };
+        let resp = self.send_ok(repo, &req, "checking an upload's status").await?;
+        let kept = resp
+            .headers()
+            .get(RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim_start_matches("bytes=").strip_prefix("0-").map(str::to_owned))
+            .and_then(|end| end.parse::<i64>().ok())
+            // `0-0` is what registries say for an empty upload too; no first chunk is 1 byte
+            // long unless the blob is, so read it as nothing kept
+            .map_or(0, |end| if end <= 0 { 0 } else { u64::try_from(end + 1).unwrap_or(0) });
+        let next = self.resolve_location(url, resp.headers()).unwrap_or_else(|_| url.clone());
+        Ok((next, kept))
+    }
+
+    /// One streamed `PATCH` with the whole body (chunked transfer), then `PUT ?digest=`.
+    async fn upload_streamed(
+        &self,
+        repo: &Repo,
+        desc: &Descriptor,
+        source: &Arc<dyn BlobSource>,
+        upload: Upload,
+    ) -> Result<()> {
+        let src = source.clone();
+        let size = desc.size;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        let req = Request {
+            method: Method::PATCH,
+            url: upload.url.clone(),
+            headers,
+            body: Body::Stream {
+                len: None,
+                open: Arc::new(move || {
+                    let src = src.clone();
+                    Box::pin(async move { Ok(source_body(src, 0, size, None)) })
+                }),
+            },
+            scopes: vec![scope(repo, "pull,push")],
+            idempotent: false,
+        };
+        let resp = self.send_ok(repo, &req, &format!("streaming blob {}", desc.digest)).await?;
+        let next = self.resolve_location(&upload.url, resp.headers())?;
+        self.finish_upload(repo, desc, next, Body::Empty, 0).await
     }
 
     /// One page of tags; `n` and `last` as the spec defines them.
@@ -917,12 +984,14 @@ struct Upload {
 }
 
 /// Whether an upload that failed this way is worth starting over: transport
-/// and server failures, and a session the registry lost after one
-/// (`BLOB_UPLOAD_UNKNOWN`, a 416 after a partial chunk).
+/// and server failures, and a session the registry dropped after one
+/// (`BLOB_UPLOAD_UNKNOWN`; distribution answers `BLOB_UPLOAD_INVALID` once a
+/// PATCH broke off; a 416 after a partial chunk).
 fn restartable(e: &Error) -> bool {
     e.is_retryable()
         || e.status() == Some(416)
-        || (e.kind() == ErrorKind::NotFound && e.codes().iter().any(|c| c.code == "BLOB_UPLOAD_UNKNOWN"))
+        || (e.kind() == ErrorKind::NotFound
+            && e.codes().iter().any(|c| c.code == "BLOB_UPLOAD_UNKNOWN" || c.code == "BLOB_UPLOAD_INVALID"))
 }
 
 fn content_length_zero() -> HeaderMap {
@@ -1003,6 +1072,22 @@ async fn read_capped(resp: reqwest::Response, cap: u64, what: &str) -> Result<By
         buf.extend_from_slice(&c);
     }
     Ok(Bytes::from(buf))
+}
+
+/// Opens a source on a blocking thread, positioned `offset` bytes in.
+async fn open_at(source: &Arc<dyn BlobSource>, offset: u64) -> Result<Box<dyn Read + Send>> {
+    let src = source.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut r = src.open()?;
+        let skipped = io::copy(&mut (&mut r).take(offset), &mut io::sink())?;
+        if skipped < offset {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob source is shorter than the upload"));
+        }
+        Ok(r)
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Io, format!("blob source task: {e}")))?
+    .map_err(|e| Error::io("opening blob source", e))
 }
 
 async fn read_exact_blocking(mut r: Box<dyn Read + Send>, len: u64) -> Result<(Box<dyn Read + Send>, Bytes)> {

@@ -12,11 +12,13 @@
 
 mod fault;
 mod pki;
+mod proxy;
 mod scripted;
 mod token;
 
 pub use fault::{Fault, FaultCounts, FaultPlan, FaultProxy};
 pub use pki::{CertPair, Pki};
+pub use proxy::HttpProxy;
 pub use scripted::{Logged, Quirks, ScriptedRegistry};
 pub use token::{ISSUER, SERVICE, TokenServer};
 

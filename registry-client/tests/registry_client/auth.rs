@@ -179,3 +179,26 @@ async fn tls_with_a_ca_made_for_this_run() {
     assert!(untrusting.ping(&repo).await.is_err());
     assert!(Client::builder().ca_certificate_pem("not a certificate").build().is_err());
 }
+
+#[tokio::test]
+async fn through_a_proxy_both_https_tunnels_and_plain_http() {
+    let Some(_) = testkit::tool("docker-registry") else { return };
+    let proxy = testkit::HttpProxy::start().unwrap();
+    // HTTPS: a CONNECT tunnel, TLS end to end with the registry
+    let tls = Registry::start_with(&RegistryOptions { tls: true, ..RegistryOptions::default() }).unwrap();
+    let c = Client::builder().ca_certificate_pem(tls.ca_pem().unwrap()).proxy(proxy.url()).build().unwrap();
+    let repo = Repo { registry: tls.host(), path: "kiln/proxied".into() };
+    let data = noise(21, 20_000);
+    let desc = Descriptor::of_bytes(MediaType::OciLayer, &data);
+    c.push_blob(&repo, &desc, Arc::new(BytesSource(Bytes::from(data.clone()))), None).await.unwrap();
+    let mut out = Vec::new();
+    c.fetch_blob(&repo, &desc, true, &mut out).await.unwrap();
+    assert_eq!(out, data);
+    assert!(proxy.tunnels() >= 1, "went through CONNECT");
+    // plain HTTP on loopback: absolute-form requests through the proxy
+    let plain = Registry::start().unwrap();
+    let c = Client::builder().proxy(proxy.url()).build().unwrap();
+    let repo = Repo { registry: plain.host(), path: "kiln/proxied".into() };
+    c.push_blob(&repo, &desc, Arc::new(BytesSource(Bytes::from(data))), None).await.unwrap();
+    assert!(proxy.forwarded() >= 3, "HEAD, POST and PUT were forwarded: {}", proxy.forwarded());
+}

@@ -129,3 +129,66 @@ async fn exhausted_retries_report_the_right_kind() {
     let e = c.head_blob(&repo, &d).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
 }
+
+#[tokio::test]
+async fn chunked_uploads_survive_dropped_connections() {
+    // distribution drops an upload session whose PATCH broke off, so the client starts over
+    let Some(_) = testkit::tool("docker-registry") else { return };
+    let reg = Registry::start().unwrap();
+    // every drop costs a whole new session here, so the rate is low and the attempts many
+    let proxy = FaultProxy::start(reg.port(), FaultPlan { seed: 7, rate: 0.05, faults: vec![Fault::Drop] }).unwrap();
+    let retry = RetryPolicy { max_attempts: 20, ..quick_retries() };
+    let c = Client::builder().chunk_size(8192).retry(retry).build().unwrap();
+    let repo = Repo { registry: proxy.host(), path: "kiln/chunks".into() };
+    let direct = Client::builder().build().unwrap();
+    for i in 0..10usize {
+        let data = super::noise(500 + i as u64, 50_000 + i * 1000);
+        let desc = oci_image::Descriptor::of_bytes(oci_image::MediaType::OciLayer, &data);
+        c.push_blob(
+            &repo,
+            &desc,
+            std::sync::Arc::new(registry_client::BytesSource(bytes::Bytes::from(data.clone()))),
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("blob {i}: {e:?}"));
+        let mut out = Vec::new();
+        direct
+            .fetch_blob(&Repo { registry: reg.host(), path: "kiln/chunks".into() }, &desc, true, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, data, "blob {i}");
+    }
+    assert!(proxy.counts().faults.get("Drop").copied().unwrap_or(0) >= 2, "{:?}", proxy.counts());
+}
+
+#[tokio::test]
+async fn chunked_uploads_resume_from_the_upload_range() {
+    // a registry that keeps the session: the client asks for its Range and goes on
+    let scripted = testkit::ScriptedRegistry::start(testkit::Quirks::default()).unwrap();
+    let port: u16 = scripted.host().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = FaultProxy::start(port, FaultPlan { seed: 11, rate: 0.25, faults: vec![Fault::Drop] }).unwrap();
+    let c = Client::builder().chunk_size(8192).retry(quick_retries()).build().unwrap();
+    let repo = Repo { registry: proxy.host(), path: "kiln/resume".into() };
+    let blobs = 8u64;
+    for i in 0..blobs {
+        let data = super::noise(700 + i, 60_000);
+        let desc = oci_image::Descriptor::of_bytes(oci_image::MediaType::OciLayer, &data);
+        c.push_blob(
+            &repo,
+            &desc,
+            std::sync::Arc::new(registry_client::BytesSource(bytes::Bytes::from(data.clone()))),
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("blob {i}: {e:?}"));
+        assert_eq!(scripted.blob(&desc.digest.to_string()).unwrap(), data, "blob {i}");
+    }
+    let log = scripted.log();
+    let status_checks = log.iter().filter(|l| l.method == "GET" && l.target.contains("/blobs/uploads/")).count();
+    let sessions = log.iter().filter(|l| l.method == "POST").count();
+    assert!(status_checks >= 1, "the upload status was asked for after a drop");
+    let seq: Vec<String> =
+        log.iter().map(|l| format!("{} {}", l.method, l.target.split('?').next().unwrap_or_default())).collect();
+    assert_eq!(sessions as u64, blobs, "every upload resumed in its own session, none started over: {seq:#?}");
+}

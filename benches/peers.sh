@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# kiln side by side with its peers on real data; see BENCHMARKS.md.
+#
+#   benches/peers.sh            # everything
+#   RUNS=7 benches/peers.sh     # more runs per pair (default 5)
+#
+# Prepares (once, cached under $KILN_BENCH_DIR, default /tmp/kiln-bench) a
+# `debootstrap --variant=minbase` Debian root filesystem packed by umoci as
+# one gzip layer, builds kiln's examples in release mode, then times each
+# kiln/peer pair alternately against a fresh registry per run and prints
+# medians, ratios against the targets, and peak RSS. Needs root (debootstrap)
+# and the Debian mirror; installs what it uses when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+WORK=${KILN_BENCH_DIR:-/tmp/kiln-bench}
+RUNS=${RUNS:-5}
+mkdir -p "$WORK"
+T0=$SECONDS
+part_start=$SECONDS
+parts=()
+part() { # name
+  parts+=("$(printf '%-28s %5ss' "$current_part" $((SECONDS - part_start)))")
+  current_part=$1
+  part_start=$SECONDS
+  printf '\n== %s\n' "$1" >&2
+}
+current_part="setup"
+
+need=()
+for p in debootstrap:debootstrap skopeo:skopeo umoci:umoci docker-registry:docker-registry time:/usr/bin/time jq:jq curl:curl python3:python3; do
+  command -v "${p#*:}" >/dev/null 2>&1 || need+=("${p%%:*}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+part "build kiln (release)"
+cargo build --release --examples -q
+KILN_COPY=$ROOT/target/release/examples/copy
+KILN_BUILD=$ROOT/target/release/examples/build
+
+part "prepare rootfs image"
+if [ ! -f "$WORK/rootfs.done" ]; then
+  rm -rf "$WORK/rootfs"
+  debootstrap --variant=minbase bookworm "$WORK/rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1
+  touch "$WORK/rootfs.done"
+fi
+if [ ! -f "$WORK/image.done" ]; then
+  rm -rf "$WORK/image" "$WORK/bundle"
+  umoci init --layout "$WORK/image"
+  umoci new --image "$WORK/image:base"
+  umoci unpack --image "$WORK/image:base" "$WORK/bundle" >/dev/null
+  cp -a "$WORK/rootfs/." "$WORK/bundle/rootfs/"
+  umoci repack --image "$WORK/image:rootfs" "$WORK/bundle"
+  umoci gc --layout "$WORK/image"
+  touch "$WORK/image.done"
+fi
+IMAGE="oci:$WORK/image:rootfs"
+DIGEST=$(jq -r '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"]=="rootfs") | .digest' "$WORK/image/index.json")
+ROOTFS_MB=$(du -sm "$WORK/rootfs" | cut -f1)
+LAYER_MB=$(( $(jq -r '.layers[0].size' "$WORK/image/blobs/sha256/${DIGEST#sha256:}") / 1048576 ))
+
+REG_PID=""
+REG_DIR=""
+start_registry() {
+  stop_registry
+  REG_DIR=$(mktemp -d "$WORK/registry.XXXX")
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat >"$REG_DIR/config.yml" <<YAML
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $REG_DIR/data}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$port}
+YAML
+  docker-registry serve "$REG_DIR/config.yml" >"$REG_DIR/log" 2>&1 &
+  REG_PID=$!
+  REG="127.0.0.1:$port"
+  for _ in $(seq 100); do curl -sf "http://$REG/v2/" >/dev/null 2>&1 && return; sleep 0.05; done
+  echo "registry did not start" >&2; exit 1
+}
+stop_registry() {
+  if [ -n "$REG_PID" ]; then kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; REG_PID=""; fi
+  if [ -n "$REG_DIR" ]; then rm -rf "$REG_DIR"; REG_DIR=""; fi
+}
+trap stop_registry EXIT
+
+# time_cmd NAME -- command...   appends "seconds maxrss_kb" to $WORK/times/NAME
+mkdir -p "$WORK/times"; rm -f "$WORK/times/"*
+time_cmd() {
+  local name=$1; shift; shift
+  /usr/bin/time -f "%e %M" -o "$WORK/times/$name.last" "$@" >"$WORK/times/$name.out" 2>"$WORK/times/$name.err" || {
+    echo "failed: $*" >&2; cat "$WORK/times/$name.err" >&2; exit 1; }
+  cat "$WORK/times/$name.last" >>"$WORK/times/$name"
+}
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+col() { awk -v c="$1" '{print $c}' "$WORK/times/$2"; }
+
+SK="skopeo --insecure-policy"
+kiln_round() {
+  time_cmd kiln_push -- "$KILN_COPY" "$IMAGE" "$REG/kiln/rootfs:v1"
+  [ "$(tail -1 "$WORK/times/kiln_push.out")" = "$DIGEST" ] || { echo "kiln changed the digest" >&2; exit 1; }
+  time_cmd kiln_repush -- "$KILN_COPY" "$IMAGE" "$REG/kiln/rootfs:v1"
+  time_cmd kiln_mount -- "$KILN_COPY" "$REG/kiln/rootfs:v1" "$REG/kiln/other:v1"
+  grep -q "uploaded 0," "$WORK/times/kiln_mount.err" || { echo "kiln uploaded bytes on a mount" >&2; cat "$WORK/times/kiln_mount.err" >&2; exit 1; }
+  rm -rf "$WORK/pull-kiln"
+  time_cmd kiln_pull -- "$KILN_COPY" "$REG/kiln/rootfs:v1" "oci:$WORK/pull-kiln:v1"
+}
+skopeo_round() {
+  time_cmd skopeo_push -- $SK copy --dest-tls-verify=false "$IMAGE" "docker://$REG/skopeo/rootfs:v1"
+  [ "$($SK inspect --tls-verify=false --format '{{.Digest}}' "docker://$REG/skopeo/rootfs:v1")" = "$DIGEST" ] || { echo "skopeo changed the digest" >&2; exit 1; }
+  time_cmd skopeo_repush -- $SK copy --dest-tls-verify=false "$IMAGE" "docker://$REG/skopeo/rootfs:v1"
+  time_cmd skopeo_mount -- $SK copy --src-tls-verify=false --dest-tls-verify=false "docker://$REG/skopeo/rootfs:v1" "docker://$REG/skopeo/other:v1"
+  rm -rf "$WORK/pull-skopeo"
+  time_cmd skopeo_pull -- $SK copy --src-tls-verify=false "docker://$REG/skopeo/rootfs:v1" "oci:$WORK/pull-skopeo:v1"
+}
+
+part "registry: kiln vs skopeo x$RUNS"
+for i in $(seq "$RUNS"); do
+  if [ $((i % 2)) -eq 1 ]; then
+    start_registry; kiln_round; start_registry; skopeo_round
+  else
+    start_registry; skopeo_round; start_registry; kiln_round
+  fi
+done
+stop_registry
+
+part "memory: 2 GiB layer"
+if [ ! -f "$WORK/big.done" ]; then
+  rm -rf "$WORK/big-ctx" "$WORK/big"
+  mkdir -p "$WORK/big-ctx"
+  head -c 2G /dev/urandom >"$WORK/big-ctx/random.bin"
+  "$KILN_BUILD" "$WORK/big-ctx" --out "$WORK/big" --tag kiln/big:v1 >/dev/null
+  rm -rf "$WORK/big-ctx"
+  touch "$WORK/big.done"
+fi
+start_registry
+time_cmd mem_push -- "$KILN_COPY" "oci:$WORK/big:v1" "$REG/kiln/big:v1"
+rm -rf "$WORK/pull-big"
+time_cmd mem_pull -- "$KILN_COPY" "$REG/kiln/big:v1" "oci:$WORK/pull-big:v1"
+rm -rf "$WORK/pull-big"
+stop_registry
+
+part "report"
+row() { # label kiln skopeo target
+  local k s
+  k=$(col 1 "$2" | median); s=$(col 1 "$3" | median)
+  local kr sr
+  kr=$(col 2 "$2" | median); sr=$(col 2 "$3" | median)
+  awk -v l="$1" -v k="$k" -v s="$s" -v t="$4" -v kr="$kr" -v sr="$sr" 'BEGIN {
+    r = (s > 0) ? k / s : 0;
+    printf "| %-34s | %8.2f s | %8.2f s | %5.2fx | %-6s | %s | %6.1f MiB | %6.1f MiB |\n", l, k, s, r, t, (t == "-" || r <= t + 0) ? "met" : "MISSED", kr/1024, sr/1024 }'
+}
+{
+  echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"), $(date -u +%Y-%m-%d)"
+  echo "image: debootstrap minbase bookworm, ${ROOTFS_MB} MB root filesystem, one gzip layer of ${LAYER_MB} MiB (umoci), digest $DIGEST"
+  echo "runs: $RUNS per tool, alternating, fresh registry per run; medians"
+  echo
+  echo "| operation                          |   kiln     |  skopeo    | ratio  | target | status | kiln RSS   | skopeo RSS |"
+  echo "|---|---|---|---|---|---|---|---|"
+  row "push oci: -> registry" kiln_push skopeo_push 0.5
+  row "re-push (all blobs present)" kiln_repush skopeo_repush 0.5
+  row "copy to new repo, same registry" kiln_mount skopeo_mount -
+  row "pull registry -> oci:" kiln_pull skopeo_pull 0.5
+  echo
+  printf 'kiln mount copy uploaded: %s\n' "$(grep -o 'uploaded [0-9]*, mounted [0-9]*' "$WORK/times/kiln_mount.err" | tail -1)"
+  printf 'memory, 2 GiB layer: push %s s, peak RSS %s MiB; pull %s s, peak RSS %s MiB (target < 64 MiB)\n' \
+    "$(col 1 mem_push)" "$(( $(col 2 mem_push) / 1024 ))" "$(col 1 mem_pull)" "$(( $(col 2 mem_pull) / 1024 ))"
+} | tee "$WORK/report.md"
+part "done"
+printf '\ntime per part:\n' >&2
+printf '  %s\n' "${parts[@]:1}" >&2
+printf '  total %ss\n' $((SECONDS - T0)) >&2
