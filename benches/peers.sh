@@ -5,16 +5,20 @@
 #   RUNS=7 benches/peers.sh     # more runs per pair (default 5)
 #
 # Prepares (once, cached under $KILN_BENCH_DIR, default /tmp/kiln-bench) a
-# `debootstrap --variant=minbase` Debian root filesystem packed by umoci as
-# one gzip layer, builds kiln's examples in release mode, then times each
-# kiln/peer pair alternately against a fresh registry per run and prints
-# medians, ratios against the targets, and peak RSS. Needs root (debootstrap)
-# and the Debian mirror; installs what it uses when missing.
+# `debootstrap --variant=minbase` Debian root filesystem, a second version of
+# it after `apt-get install curl`, and the first packed by umoci as one gzip
+# layer; builds the examples in release mode; then times each kiln/peer pair
+# alternately (layer-diff against umoci, pigz and zstd through
+# benches/layer_peers.sh; the registry client against skopeo with a fresh
+# registry per run) and prints medians, ratios against the targets, peak RSS
+# and how long each part took. Needs root (debootstrap, chroot) and the
+# Debian mirror; installs what it uses when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 WORK=${KILN_BENCH_DIR:-/tmp/kiln-bench}
 RUNS=${RUNS:-5}
+FAST=${FAST:-3}   # repeats per round of the sub-50 ms cases, so they get RUNS*FAST samples
 mkdir -p "$WORK"
 T0=$SECONDS
 part_start=$SECONDS
@@ -28,7 +32,7 @@ part() { # name
 current_part="setup"
 
 need=()
-for p in debootstrap:debootstrap skopeo:skopeo umoci:umoci docker-registry:docker-registry time:/usr/bin/time jq:jq curl:curl python3:python3; do
+for p in debootstrap:debootstrap skopeo:skopeo umoci:umoci docker-registry:docker-registry time:/usr/bin/time jq:jq curl:curl python3:python3 pigz:pigz zstd:zstd bc:bc; do
   command -v "${p#*:}" >/dev/null 2>&1 || need+=("${p%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -87,12 +91,15 @@ stop_registry() {
 trap stop_registry EXIT
 
 # time_cmd NAME -- command...   appends "seconds maxrss_kb" to $WORK/times/NAME
+# (wall time from bash's microsecond clock; peak RSS from /usr/bin/time)
 mkdir -p "$WORK/times"; rm -f "$WORK/times/"*
 time_cmd() {
   local name=$1; shift; shift
-  /usr/bin/time -f "%e %M" -o "$WORK/times/$name.last" "$@" >"$WORK/times/$name.out" 2>"$WORK/times/$name.err" || {
+  local t0=$EPOCHREALTIME
+  /usr/bin/time -f "%M" -o "$WORK/times/$name.rss" "$@" >"$WORK/times/$name.out" 2>"$WORK/times/$name.err" || {
     echo "failed: $*" >&2; cat "$WORK/times/$name.err" >&2; exit 1; }
-  cat "$WORK/times/$name.last" >>"$WORK/times/$name"
+  local t1=$EPOCHREALTIME
+  echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.4f", b - a}') $(tail -1 "$WORK/times/$name.rss")" >>"$WORK/times/$name"
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 col() { awk -v c="$1" '{print $c}' "$WORK/times/$2"; }
@@ -101,20 +108,37 @@ SK="skopeo --insecure-policy"
 kiln_round() {
   time_cmd kiln_push -- "$KILN_COPY" "$IMAGE" "$REG/kiln/rootfs:v1"
   [ "$(tail -1 "$WORK/times/kiln_push.out")" = "$DIGEST" ] || { echo "kiln changed the digest" >&2; exit 1; }
-  time_cmd kiln_repush -- "$KILN_COPY" "$IMAGE" "$REG/kiln/rootfs:v1"
-  time_cmd kiln_mount -- "$KILN_COPY" "$REG/kiln/rootfs:v1" "$REG/kiln/other:v1"
-  grep -q "uploaded 0," "$WORK/times/kiln_mount.err" || { echo "kiln uploaded bytes on a mount" >&2; cat "$WORK/times/kiln_mount.err" >&2; exit 1; }
+  for j in $(seq "$FAST"); do
+    time_cmd kiln_repush -- "$KILN_COPY" "$IMAGE" "$REG/kiln/rootfs:v1"
+    time_cmd kiln_mount -- "$KILN_COPY" "$REG/kiln/rootfs:v1" "$REG/kiln/other$j:v1"
+    grep -q "uploaded 0," "$WORK/times/kiln_mount.err" || { echo "kiln uploaded bytes on a mount" >&2; cat "$WORK/times/kiln_mount.err" >&2; exit 1; }
+  done
   rm -rf "$WORK/pull-kiln"
   time_cmd kiln_pull -- "$KILN_COPY" "$REG/kiln/rootfs:v1" "oci:$WORK/pull-kiln:v1"
 }
 skopeo_round() {
   time_cmd skopeo_push -- $SK copy --dest-tls-verify=false "$IMAGE" "docker://$REG/skopeo/rootfs:v1"
   [ "$($SK inspect --tls-verify=false --format '{{.Digest}}' "docker://$REG/skopeo/rootfs:v1")" = "$DIGEST" ] || { echo "skopeo changed the digest" >&2; exit 1; }
-  time_cmd skopeo_repush -- $SK copy --dest-tls-verify=false "$IMAGE" "docker://$REG/skopeo/rootfs:v1"
-  time_cmd skopeo_mount -- $SK copy --src-tls-verify=false --dest-tls-verify=false "docker://$REG/skopeo/rootfs:v1" "docker://$REG/skopeo/other:v1"
+  for j in $(seq "$FAST"); do
+    time_cmd skopeo_repush -- $SK copy --dest-tls-verify=false "$IMAGE" "docker://$REG/skopeo/rootfs:v1"
+    time_cmd skopeo_mount -- $SK copy --src-tls-verify=false --dest-tls-verify=false "docker://$REG/skopeo/rootfs:v1" "docker://$REG/skopeo/other$j:v1"
+  done
   rm -rf "$WORK/pull-skopeo"
   time_cmd skopeo_pull -- $SK copy --src-tls-verify=false "docker://$REG/skopeo/rootfs:v1" "oci:$WORK/pull-skopeo:v1"
 }
+
+part "prepare rootfs v2 (+curl)"
+if [ ! -f "$WORK/rootfs-v2.done" ]; then
+  rm -rf "$WORK/rootfs-v2"
+  cp -a "$WORK/rootfs" "$WORK/rootfs-v2"
+  cp /etc/resolv.conf "$WORK/rootfs-v2/etc/resolv.conf"
+  chroot "$WORK/rootfs-v2" apt-get install -y -qq curl >"$WORK/rootfs-v2.log" 2>&1
+  touch "$WORK/rootfs-v2.done"
+fi
+
+part "layers: layer-diff vs umoci, pigz, zstd x$RUNS"
+RUNS=$RUNS bash "$ROOT/benches/layer_peers.sh" "$WORK/rootfs" "$WORK/rootfs-v2" "$WORK/layers" >"$WORK/layers.out" 2>"$WORK/layers.err" || {
+  cat "$WORK/layers.err" >&2; exit 1; }
 
 part "registry: kiln vs skopeo x$RUNS"
 for i in $(seq "$RUNS"); do
@@ -123,6 +147,13 @@ for i in $(seq "$RUNS"); do
   else
     start_registry; skopeo_round; start_registry; kiln_round
   fi
+done
+LAYER_DIGEST=$(jq -r '.layers[0].digest' "$WORK/image/blobs/sha256/${DIGEST#sha256:}")
+for i in $(seq "$RUNS"); do
+  start_registry
+  loc=$(curl -si -X POST "http://$REG/v2/floor/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
+  time_cmd floor -- curl -sf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
+    --upload-file "$WORK/image/blobs/sha256/${LAYER_DIGEST#sha256:}" "${loc}&digest=$LAYER_DIGEST"
 done
 stop_registry
 
@@ -150,12 +181,12 @@ row() { # label kiln skopeo target
   kr=$(col 2 "$2" | median); sr=$(col 2 "$3" | median)
   awk -v l="$1" -v k="$k" -v s="$s" -v t="$4" -v kr="$kr" -v sr="$sr" 'BEGIN {
     r = (s > 0) ? k / s : 0;
-    printf "| %-34s | %8.2f s | %8.2f s | %5.2fx | %-6s | %s | %6.1f MiB | %6.1f MiB |\n", l, k, s, r, t, (t == "-" || r <= t + 0) ? "met" : "MISSED", kr/1024, sr/1024 }'
+    printf "| %-34s | %8.3f s | %8.3f s | %5.2fx | %-6s | %-6s | %6.1f MiB | %6.1f MiB |\n", l, k, s, r, t, (t == "-" || r <= t + 0) ? "met" : "MISSED", kr/1024, sr/1024 }'
 }
 {
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"), $(date -u +%Y-%m-%d)"
   echo "image: debootstrap minbase bookworm, ${ROOTFS_MB} MB root filesystem, one gzip layer of ${LAYER_MB} MiB (umoci), digest $DIGEST"
-  echo "runs: $RUNS per tool, alternating, fresh registry per run; medians"
+  echo "runs: $RUNS rounds per tool, alternating, fresh registry per round; re-push and mount $FAST times a round; medians"
   echo
   echo "| operation                          |   kiln     |  skopeo    | ratio  | target | status | kiln RSS   | skopeo RSS |"
   echo "|---|---|---|---|---|---|---|---|"
@@ -165,8 +196,12 @@ row() { # label kiln skopeo target
   row "pull registry -> oci:" kiln_pull skopeo_pull 0.5
   echo
   printf 'kiln mount copy uploaded: %s\n' "$(grep -o 'uploaded [0-9]*, mounted [0-9]*' "$WORK/times/kiln_mount.err" | tail -1)"
+  printf 'registry floor: a bare curl upload of the layer (POST + PUT --upload-file), median %s s\n' "$(col 1 floor | median)"
   printf 'memory, 2 GiB layer: push %s s, peak RSS %s MiB; pull %s s, peak RSS %s MiB (target < 64 MiB)\n' \
     "$(col 1 mem_push)" "$(( $(col 2 mem_push) / 1024 ))" "$(col 1 mem_pull)" "$(( $(col 2 mem_pull) / 1024 ))"
+  echo
+  echo "layers (layer-diff against its peers):"
+  cat "$WORK/layers/results.txt"
 } | tee "$WORK/report.md"
 part "done"
 printf '\ntime per part:\n' >&2

@@ -1,28 +1,50 @@
-//! Directory trees to reproducible OCI layers in one streaming pass:
-//! tar bytes -> sha256 (diff id) -> compressor -> sha256 (digest) + size ->
-//! any [`Write`].
+//! Directory trees and tree diffs to reproducible OCI layers in one
+//! streaming pass, and safe layer apply.
 //!
 //! ```
-//! use layer_diff::{pack_dir, PackOptions};
+//! use layer_diff::{apply_blob, pack_dir, ApplyOptions, PackOptions};
 //! let dir = tempfile::tempdir()?;
 //! std::fs::write(dir.path().join("hello.txt"), "hi\n")?;
+//! // tar -> sha256 (diff id) -> gzip -> sha256 (digest) + size -> the Vec
 //! let (blob, info) = pack_dir(dir.path(), Vec::new(), &PackOptions::default())?;
 //! assert_eq!(info.size, blob.len() as u64);
 //! assert_ne!(info.digest, info.diff_id);
+//!
+//! // and back: the blob is verified against its descriptor, then applied
+//! let out = tempfile::tempdir()?;
+//! let applied = apply_blob(std::io::Cursor::new(&blob), &info.descriptor(), out.path(), &ApplyOptions::default())?;
+//! assert_eq!(applied.diff_id, info.diff_id);
+//! assert_eq!(std::fs::read_to_string(out.path().join("hello.txt"))?, "hi\n");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! This release covers whole-tree layers of regular files, directories and
-//! symlinks; snapshots, diffs, hard links, xattrs, devices, whiteouts,
-//! zstd and parallel gzip arrive with the layer-diff issue.
+//! The pieces:
+//! - [`Snapshot`] walks a tree in byte order with everything a layer records;
+//! - [`diff`] compares two snapshots into [`Change`]s, and [`overlay_changes`]
+//!   reads an overlayfs upper directory as changes without the lower tree;
+//! - [`LayerWriter`] streams entries, whiteouts and opaque markers through the
+//!   hashes and the compressor ([`ParallelGzip`], zstd or none);
+//! - [`apply_blob`], [`apply_blob_streaming`] and [`apply_tar`] extract
+//!   layers inside a root, whatever the layer's names and links say.
 
-use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use flate2::write::GzEncoder;
-use oci_image::{Descriptor, Digest, DigestWriter, MediaType};
+use oci_image::{Compression, Descriptor, Digest, MediaType};
+
+mod apply;
+mod compress;
+mod diff;
+mod idmap;
+mod snapshot;
+mod writer;
+
+pub use apply::{ApplyError, ApplyInfo, ApplyOptions, OverlayXattrs, apply_blob, apply_blob_streaming, apply_tar};
+pub use compress::{Decompressor, ParallelGzip, detect};
+pub use diff::{Change, ChangeKind, changes_size, diff, overlay_changes};
+pub use idmap::{IdMap, IdRange};
+pub use snapshot::{Entry, Kind, Snapshot, SnapshotError, Timestamp, keep_xattr};
+pub use writer::{LayerWriter, OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 /// Why a layer could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -39,16 +61,19 @@ pub enum LayerError {
         #[source]
         source: io::Error,
     },
-    /// A file of a type this version cannot put in a layer.
-    #[error("unsupported file type at {path} (hard links, devices and fifos are not supported yet)")]
-    UnsupportedFile {
-        /// The file.
-        path: PathBuf,
-    },
+    /// Walking or comparing the trees failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// A name in the tree collides with the OCI whiteout convention.
     #[error("{path}: names starting with .wh. are reserved for whiteouts")]
     ReservedName {
         /// The file.
+        path: PathBuf,
+    },
+    /// A change names a path that cannot be a layer entry (empty or `..`).
+    #[error("invalid change path {path}")]
+    InvalidPath {
+        /// The path.
         path: PathBuf,
     },
 }
@@ -61,20 +86,38 @@ pub struct PackOptions {
     pub epoch: Option<u64>,
     /// Record every file as owned by root (uid/gid 0).
     pub normalize_owner: bool,
-    /// gzip level (0-9).
-    pub gzip_level: u32,
+    /// Map host ids to container ids (rootless repack) when owners are kept.
+    pub id_map: Option<IdMap>,
+    /// The blob's compression.
+    pub compression: Compression,
+    /// Compression level (gzip 0-9, default 6; zstd 1-22, default 3).
+    pub level: Option<i32>,
+    /// Compression threads; the output is the same for any count.
+    pub threads: usize,
+    /// Put every entry under this directory in the tar (rebasing).
+    pub prefix: Option<PathBuf>,
 }
 
 impl Default for PackOptions {
-    /// mtimes clamped to `SOURCE_DATE_EPOCH` when set (else 0), owners normalised, gzip level 6.
+    /// mtimes clamped to `SOURCE_DATE_EPOCH` when set (else 0), owners
+    /// normalised, gzip level 6 on every available core.
     fn default() -> Self {
         let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-        PackOptions { epoch: Some(epoch), normalize_owner: true, gzip_level: 6 }
+        PackOptions {
+            epoch: Some(epoch),
+            normalize_owner: true,
+            id_map: None,
+            compression: Compression::Gzip,
+            level: None,
+            threads: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            prefix: None,
+        }
     }
 }
 
 /// What a finished layer is: digests computed in the same pass that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LayerInfo {
     /// sha256 of the compressed blob.
     pub digest: Digest,
@@ -93,128 +136,79 @@ impl LayerInfo {
     }
 }
 
-type Pipeline<W> = tar::Builder<DigestWriter<GzEncoder<DigestWriter<W>>>>;
-
-/// Streams tar entries into a gzip layer, hashing both sides on the way.
-pub struct LayerWriter<W: Write> {
-    tar: Pipeline<W>,
-    opts: PackOptions,
-}
-
-impl<W: Write> LayerWriter<W> {
-    /// Starts a gzip layer written to `w`.
-    pub fn new(w: W, opts: PackOptions) -> Self {
-        let gz = GzEncoder::new(DigestWriter::new(w), flate2::Compression::new(opts.gzip_level.min(9)));
-        let mut tar = tar::Builder::new(DigestWriter::new(gz));
-        tar.mode(tar::HeaderMode::Complete);
-        tar.follow_symlinks(false);
-        LayerWriter { tar, opts }
-    }
-
-    fn header(&self, meta: &fs::Metadata, kind: tar::EntryType) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(meta.permissions().mode() & 0o7777);
-        let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
-        h.set_mtime(self.opts.epoch.map_or(mtime, |e| mtime.min(e)));
-        let (uid, gid) =
-            if self.opts.normalize_owner { (0, 0) } else { (u64::from(meta.uid()), u64::from(meta.gid())) };
-        h.set_uid(uid);
-        h.set_gid(gid);
-        h.set_size(0);
-        h
-    }
-
-    /// Adds one file system entry at `name` (relative, `/`-separated) from `path`.
-    ///
-    /// # Errors
-    /// [`LayerError`] for unreadable files, unsupported types or reserved names.
-    pub fn append_path(&mut self, name: &str, path: &Path) -> Result<(), LayerError> {
-        let io = |op| move |source| LayerError::Io { op, path: path.to_owned(), source };
-        if name.rsplit('/').next().is_some_and(|base| base.starts_with(".wh.")) {
-            return Err(LayerError::ReservedName { path: path.to_owned() });
-        }
-        let meta = fs::symlink_metadata(path).map_err(io("stat"))?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            let mut h = self.header(&meta, tar::EntryType::Directory);
-            self.tar.append_data(&mut h, format!("{name}/"), io::empty()).map_err(io("write tar entry for"))?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(path).map_err(io("read link"))?;
-            let mut h = self.header(&meta, tar::EntryType::Symlink);
-            self.tar.append_link(&mut h, name, target).map_err(io("write tar entry for"))?;
-        } else if ft.is_file() {
-            if meta.nlink() > 1 {
-                return Err(LayerError::UnsupportedFile { path: path.to_owned() });
-            }
-            let mut h = self.header(&meta, tar::EntryType::Regular);
-            h.set_size(meta.len());
-            let f = fs::File::open(path).map_err(io("open"))?;
-            self.tar.append_data(&mut h, name, f).map_err(io("write tar entry for"))?;
-        } else {
-            return Err(LayerError::UnsupportedFile { path: path.to_owned() });
-        }
-        Ok(())
-    }
-
-    /// Ends the tar and the gzip stream; returns the writer and the layer's digests.
-    ///
-    /// # Errors
-    /// [`LayerError::Io`] when the final writes fail.
-    pub fn finish(self) -> Result<(W, LayerInfo), LayerError> {
-        let io = |op| move |source| LayerError::Io { op, path: PathBuf::from("layer"), source };
-        let tar_hash = self.tar.into_inner().map_err(io("finish tar of"))?;
-        let (gz, diff_id, _) = tar_hash.finish();
-        let blob = gz.finish().map_err(io("finish gzip of"))?;
-        let (w, digest, size) = blob.finish();
-        Ok((w, LayerInfo { digest, diff_id, size, media_type: MediaType::OciLayerGzip }))
-    }
-}
-
-/// Every path under `root`, sorted by byte order of the relative name.
-fn walk_sorted(root: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> Result<(), LayerError> {
-    let dir = if rel.is_empty() { root.to_owned() } else { root.join(rel) };
-    let io = |op| {
-        let dir = dir.clone();
-        move |source| LayerError::Io { op, path: dir, source }
-    };
-    let mut names: Vec<String> = Vec::new();
-    for entry in fs::read_dir(&dir).map_err(io("read directory"))? {
-        let entry = entry.map_err(io("read directory"))?;
-        let name = entry.file_name().into_string().map_err(|_| LayerError::UnsupportedFile { path: entry.path() })?;
-        names.push(name);
-    }
-    names.sort_unstable();
-    for name in names {
-        let rel_name = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-        let path = root.join(&rel_name);
-        let is_dir = fs::symlink_metadata(&path).map_err(io("stat"))?.is_dir();
-        out.push((rel_name.clone(), path));
-        if is_dir {
-            walk_sorted(root, &rel_name, out)?;
-        }
-    }
-    Ok(())
-}
-
-/// Packs the whole tree under `root` as one gzip layer (entries sorted,
-/// times clamped and owners normalised per `opts`), written to `w`.
+/// Packs the whole tree under `root` as one layer (entries sorted, times
+/// clamped and owners normalised per `opts`), written to `w`.
 ///
 /// # Errors
-/// [`LayerError`] for unreadable or unsupported files.
+/// [`LayerError`] for unreadable files, names reserved for whiteouts, or a failing writer.
 pub fn pack_dir<W: Write>(root: &Path, w: W, opts: &PackOptions) -> Result<(W, LayerInfo), LayerError> {
-    let mut entries = Vec::new();
-    walk_sorted(root, "", &mut entries)?;
-    let mut lw = LayerWriter::new(w, opts.clone());
-    for (name, path) in &entries {
-        lw.append_path(name, path)?;
+    let snap = Snapshot::walk(root)?;
+    let mut lw = LayerWriter::new(w, opts)?;
+    for e in snap.entries() {
+        lw.append(root, e)?;
     }
     lw.finish()
+}
+
+/// Packs `changes` as one layer: entries from `upper` for additions and
+/// modifications, whiteouts for deletions, opaque markers for opaque
+/// directories.
+///
+/// # Errors
+/// [`LayerError`] for unreadable files, reserved names, a change missing
+/// from `upper`, or a failing writer.
+pub fn pack_changes<W: Write>(
+    upper: &Snapshot,
+    changes: &[Change],
+    w: W,
+    opts: &PackOptions,
+) -> Result<(W, LayerInfo), LayerError> {
+    let mut lw = LayerWriter::new(w, opts)?;
+    for c in changes {
+        if c.path.as_os_str().is_empty() {
+            if c.opaque {
+                lw.append_opaque(Path::new(""))?;
+                continue;
+            }
+            return Err(LayerError::InvalidPath { path: c.path.clone() });
+        }
+        if c.kind == ChangeKind::Delete {
+            lw.append_whiteout(&c.path)?;
+            continue;
+        }
+        let entry = upper.get(&c.path).ok_or_else(|| LayerError::InvalidPath { path: c.path.clone() })?;
+        lw.append(upper.root(), entry)?;
+        if c.opaque && entry.kind.is_dir() {
+            lw.append_opaque(&c.path)?;
+        }
+    }
+    lw.finish()
+}
+
+/// Packs the difference between the trees `lower` and `upper` as one layer.
+///
+/// # Errors
+/// As [`pack_changes`].
+pub fn pack_diff<W: Write>(lower: &Path, upper: &Path, w: W, opts: &PackOptions) -> Result<(W, LayerInfo), LayerError> {
+    let lo = Snapshot::walk(lower)?;
+    let up = Snapshot::walk(upper)?;
+    let changes = diff(&lo, &up)?;
+    pack_changes(&up, &changes, w, opts)
+}
+
+/// Packs an overlayfs upper directory as one layer (see [`overlay_changes`]).
+///
+/// # Errors
+/// As [`pack_changes`].
+pub fn pack_overlay<W: Write>(upper: &Path, w: W, opts: &PackOptions) -> Result<(W, LayerInfo), LayerError> {
+    let (snap, changes) = overlay_changes(upper)?;
+    pack_changes(&snap, &changes, w, opts)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::io::Read;
 
     fn tree() -> tempfile::TempDir {

@@ -1,0 +1,309 @@
+//! Snapshots: a sorted record of every entry under a directory.
+//!
+//! The walk is hand-written rather than taken from a crate such as `walkdir`
+//! because the layer needs one exact order (siblings sorted by the bytes of
+//! their names, parents before children; the order of [`Path`]'s `Ord`) and
+//! the metadata a layer records (hard-link identity, device numbers, a
+//! filtered set of xattrs), which a generic walker does not give in one pass.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Why a tree could not be snapshotted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// Reading the tree failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A point in time with nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp {
+    /// Seconds since the Unix epoch.
+    pub sec: i64,
+    /// Nanoseconds within the second.
+    pub nsec: u32,
+}
+
+/// What kind of file an entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link with its target, stored as is.
+    Symlink(PathBuf),
+    /// A named pipe.
+    Fifo,
+    /// A character device.
+    Char {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A block device.
+    Block {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+}
+
+impl Kind {
+    /// Is this a directory?
+    pub fn is_dir(&self) -> bool {
+        matches!(self, Kind::Dir)
+    }
+
+    /// Is this an overlayfs whiteout (a character device 0:0)?
+    pub fn is_overlay_whiteout(&self) -> bool {
+        matches!(self, Kind::Char { major: 0, minor: 0 })
+    }
+}
+
+/// One file system entry of a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Entry {
+    /// The path relative to the snapshot's root (never empty, no `.` or `..`).
+    pub path: PathBuf,
+    /// The file type and its type-specific data.
+    pub kind: Kind,
+    /// Permission bits including setuid, setgid and sticky (`mode & 0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes (regular files; 0 for the others).
+    pub size: u64,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Status change time (used by diffs only, never written to a layer).
+    pub ctime: Timestamp,
+    /// Device of the file system holding it (hard-link identity).
+    pub dev: u64,
+    /// Inode number (hard-link identity).
+    pub ino: u64,
+    /// Number of hard links.
+    pub nlink: u64,
+    /// Extended attributes kept in layers (`user.*`, `security.capability`,
+    /// `trusted.*`), without overlay, `SELinux` and `NFSv4` ACL attributes, and
+    /// without empty values (PAX cannot store them).
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+impl Entry {
+    /// Reads one entry from `full` (not following a final symlink); `Ok(None)`
+    /// for a socket, which a layer cannot hold.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Io`] when the entry cannot be read.
+    pub fn read(full: &Path, rel: PathBuf) -> Result<Option<Entry>, SnapshotError> {
+        let meta = fs::symlink_metadata(full).map_err(io_err("stat", full))?;
+        Entry::from_metadata(full, rel, &meta)
+    }
+
+    fn from_metadata(full: &Path, rel: PathBuf, meta: &fs::Metadata) -> Result<Option<Entry>, SnapshotError> {
+        let ft = meta.file_type();
+        let dev_parts = || {
+            let rdev = meta.rdev();
+            (rustix::fs::major(rdev), rustix::fs::minor(rdev))
+        };
+        let kind = if ft.is_file() {
+            Kind::File
+        } else if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink(fs::read_link(full).map_err(io_err("read link", full))?)
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else if ft.is_char_device() {
+            let (major, minor) = dev_parts();
+            Kind::Char { major, minor }
+        } else if ft.is_block_device() {
+            let (major, minor) = dev_parts();
+            Kind::Block { major, minor }
+        } else {
+            // sockets (and anything unknown) cannot be put in a tar
+            return Ok(None);
+        };
+        let xattrs = read_xattrs(full)?;
+        Ok(Some(Entry {
+            path: rel,
+            size: if kind == Kind::File { meta.len() } else { 0 },
+            kind,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime: Timestamp { sec: meta.mtime(), nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0) },
+            ctime: Timestamp { sec: meta.ctime(), nsec: u32::try_from(meta.ctime_nsec()).unwrap_or(0) },
+            dev: meta.dev(),
+            ino: meta.ino(),
+            nlink: meta.nlink(),
+            xattrs,
+        }))
+    }
+}
+
+pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io { op, path: path.to_owned(), source }
+}
+
+/// Is this xattr one a layer may carry?
+pub fn keep_xattr(name: &str) -> bool {
+    let overlay = name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.");
+    let allowed = name.starts_with("user.") || name.starts_with("trusted.") || name == "security.capability";
+    allowed && !overlay
+}
+
+fn read_xattrs(full: &Path) -> Result<BTreeMap<String, Vec<u8>>, SnapshotError> {
+    let mut out = BTreeMap::new();
+    let names = match xattr::list(full) {
+        Ok(names) => names,
+        // file systems without xattr support have none
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => return Ok(out),
+        Err(e) => return Err(io_err("list xattrs of", full)(e)),
+    };
+    for name in names {
+        let Some(name) = name.to_str() else { continue };
+        if !keep_xattr(name) {
+            continue;
+        }
+        if let Some(value) = xattr::get(full, name).map_err(io_err("read xattr of", full))?
+            && !value.is_empty()
+        {
+            out.insert(name.to_owned(), value);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads one raw xattr (any name, overlay ones included) without following symlinks.
+pub(crate) fn raw_xattr(full: &Path, name: &str) -> Option<Vec<u8>> {
+    xattr::get(full, name).ok().flatten()
+}
+
+/// Every entry under a root, in [`Path`] order (parents before children,
+/// siblings by the bytes of their names). The root itself is not an entry.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// std::fs::create_dir(dir.path().join("b"))?;
+/// std::fs::write(dir.path().join("b/f"), "x")?;
+/// std::fs::write(dir.path().join("a"), "y")?;
+/// let snap = layer_diff::Snapshot::walk(dir.path())?;
+/// let names: Vec<_> = snap.entries().iter().map(|e| e.path.to_str().unwrap()).collect();
+/// assert_eq!(names, ["a", "b", "b/f"]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    root: PathBuf,
+    entries: Vec<Entry>,
+}
+
+impl Snapshot {
+    /// Walks the tree under `root`. Sockets are skipped.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Io`] naming the path that could not be read.
+    pub fn walk(root: &Path) -> Result<Snapshot, SnapshotError> {
+        let mut entries = Vec::new();
+        walk_into(root, Path::new(""), &mut entries)?;
+        Ok(Snapshot { root: root.to_owned(), entries })
+    }
+
+    /// Builds a snapshot from entries already read (sorted here).
+    pub fn from_entries(root: &Path, mut entries: Vec<Entry>) -> Snapshot {
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        entries.dedup_by(|a, b| a.path == b.path);
+        Snapshot { root: root.to_owned(), entries }
+    }
+
+    /// The directory the snapshot was taken of.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The entries in order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The entry at `path` (relative), if any.
+    pub fn get(&self, path: &Path) -> Option<&Entry> {
+        self.entries.binary_search_by(|e| e.path.as_path().cmp(path)).ok().and_then(|i| self.entries.get(i))
+    }
+}
+
+fn walk_into(root: &Path, rel: &Path, out: &mut Vec<Entry>) -> Result<(), SnapshotError> {
+    let dir = root.join(rel);
+    let mut children: Vec<(OsString, fs::DirEntry)> = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(io_err("read directory", &dir))? {
+        let entry = entry.map_err(io_err("read directory", &dir))?;
+        children.push((entry.file_name(), entry));
+    }
+    children.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    for (name, dirent) in children {
+        let rel_path = rel.join(&name);
+        let full = dirent.path();
+        let meta = dirent.metadata().map_err(io_err("stat", &full))?;
+        let Some(entry) = Entry::from_metadata(&full, rel_path.clone(), &meta)? else { continue };
+        let is_dir = entry.kind.is_dir();
+        out.push(entry);
+        if is_dir {
+            walk_into(root, &rel_path, out)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xattr_filter() {
+        assert!(keep_xattr("user.test"));
+        assert!(keep_xattr("security.capability"));
+        assert!(keep_xattr("trusted.foo"));
+        assert!(!keep_xattr("trusted.overlay.opaque"));
+        assert!(!keep_xattr("user.overlay.opaque"));
+        assert!(!keep_xattr("security.selinux"));
+        assert!(!keep_xattr("system.nfs4_acl"));
+    }
+
+    #[test]
+    fn walk_order_is_path_order_and_skips_sockets() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("a")).unwrap();
+        fs::write(d.path().join("a-b"), "").unwrap();
+        fs::write(d.path().join("a/z"), "").unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(d.path().join("sock")).unwrap();
+        let s = Snapshot::walk(d.path()).unwrap();
+        let names: Vec<_> = s.entries().iter().map(|e| e.path.clone()).collect();
+        assert_eq!(names, [PathBuf::from("a"), PathBuf::from("a/z"), PathBuf::from("a-b")]);
+        assert!(s.get(Path::new("a/z")).is_some());
+        assert!(s.get(Path::new("sock")).is_none());
+    }
+}

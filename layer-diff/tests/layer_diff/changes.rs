@@ -1,0 +1,214 @@
+//! 4.2 Diff generation (changes).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use layer_diff::{Change, ChangeKind, Snapshot, changes_size, diff};
+
+use crate::{make_tree, names, pack, plain};
+
+/// A lower tree and a copy of it (times kept) to mutate as the upper.
+fn pair() -> (tempfile::TempDir, tempfile::TempDir) {
+    let lower = tempfile::tempdir().unwrap();
+    make_tree(lower.path(), &["dir1/", "dir2/file2", "dir3/file3", "dir3/sub/deep", "file1", "file4", "sym-dir/"]);
+    std::os::unix::fs::symlink("file1", lower.path().join("symlink1")).unwrap();
+    std::os::unix::fs::symlink("aaa", lower.path().join("symlink2")).unwrap();
+    for (p, t) in [("dir1", 100), ("dir2", 100), ("dir3", 100), ("dir3/sub", 100), ("", 100)] {
+        set_mtime(&lower.path().join(p), t);
+    }
+    for p in ["dir2/file2", "dir3/file3", "dir3/sub/deep", "file1", "file4"] {
+        set_mtime(&lower.path().join(p), 100);
+    }
+    let upper = tempfile::tempdir().unwrap();
+    let status =
+        Command::new("cp").arg("-a").arg(format!("{}/.", lower.path().display())).arg(upper.path()).status().unwrap();
+    assert!(status.success());
+    (lower, upper)
+}
+
+fn set_mtime(p: &Path, t: i64) {
+    let ts = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec { tv_sec: t, tv_nsec: 0 },
+        last_modification: rustix::fs::Timespec { tv_sec: t, tv_nsec: 0 },
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, p, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+}
+
+fn changes(lower: &Path, upper: &Path) -> Vec<(String, ChangeKind)> {
+    let lo = Snapshot::walk(lower).unwrap();
+    let up = Snapshot::walk(upper).unwrap();
+    diff(&lo, &up).unwrap().into_iter().map(|c| (c.path.to_string_lossy().into_owned(), c.kind)).collect()
+}
+
+fn has(list: &[(String, ChangeKind)], path: &str, kind: ChangeKind) -> bool {
+    list.iter().any(|(p, k)| p == path && *k == kind)
+}
+
+#[test]
+fn deleted_file_dir_or_symlink_is_delete() {
+    let (lo, up) = pair();
+    fs::remove_file(up.path().join("file1")).unwrap();
+    fs::remove_dir_all(up.path().join("dir3")).unwrap();
+    fs::remove_file(up.path().join("symlink1")).unwrap();
+    let c = changes(lo.path(), up.path());
+    assert_eq!(
+        c,
+        [
+            ("dir3".to_owned(), ChangeKind::Delete),
+            ("file1".to_owned(), ChangeKind::Delete),
+            ("symlink1".to_owned(), ChangeKind::Delete)
+        ]
+    );
+}
+
+#[test]
+fn rewritten_file_is_modify() {
+    let (lo, up) = pair();
+    fs::write(up.path().join("file1"), "other content").unwrap();
+    assert_eq!(changes(lo.path(), up.path()), [("file1".to_owned(), ChangeKind::Modify)]);
+    // same size, same mtime, new content: the content comparison decides
+    let (lo, up) = pair();
+    fs::write(up.path().join("file4"), "FILE4").unwrap();
+    set_mtime(&up.path().join("file4"), 100);
+    assert_eq!(changes(lo.path(), up.path()), [("file4".to_owned(), ChangeKind::Modify)]);
+}
+
+#[test]
+fn file_with_new_content_and_mode_is_modify() {
+    let (lo, up) = pair();
+    let f = up.path().join("dir2/file2");
+    fs::write(&f, "new").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o700)).unwrap();
+    set_mtime(&up.path().join("dir2"), 100);
+    assert_eq!(
+        changes(lo.path(), up.path()),
+        [("dir2".to_owned(), ChangeKind::Modify), ("dir2/file2".to_owned(), ChangeKind::Modify)]
+    );
+}
+
+#[test]
+fn touched_file_is_modify() {
+    let (lo, up) = pair();
+    set_mtime(&up.path().join("file4"), 200);
+    assert_eq!(changes(lo.path(), up.path()), [("file4".to_owned(), ChangeKind::Modify)]);
+}
+
+#[test]
+fn file_dir_swaps_are_modify() {
+    let (lo, up) = pair();
+    fs::remove_file(up.path().join("file1")).unwrap();
+    fs::create_dir(up.path().join("file1")).unwrap();
+    fs::remove_dir_all(up.path().join("dir3")).unwrap();
+    fs::write(up.path().join("dir3"), "now a file").unwrap();
+    let c = changes(lo.path(), up.path());
+    assert!(has(&c, "file1", ChangeKind::Modify), "{c:?}");
+    assert!(has(&c, "dir3", ChangeKind::Modify), "{c:?}");
+    // the old children of dir3 are covered by the replacement
+    assert!(!c.iter().any(|(p, _)| p.starts_with("dir3/")), "{c:?}");
+    // and applying the layer over the lower tree gives the upper tree
+    let (tar, _) = layer_diff::pack_diff(lo.path(), up.path(), Vec::new(), &plain()).unwrap();
+    crate::apply_tar(&tar, lo.path()).unwrap();
+    assert_eq!(crate::describe(lo.path(), false), crate::describe(up.path(), false));
+}
+
+#[test]
+fn symlink_retarget_same_size_and_times_is_modify() {
+    let (lo, up) = pair();
+    let l = up.path().join("symlink2");
+    fs::remove_file(&l).unwrap();
+    std::os::unix::fs::symlink("bbb", &l).unwrap();
+    set_mtime(&l, 100);
+    set_mtime(&lo.path().join("symlink2"), 100);
+    set_mtime(up.path(), 100);
+    assert_eq!(changes(lo.path(), up.path()), [("symlink2".to_owned(), ChangeKind::Modify)]);
+}
+
+#[test]
+fn touched_dir_is_modify() {
+    let (lo, up) = pair();
+    set_mtime(&up.path().join("dir1"), 300);
+    assert_eq!(changes(lo.path(), up.path()), [("dir1".to_owned(), ChangeKind::Modify)]);
+}
+
+#[test]
+fn new_file_dir_or_symlink_is_add() {
+    let (lo, up) = pair();
+    fs::write(up.path().join("newfile"), "n").unwrap();
+    fs::create_dir(up.path().join("newdir")).unwrap();
+    std::os::unix::fs::symlink("newfile", up.path().join("newlink")).unwrap();
+    let c = changes(lo.path(), up.path());
+    for p in ["newfile", "newdir", "newlink"] {
+        assert!(has(&c, p, ChangeKind::Add), "{p}: {c:?}");
+    }
+}
+
+#[test]
+fn changes_under_subdir_report_parents_as_modify() {
+    let (lo, up) = pair();
+    fs::write(up.path().join("dir3/sub/deep"), "changed!").unwrap();
+    // keep the directories' own times so only the parent rule can report them
+    set_mtime(&up.path().join("dir3/sub"), 100);
+    set_mtime(&up.path().join("dir3"), 100);
+    let c = changes(lo.path(), up.path());
+    assert_eq!(
+        c,
+        [
+            ("dir3".to_owned(), ChangeKind::Modify),
+            ("dir3/sub".to_owned(), ChangeKind::Modify),
+            ("dir3/sub/deep".to_owned(), ChangeKind::Modify)
+        ]
+    );
+}
+
+#[test]
+fn changes_size_counts_hardlinks_once_and_deletes_zero() {
+    let (lo, up) = pair();
+    fs::write(up.path().join("big"), vec![b'x'; 1000]).unwrap();
+    fs::hard_link(up.path().join("big"), up.path().join("big2")).unwrap();
+    fs::hard_link(up.path().join("big"), up.path().join("dir1/big3")).unwrap();
+    let lo_s = Snapshot::walk(lo.path()).unwrap();
+    let up_s = Snapshot::walk(up.path()).unwrap();
+    let c = diff(&lo_s, &up_s).unwrap();
+    assert_eq!(changes_size(&up_s, &c), 1000);
+    let (lo, up) = pair();
+    fs::remove_file(up.path().join("file1")).unwrap();
+    let lo_s = Snapshot::walk(lo.path()).unwrap();
+    let up_s = Snapshot::walk(up.path()).unwrap();
+    let c: Vec<Change> = diff(&lo_s, &up_s).unwrap().into_iter().filter(|c| c.kind == ChangeKind::Delete).collect();
+    assert_eq!(c.len(), 1);
+    assert_eq!(changes_size(&up_s, &c), 0);
+}
+
+#[test]
+fn hardlink_order_does_not_matter() {
+    let make = |first: &str, second: &str| {
+        let d = tempfile::tempdir().unwrap();
+        make_tree(d.path(), &["d/"]);
+        fs::write(d.path().join(first), "shared").unwrap();
+        fs::hard_link(d.path().join(first), d.path().join(second)).unwrap();
+        d
+    };
+    let a = make("a", "d/b");
+    let b = make("d/b", "a");
+    let opts = plain();
+    let (ta, ia) = pack(a.path(), &opts);
+    let (_, ib) = pack(b.path(), &opts);
+    assert_eq!(ia.diff_id, ib.diff_id);
+    let n = crate::tar_names(&ta);
+    assert_eq!(n[0], ("a".to_owned(), tar::EntryType::Regular, None));
+    assert_eq!(n[2], ("d/b".to_owned(), tar::EntryType::Link, Some("a".to_owned())));
+}
+
+#[test]
+fn repack_with_no_changes_adds_no_layer() {
+    let (lo, up) = pair();
+    assert!(changes(lo.path(), up.path()).is_empty());
+    // the same tree against itself
+    assert!(changes(lo.path(), lo.path()).is_empty());
+    // an image's layers stay as many: the caller adds a layer only for a non-empty diff
+    let layers = usize::from(!changes(lo.path(), up.path()).is_empty());
+    assert_eq!(layers, 0);
+    let _ = names;
+}
