@@ -182,27 +182,34 @@ impl ClientBuilder {
     /// # Errors
     /// [`ErrorKind::Invalid`] for an unusable CA certificate or proxy URL.
     pub fn build(self) -> Result<Client> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
+        // extra CAs are checked now, so a bad PEM fails the build, not the first request
+        let mut extra = Vec::new();
         for pem in &self.ca_pems {
-            let mut added = 0;
+            let before = extra.len();
             for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
-                let cert =
-                    cert.map_err(|e| Error::new(ErrorKind::Invalid, format!("invalid CA certificate PEM: {e}")))?;
-                roots.add(cert).map_err(|e| Error::new(ErrorKind::Invalid, format!("unusable CA certificate: {e}")))?;
-                added += 1;
+                extra.push(
+                    cert.map_err(|e| Error::new(ErrorKind::Invalid, format!("invalid CA certificate PEM: {e}")))?,
+                );
             }
-            if added == 0 {
+            if extra.len() == before {
                 return Err(Error::new(ErrorKind::Invalid, "CA certificate PEM holds no certificate"));
             }
         }
+        let mut check = rustls::RootCertStore::empty();
+        for cert in &extra {
+            check
+                .add(cert.clone())
+                .map_err(|e| Error::new(ErrorKind::Invalid, format!("unusable CA certificate: {e}")))?;
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // the system roots are read on the first certificate to check (see tls.rs);
+        // the verifier itself is rustls's WebPKI verifier
+        let verifier = Arc::new(crate::tls::LazyRoots::new(extra, provider.clone()));
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::new(ErrorKind::Invalid, format!("TLS set-up: {e}")))?
-            .with_root_certificates(roots)
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
         let mut http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)

@@ -21,6 +21,7 @@ mod config;
 mod error;
 mod ops;
 mod progress;
+mod tls;
 mod transfer;
 
 pub use auth::{Anonymous, Credential, CredentialProvider, StaticCredentials};

@@ -150,6 +150,25 @@ pub(crate) fn source_body(
     reqwest::Body::wrap_stream(stream)
 }
 
+/// A request body that re-opens `source` for every attempt and streams its
+/// `size` bytes; `content_length` says whether the length is announced
+/// (otherwise chunked transfer encoding is used).
+fn stream_body(
+    source: &Arc<dyn BlobSource>,
+    size: u64,
+    content_length: bool,
+    on_bytes: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+) -> Body {
+    let src = source.clone();
+    Body::Stream {
+        len: content_length.then_some(size),
+        open: Arc::new(move || {
+            let (src, on_bytes) = (src.clone(), on_bytes.clone());
+            Box::pin(async move { Ok(source_body(src, 0, size, on_bytes)) })
+        }),
+    }
+}
+
 impl Client {
     /// Checks that the registry speaks the v2 API (and that credentials work).
     ///
@@ -234,7 +253,9 @@ impl Client {
     }
 
     /// Stores manifest bytes unchanged under `r`'s tag, or its digest when it has no tag.
-    /// Returns the digest of the bytes.
+    /// Returns the digest of the bytes. A manifest with a `subject` pushed
+    /// to a registry that does not answer `OCI-Subject` (no referrers API)
+    /// is also added to the subject's `sha256-<hex>` fallback index.
     ///
     /// # Errors
     /// [`ErrorKind::DigestMismatch`] when the registry reports another digest; HTTP errors.
@@ -257,7 +278,7 @@ impl Client {
             method: Method::PUT,
             url,
             headers,
-            body: Body::Bytes(bytes),
+            body: Body::Bytes(bytes.clone()),
             scopes: vec![scope(&repo, "pull,push")],
             idempotent: true,
         };
@@ -268,7 +289,55 @@ impl Client {
         {
             return Err(Error::digest_mismatch(&digest, &d));
         }
+        if !resp.headers().contains_key("oci-subject")
+            && let Ok(m) = AnyManifest::from_bytes(bytes, Some(media_type))
+        {
+            self.update_referrers_fallback(r, &m).await?;
+        }
         Ok(digest)
+    }
+
+    /// Adds a manifest with a `subject` to the subject's fallback index
+    /// (read, modify, write), as the referrers spec asks of clients when the
+    /// registry has no referrers API. Manifests without a subject are left alone.
+    async fn update_referrers_fallback(&self, r: &Reference, m: &AnyManifest) -> Result<()> {
+        let (subject, artifact_type, annotations) = match m {
+            AnyManifest::Image(raw) => {
+                let v = raw.value();
+                let Some(s) = &v.subject else { return Ok(()) };
+                (
+                    s.digest.clone(),
+                    v.artifact_type.clone().or_else(|| Some(v.config.media_type.clone())),
+                    v.annotations.clone(),
+                )
+            }
+            AnyManifest::Index(raw) => {
+                let v = raw.value();
+                let Some(s) = &v.subject else { return Ok(()) };
+                (s.digest.clone(), v.artifact_type.clone(), v.annotations.clone())
+            }
+        };
+        let tag_ref = r.repository_only().with_tag(fallback_tag(&subject)?);
+        let mut index = match self.get_manifest(&tag_ref).await {
+            Ok(AnyManifest::Index(i)) => i.into_value(),
+            Ok(AnyManifest::Image(_)) => {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!("{tag_ref} holds an image, not a referrers index"),
+                ));
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => oci_image::IndexBuilder::new().build(),
+            Err(e) => return Err(e),
+        };
+        let mut entry = m.descriptor();
+        if index.manifests.iter().any(|d| d.digest == entry.digest) {
+            return Ok(());
+        }
+        entry.artifact_type = artifact_type;
+        entry.annotations = annotations;
+        index.manifests.push(entry);
+        let raw = Raw::new(index);
+        Box::pin(self.put_manifest(&tag_ref, raw.bytes().clone(), &MediaType::OciIndex)).await.map(drop)
     }
 
     /// Deletes a manifest (by digest; by tag where the registry allows it).
@@ -336,6 +405,7 @@ impl Client {
     /// # Errors
     /// [`ErrorKind::DigestMismatch`] (nothing past the expected size is
     /// passed on), transport errors after retries, the sink's error.
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo.path, digest = %desc.digest, size = desc.size))]
     pub async fn fetch_blob(
         &self,
         repo: &Repo,
@@ -493,6 +563,7 @@ impl Client {
     /// # Errors
     /// [`ErrorKind::DigestMismatch`] when the registry computes another
     /// digest; HTTP and transport errors after retries.
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo.path, digest = %desc.digest, size = desc.size))]
     pub async fn push_blob(
         &self,
         repo: &Repo,
@@ -580,21 +651,13 @@ impl Client {
     ) -> Result<Option<Upload>> {
         let mut url = self.url(repo, "blobs/uploads/").await?;
         url.query_pairs_mut().append_pair("digest", &desc.digest.to_string());
-        let src = source.clone();
-        let size = desc.size;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         let req = Request {
             method: Method::POST,
             url: url.clone(),
             headers,
-            body: Body::Stream {
-                len: Some(size),
-                open: Arc::new(move || {
-                    let src = src.clone();
-                    Box::pin(async move { Ok(source_body(src, 0, size, None)) })
-                }),
-            },
+            body: stream_body(source, desc.size, true, None),
             scopes: vec![scope(repo, "pull,push")],
             idempotent: true,
         };
@@ -660,24 +723,10 @@ impl Client {
         source: &Arc<dyn BlobSource>,
         upload: Upload,
     ) -> Result<()> {
-        let src = source.clone();
-        let size = desc.size;
-        let client = self.clone();
-        let digest = desc.digest.clone();
-        let body = Body::Stream {
-            len: Some(size),
-            open: Arc::new(move || {
-                let src = src.clone();
-                let client = client.clone();
-                let digest = digest.clone();
-                Box::pin(async move {
-                    let on_bytes: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(move |done| {
-                        client.emit(&Progress::Bytes { digest: digest.clone(), done, total: size });
-                    });
-                    Ok(source_body(src, 0, size, Some(on_bytes)))
-                })
-            }),
-        };
+        let (client, digest, size) = (self.clone(), desc.digest.clone(), desc.size);
+        let on_bytes: Arc<dyn Fn(u64) + Send + Sync> =
+            Arc::new(move |done| client.emit(&Progress::Bytes { digest: digest.clone(), done, total: size }));
+        let body = stream_body(source, size, true, Some(on_bytes));
         self.finish_upload(repo, desc, upload.url, body, size).await
     }
 
@@ -792,21 +841,13 @@ impl Client {
         source: &Arc<dyn BlobSource>,
         upload: Upload,
     ) -> Result<()> {
-        let src = source.clone();
-        let size = desc.size;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         let req = Request {
             method: Method::PATCH,
             url: upload.url.clone(),
             headers,
-            body: Body::Stream {
-                len: None,
-                open: Arc::new(move || {
-                    let src = src.clone();
-                    Box::pin(async move { Ok(source_body(src, 0, size, None)) })
-                }),
-            },
+            body: stream_body(source, desc.size, false, None),
             scopes: vec![scope(repo, "pull,push")],
             idempotent: false,
         };

@@ -74,34 +74,19 @@ fn collect(
 }
 
 impl Client {
-    /// Pushes the image or index `desc` of `layout` to `target` (its tag,
-    /// or by digest when it has none). With `mount_from`, blobs missing at
-    /// the target are first mounted from that repository of the same
-    /// registry. Manifest bytes are pushed unchanged, so the digest at the
-    /// target equals the layout's.
-    ///
-    /// # Errors
-    /// The first blob or manifest failure; the target name is not touched then.
-    pub async fn push_from_layout(
+    /// Pushes blobs (deduplicated by the caller) concurrently, bounded by the
+    /// configured concurrency, and counts what happened to them.
+    async fn push_blobs(
         &self,
-        layout: &Layout,
-        desc: &Descriptor,
-        target: &Reference,
+        repo: &Repo,
+        blobs: Vec<Descriptor>,
         mount_from: Option<&Repo>,
+        source_of: impl Fn(&Descriptor) -> Arc<dyn crate::ops::BlobSource>,
     ) -> Result<PushReport> {
-        let repo = Repo::of(target);
-        let mut blobs = Vec::new();
-        let mut manifests = Vec::new();
-        collect(layout, desc, &mut blobs, &mut manifests)?;
-        let mut seen = BTreeSet::new();
-        blobs.retain(|d| seen.insert(d.digest.clone()));
         let results: Vec<(BlobPush, u64)> = stream::iter(blobs.into_iter().map(|d| {
-            let client = self.clone();
-            let repo = repo.clone();
-            let source = Arc::new(LayoutBlob { layout: layout.clone(), digest: d.digest.clone() });
-            let mount = mount_from.cloned();
+            let source = source_of(&d);
             async move {
-                let r = client.push_blob(&repo, &d, source, mount.as_ref()).await?;
+                let r = self.push_blob(repo, &d, source, mount_from).await?;
                 Ok::<_, Error>((r, d.size))
             }
         }))
@@ -119,6 +104,36 @@ impl Client {
                 BlobPush::Skipped => report.skipped += 1,
             }
         }
+        Ok(report)
+    }
+
+    /// Pushes the image or index `desc` of `layout` to `target` (its tag,
+    /// or by digest when it has none). With `mount_from`, blobs missing at
+    /// the target are first mounted from that repository of the same
+    /// registry. Manifest bytes are pushed unchanged, so the digest at the
+    /// target equals the layout's.
+    ///
+    /// # Errors
+    /// The first blob or manifest failure; the target name is not touched then.
+    #[tracing::instrument(level = "debug", skip_all, fields(target = %target))]
+    pub async fn push_from_layout(
+        &self,
+        layout: &Layout,
+        desc: &Descriptor,
+        target: &Reference,
+        mount_from: Option<&Repo>,
+    ) -> Result<PushReport> {
+        let repo = Repo::of(target);
+        let mut blobs = Vec::new();
+        let mut manifests = Vec::new();
+        collect(layout, desc, &mut blobs, &mut manifests)?;
+        let mut seen = BTreeSet::new();
+        blobs.retain(|d| seen.insert(d.digest.clone()));
+        let mut report = self
+            .push_blobs(&repo, blobs, mount_from, |d| {
+                Arc::new(LayoutBlob { layout: layout.clone(), digest: d.digest.clone() })
+            })
+            .await?;
         // children first, by digest; the named one last
         let last = manifests.len().saturating_sub(1);
         for (i, (d, bytes)) in manifests.into_iter().enumerate() {
@@ -150,6 +165,7 @@ impl Client {
     /// # Errors
     /// [`ErrorKind::NotFound`], [`ErrorKind::DigestMismatch`]; the layout's
     /// index is not updated unless every blob arrived intact.
+    #[tracing::instrument(level = "debug", skip_all, fields(source = %source))]
     pub async fn pull_to_layout(
         &self,
         source: &Reference,
@@ -299,6 +315,7 @@ impl Client {
     /// # Errors
     /// The first failure; the destination name is pushed last, only after
     /// every blob and child manifest is in place.
+    #[tracing::instrument(level = "debug", skip_all, fields(source = %source, target = %target))]
     pub async fn copy_between(&self, source: &Reference, target: &Reference) -> Result<PushReport> {
         let src_repo = Repo::of(source);
         let dst_repo = Repo::of(target);
@@ -314,31 +331,13 @@ impl Client {
         }
         let mut seen = BTreeSet::new();
         blobs.retain(|d| seen.insert(d.digest.clone()));
-        let same_registry = src_repo.registry == dst_repo.registry;
-        let results: Vec<(BlobPush, u64)> = stream::iter(blobs.into_iter().map(|d| {
-            let client = self.clone();
-            let (src_repo, dst_repo) = (src_repo.clone(), dst_repo.clone());
-            async move {
-                let source = Arc::new(RegistryBlob::new(client.clone(), src_repo.clone(), d.clone()));
-                let mount = same_registry.then_some(&src_repo);
-                let r = client.push_blob(&dst_repo, &d, source, mount).await?;
-                Ok::<_, Error>((r, d.size))
-            }
-        }))
-        .buffer_unordered(self.inner.concurrency)
-        .try_collect()
-        .await?;
-        let mut report = PushReport::default();
-        for (r, size) in results {
-            match r {
-                BlobPush::Uploaded => {
-                    report.uploaded += 1;
-                    report.bytes_uploaded += size;
-                }
-                BlobPush::Mounted => report.mounted += 1,
-                BlobPush::Skipped => report.skipped += 1,
-            }
-        }
+        // within one registry, blobs are mounted from the source repository
+        let mount = (src_repo.registry == dst_repo.registry).then_some(&src_repo);
+        let mut report = self
+            .push_blobs(&dst_repo, blobs, mount, |d| {
+                Arc::new(RegistryBlob::new(self.clone(), src_repo.clone(), d.clone()))
+            })
+            .await?;
         // children (pulled depth first, top first) go before their parents
         for m in manifests.iter().rev() {
             let d = m.descriptor();

@@ -7,8 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex};
 
 use rand::rngs::StdRng;
@@ -62,14 +61,12 @@ struct Shared {
     rng: Mutex<StdRng>,
     counts: Mutex<FaultCounts>,
     challenge: Mutex<Option<String>>,
-    stop: AtomicBool,
 }
 
 /// A running fault proxy; stops when dropped.
 pub struct FaultProxy {
-    port: u16,
     shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: crate::server::Server,
 }
 
 struct Head {
@@ -220,15 +217,12 @@ impl FaultProxy {
     /// # Errors
     /// When the port cannot be bound.
     pub fn start(upstream_port: u16, plan: FaultPlan) -> io::Result<FaultProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             upstream: upstream_port,
             rng: Mutex::new(StdRng::seed_from_u64(plan.seed)),
             plan: Mutex::new(plan),
             counts: Mutex::new(FaultCounts::default()),
             challenge: Mutex::new(None),
-            stop: AtomicBool::new(false),
         });
         // learn the registry's challenge so an injected 401 looks like its own
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", upstream_port)) {
@@ -242,25 +236,15 @@ impl FaultProxy {
             }
         }
         let sh = shared.clone();
-        let thread = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sh.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(s) = conn {
-                    let sh = sh.clone();
-                    std::thread::spawn(move || {
-                        let _ = handle(s, &sh);
-                    });
-                }
-            }
-        });
-        Ok(FaultProxy { port, shared, thread: Some(thread) })
+        let server = crate::server::Server::start(move |s| {
+            let _ = handle(s, &sh);
+        })?;
+        Ok(FaultProxy { shared, server })
     }
 
     /// `127.0.0.1:PORT` of the proxy.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.server.port())
     }
 
     /// Replaces the plan (the random sequence continues).
@@ -273,15 +257,5 @@ impl FaultProxy {
     /// What happened so far.
     pub fn counts(&self) -> FaultCounts {
         self.shared.counts.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }

@@ -14,6 +14,7 @@ mod fault;
 mod pki;
 mod proxy;
 mod scripted;
+mod server;
 mod token;
 
 pub use fault::{Fault, FaultCounts, FaultPlan, FaultProxy};

@@ -3,21 +3,19 @@
 //! loopback addresses. Counts what it carried.
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 struct Shared {
     tunnels: AtomicUsize,
     forwarded: AtomicUsize,
-    stop: AtomicBool,
 }
 
 /// A running proxy; stops when dropped.
 pub struct HttpProxy {
-    port: u16,
     shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: crate::server::Server,
 }
 
 fn loopback_target(authority: &str) -> Option<String> {
@@ -104,33 +102,17 @@ impl HttpProxy {
     /// # Errors
     /// When the port cannot be bound.
     pub fn start() -> io::Result<HttpProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
-        let shared = Arc::new(Shared {
-            tunnels: AtomicUsize::new(0),
-            forwarded: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared { tunnels: AtomicUsize::new(0), forwarded: AtomicUsize::new(0) });
         let sh = shared.clone();
-        let thread = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sh.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(s) = conn {
-                    let sh = sh.clone();
-                    std::thread::spawn(move || {
-                        let _ = handle(s, &sh);
-                    });
-                }
-            }
-        });
-        Ok(HttpProxy { port, shared, thread: Some(thread) })
+        let server = crate::server::Server::start(move |s| {
+            let _ = handle(s, &sh);
+        })?;
+        Ok(HttpProxy { shared, server })
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.server.port())
     }
 
     /// CONNECT tunnels opened so far.
@@ -141,15 +123,5 @@ impl HttpProxy {
     /// Plain-HTTP requests forwarded so far.
     pub fn forwarded(&self) -> usize {
         self.shared.forwarded.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for HttpProxy {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }

@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -74,14 +74,12 @@ struct Shared {
     quirks: Mutex<Quirks>,
     store: Mutex<Store>,
     next_upload: AtomicU64,
-    stop: AtomicBool,
-    port: u16,
 }
 
 /// A running scripted registry; stops when dropped.
 pub struct ScriptedRegistry {
     shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: crate::server::Server,
 }
 
 struct Req {
@@ -216,10 +214,6 @@ fn write_response(w: &mut impl Write, method: &str, resp: &Resp) -> io::Result<(
 }
 
 impl Shared {
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
     #[allow(clippy::too_many_lines, clippy::many_single_char_names)] // one route table, read top to bottom
     fn route(&self, req: &Req) -> Resp {
         let q = self.quirks.lock().map(|q| q.clone()).unwrap_or_default();
@@ -497,40 +491,26 @@ impl ScriptedRegistry {
     /// # Errors
     /// When the port cannot be bound.
     pub fn start(quirks: Quirks) -> io::Result<ScriptedRegistry> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             quirks: Mutex::new(quirks),
             store: Mutex::new(Store::default()),
             next_upload: AtomicU64::new(1),
-            stop: AtomicBool::new(false),
-            port,
         });
         let sh = shared.clone();
-        let thread = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sh.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(s) = conn {
-                    let sh = sh.clone();
-                    std::thread::spawn(move || {
-                        let _ = serve(s, &sh);
-                    });
-                }
-            }
-        });
-        Ok(ScriptedRegistry { shared, thread: Some(thread) })
+        let server = crate::server::Server::start(move |s| {
+            let _ = serve(s, &sh);
+        })?;
+        Ok(ScriptedRegistry { shared, server })
     }
 
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.shared.port)
+        format!("127.0.0.1:{}", self.server.port())
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
-        self.shared.base()
+        format!("http://127.0.0.1:{}", self.server.port())
     }
 
     /// Replaces the quirks.
@@ -548,15 +528,5 @@ impl ScriptedRegistry {
     /// The stored bytes of a blob.
     pub fn blob(&self, digest: &str) -> Option<Vec<u8>> {
         self.shared.store.lock().ok()?.blobs.get(digest).cloned()
-    }
-}
-
-impl Drop for ScriptedRegistry {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.shared.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }

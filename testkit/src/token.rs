@@ -3,8 +3,8 @@
 //! `x5c` header that the real registry verifies against its root bundle.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,15 +28,13 @@ struct State {
     issued: AtomicUsize,
     refused: AtomicUsize,
     scopes: Mutex<Vec<String>>,
-    stop: AtomicBool,
 }
 
 /// A running token server; stops when dropped.
 pub struct TokenServer {
-    port: u16,
     state: Arc<State>,
     signer: CertPair,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: crate::server::Server,
 }
 
 fn respond(s: &mut TcpStream, status: &str, extra: &str, body: &str) -> io::Result<()> {
@@ -161,8 +159,6 @@ impl TokenServer {
     pub fn start(user: &str, password: &str, refresh_token: Option<&str>, ttl_secs: u64) -> io::Result<TokenServer> {
         let signer = crate::pki::token_signer()?;
         let key = EncodingKey::from_ec_pem(signer.key_pem.as_bytes()).map_err(io::Error::other)?;
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
         let state = Arc::new(State {
             user: user.to_owned(),
             password: password.to_owned(),
@@ -173,28 +169,17 @@ impl TokenServer {
             issued: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
             scopes: Mutex::new(Vec::new()),
-            stop: AtomicBool::new(false),
         });
         let st = state.clone();
-        let thread = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(s) = conn {
-                    let st = st.clone();
-                    std::thread::spawn(move || {
-                        let _ = handle(s, &st);
-                    });
-                }
-            }
-        });
-        Ok(TokenServer { port, state, signer, thread: Some(thread) })
+        let server = crate::server::Server::start(move |s| {
+            let _ = handle(s, &st);
+        })?;
+        Ok(TokenServer { state, signer, server })
     }
 
     /// The realm URL to configure in the registry.
     pub fn realm(&self) -> String {
-        format!("http://127.0.0.1:{}/token", self.port)
+        format!("http://127.0.0.1:{}/token", self.server.port())
     }
 
     /// The certificate the registry must trust (`rootcertbundle`), PEM.
@@ -215,15 +200,5 @@ impl TokenServer {
     /// Every scope requested so far, in order.
     pub fn scopes(&self) -> Vec<String> {
         self.state.scopes.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for TokenServer {
-    fn drop(&mut self) {
-        self.state.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }

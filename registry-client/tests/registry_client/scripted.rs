@@ -55,6 +55,8 @@ async fn referrers_api_with_artifact_type_filter() {
     assert_eq!(sboms[0].artifact_type.as_ref().map(MediaType::as_str), Some("application/vnd.example.sbom"));
     // the API was used, not the fallback tag
     assert!(s.log().iter().any(|l| l.target.contains("/referrers/") && l.target.contains("artifactType=")));
+    // the registry answered OCI-Subject, so no fallback index was written
+    assert!(!s.log().iter().any(|l| l.method == "PUT" && l.target.contains("/manifests/sha256-")));
 }
 
 #[tokio::test]
