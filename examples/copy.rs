@@ -1,6 +1,6 @@
 //! Copies an image between registries, OCI layouts and docker-archive files.
 //!
-//! `cargo run --example copy -- SRC DST [--insecure HOST]...`
+//! `cargo run --example copy -- SRC DST [--platform P]... [--referrers] [--dry-run] [--insecure HOST]...`
 //!
 //! Each side is a registry reference (`localhost:5000/team/app:v1`, an
 //! optional `docker://` prefix), `oci:DIR[:TAG]` or
@@ -11,8 +11,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kiln::ImageLocation;
 use kiln::registry_client::{Client, DockerConfig, Progress};
+use kiln::{CopyOptions, ImageLocation};
 
 #[derive(Parser)]
 #[command(about = "Copy an image between registries, OCI layouts and docker-archive files")]
@@ -21,6 +21,15 @@ struct Args {
     src: ImageLocation,
     /// Where it goes.
     dst: ImageLocation,
+    /// Copy only this platform (repeat for a new index of several).
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    platforms: Vec<kiln::oci_image::Platform>,
+    /// Also copy signatures, SBOMs and other artifacts referring to the image.
+    #[arg(long)]
+    referrers: bool,
+    /// Print what would be skipped, mounted and uploaded, and write nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// Allow plain HTTP to this (non-loopback) registry host.
     #[arg(long = "insecure", value_name = "HOST")]
     insecure: Vec<String>,
@@ -35,12 +44,7 @@ async fn main() -> ExitCode {
     match run(&args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = e.source();
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
-            }
+            eprintln!("{}", kiln::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -61,11 +65,34 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     let client = builder.build()?;
-    let report = kiln::copy(&client, &args.src, &args.dst).await?;
+    if args.dry_run {
+        let (ImageLocation::Registry(src), ImageLocation::Registry(dst)) = (&args.src, &args.dst) else {
+            return Err("--dry-run plans registry-to-registry copies".into());
+        };
+        let plan = kiln::plan_copy(&client, src, dst).await?;
+        for d in &plan.skip {
+            println!("skip   {} {:>12}", d.digest, d.size);
+        }
+        for d in &plan.mount {
+            println!("mount  {} {:>12}", d.digest, d.size);
+        }
+        for d in &plan.upload {
+            println!("upload {} {:>12}", d.digest, d.size);
+        }
+        println!("{} bytes to upload; nothing written", plan.upload_bytes);
+        let top = plan.manifests.last().map_or_else(String::new, |d| d.digest.to_string());
+        println!("{top}");
+        return Ok(());
+    }
+    let opts = CopyOptions { platforms: args.platforms.clone(), referrers: args.referrers };
+    let report = kiln::copy_with(&client, &args.src, &args.dst, &opts).await?;
     eprintln!(
-        "copied {} -> {} (uploaded {}, mounted {}, skipped {})",
-        args.src, args.dst, report.uploaded, report.mounted, report.skipped
+        "copied {} -> {} (uploaded {}, mounted {}, skipped {}, referrers {})",
+        args.src, args.dst, report.uploaded, report.mounted, report.skipped, report.referrers
     );
+    if report.new_index {
+        eprintln!("wrote a new index of {} platforms: the digest differs from the source's", args.platforms.len());
+    }
     println!("{}", report.digest);
     Ok(())
 }

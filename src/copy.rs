@@ -146,11 +146,28 @@ impl From<oci_image::ArchiveError> for CopyError {
     }
 }
 
+/// Options for [`copy_with`].
+#[derive(Debug, Clone, Default)]
+pub struct CopyOptions {
+    /// Copy only these platforms of an index: one gives that platform's
+    /// manifest, several a new index of them (a new digest). Empty: the
+    /// whole index, unchanged.
+    pub platforms: Vec<oci_image::Platform>,
+    /// Also copy the artifacts that refer to the copied manifests
+    /// (signatures, SBOMs), through the referrers API or its fallback.
+    pub referrers: bool,
+}
+
 /// What a copy did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyReport {
     /// The digest of the manifest (or index) at the destination.
     pub digest: Digest,
+    /// True when several platforms were selected and a new index was
+    /// written: its digest differs from the source's.
+    pub new_index: bool,
+    /// Referrers copied along.
+    pub referrers: usize,
     /// Blobs uploaded to a registry destination.
     pub uploaded: usize,
     /// Blobs mounted from another repository.
@@ -205,6 +222,119 @@ fn write_archive(
     Ok(manifest.digest().clone())
 }
 
+fn report(digest: Digest, uploaded: usize, mounted: usize, skipped: usize) -> CopyReport {
+    CopyReport { digest, new_index: false, referrers: 0, uploaded, mounted, skipped }
+}
+
+/// Copies with options: platform selection and referrers (registry to
+/// registry; one platform also for registry to OCI layout).
+///
+/// # Errors
+/// [`CopyError`]; [`CopyError::Unsupported`] for option and location
+/// combinations not handled.
+pub async fn copy_with(
+    client: &Client,
+    src: &ImageLocation,
+    dst: &ImageLocation,
+    opts: &CopyOptions,
+) -> Result<CopyReport, CopyError> {
+    use ImageLocation as L;
+    let unsupported = |why| CopyError::Unsupported { from: src.to_string(), to: dst.to_string(), why };
+    match (src, dst, opts.platforms.as_slice()) {
+        (_, _, []) if !opts.referrers => copy(client, src, dst).await,
+        (L::Registry(s), L::Layout { dir, tag }, [platform]) if !opts.referrers => {
+            let layout = Layout::create(dir)?;
+            let name = tag.as_ref().map(|t| s.with_tag(t.clone()));
+            let desc = client.pull_to_layout(s, &layout, Some(platform), name.as_ref()).await?;
+            Ok(report(desc.digest, 0, 0, 0))
+        }
+        (L::Registry(s), L::Registry(d), platforms) => {
+            let mut out = select_and_copy(client, s, d, platforms).await?;
+            if opts.referrers {
+                let copied: Vec<Digest> = client
+                    .manifest_tree(&d.repository_only().with_digest(out.digest.clone()))
+                    .await?
+                    .iter()
+                    .map(|m| m.digest().clone())
+                    .collect();
+                for subject in copied {
+                    for r in client.referrers(&s.repository_only().with_digest(subject), None).await? {
+                        client
+                            .copy_between(
+                                &s.repository_only().with_digest(r.digest.clone()),
+                                &d.repository_only().with_digest(r.digest),
+                            )
+                            .await?;
+                        out.referrers += 1;
+                    }
+                }
+            }
+            Ok(out)
+        }
+        _ => Err(unsupported(
+            "platform selection and referrers need a registry source (and a registry destination for referrers or several platforms)",
+        )),
+    }
+}
+
+/// Registry to registry with an optional platform selection.
+async fn select_and_copy(
+    client: &Client,
+    s: &Reference,
+    d: &Reference,
+    platforms: &[oci_image::Platform],
+) -> Result<CopyReport, CopyError> {
+    let top = client.get_manifest(s).await?;
+    let index = if let oci_image::AnyManifest::Index(index) = &top
+        && !platforms.is_empty()
+    {
+        index.clone()
+    } else {
+        // a single manifest, or no selection: copied as it is
+        let r = client.copy_between(s, d).await?;
+        return Ok(report(top.digest().clone(), r.uploaded, r.mounted, r.skipped));
+    };
+    let mut chosen = Vec::new();
+    for p in platforms {
+        let child = index
+            .value()
+            .manifest_for(p)
+            .cloned()
+            .ok_or_else(|| registry_client::Error::not_found(format!("{s} has no manifest for platform {p}")))?;
+        if !chosen.iter().any(|c: &Descriptor| c.digest == child.digest) {
+            chosen.push(child);
+        }
+    }
+    let mut total = report(Digest::sha256(b""), 0, 0, 0);
+    if let [only] = chosen.as_slice() {
+        let r = client.copy_between(&s.repository_only().with_digest(only.digest.clone()), d).await?;
+        return Ok(report(only.digest.clone(), r.uploaded, r.mounted, r.skipped));
+    }
+    for c in &chosen {
+        let r = client
+            .copy_between(
+                &s.repository_only().with_digest(c.digest.clone()),
+                &d.repository_only().with_digest(c.digest.clone()),
+            )
+            .await?;
+        total.uploaded += r.uploaded;
+        total.mounted += r.mounted;
+        total.skipped += r.skipped;
+    }
+    let mut builder = oci_image::IndexBuilder::new();
+    if index.value().media_type.as_ref().is_some_and(oci_image::MediaType::is_docker) {
+        builder = builder.docker();
+    }
+    for c in chosen {
+        builder = builder.manifest(c);
+    }
+    let new = Raw::new(builder.build());
+    let digest = client.put_manifest(d, new.bytes().clone(), &new.descriptor().media_type).await?;
+    total.digest = digest;
+    total.new_index = true;
+    Ok(total)
+}
+
 /// Copies the image at `src` to `dst`. Manifests keep their bytes, so the
 /// destination digest equals the source digest (a docker-archive source,
 /// which holds no manifest, gets a new OCI manifest). Registry to registry
@@ -217,24 +347,20 @@ pub async fn copy(client: &Client, src: &ImageLocation, dst: &ImageLocation) -> 
     match (src, dst) {
         (L::Registry(s), L::Registry(d)) => {
             let r = client.copy_between(s, d).await?;
-            Ok(CopyReport {
-                digest: r.digest.unwrap_or_else(|| Digest::sha256(b"")),
-                uploaded: r.uploaded,
-                mounted: r.mounted,
-                skipped: r.skipped,
-            })
+            let digest = r.digest.ok_or_else(|| registry_client::Error::from_mismatch(&Digest::sha256(b""), None))?;
+            Ok(report(digest, r.uploaded, r.mounted, r.skipped))
         }
         (L::Layout { dir, tag }, L::Registry(d)) => {
             let layout = Layout::open(dir)?;
             let desc = layout_entry(&layout, src, tag.as_ref())?;
             let r = client.push_from_layout(&layout, &desc, d, None).await?;
-            Ok(CopyReport { digest: desc.digest, uploaded: r.uploaded, mounted: r.mounted, skipped: r.skipped })
+            Ok(report(desc.digest, r.uploaded, r.mounted, r.skipped))
         }
         (L::Registry(s), L::Layout { dir, tag }) => {
             let layout = Layout::create(dir)?;
             let name = tag.as_ref().map(|t| s.with_tag(t.clone()));
             let desc = client.pull_to_layout(s, &layout, None, name.as_ref()).await?;
-            Ok(CopyReport { digest: desc.digest, uploaded: 0, mounted: 0, skipped: 0 })
+            Ok(report(desc.digest, 0, 0, 0))
         }
         (L::Layout { dir, tag }, L::Layout { dir: to, tag: to_tag }) => {
             let from = Layout::open(dir)?;
@@ -250,7 +376,7 @@ pub async fn copy(client: &Client, src: &ImageLocation, dst: &ImageLocation) -> 
                 Some(t) => into.set_ref_name(t, None, desc.clone())?,
                 None => into.add_manifest(desc.clone())?,
             }
-            Ok(CopyReport { digest: desc.digest, uploaded: 0, mounted: 0, skipped: 0 })
+            Ok(report(desc.digest, 0, 0, 0))
         }
         (L::DockerArchive { file, name }, _) => {
             let reader = ArchiveReader::open(file)?;
@@ -268,9 +394,9 @@ pub async fn copy(client: &Client, src: &ImageLocation, dst: &ImageLocation) -> 
             match dst {
                 L::Registry(d) => {
                     let r = client.push_from_layout(&layout, &desc, d, None).await?;
-                    Ok(CopyReport { digest: desc.digest, uploaded: r.uploaded, mounted: r.mounted, skipped: r.skipped })
+                    Ok(report(desc.digest, r.uploaded, r.mounted, r.skipped))
                 }
-                L::Layout { .. } => Ok(CopyReport { digest: desc.digest, uploaded: 0, mounted: 0, skipped: 0 }),
+                L::Layout { .. } => Ok(report(desc.digest, 0, 0, 0)),
                 L::DockerArchive { .. } => Err(CopyError::Unsupported {
                     from: src.to_string(),
                     to: dst.to_string(),
@@ -282,7 +408,7 @@ pub async fn copy(client: &Client, src: &ImageLocation, dst: &ImageLocation) -> 
             let layout = Layout::open(dir)?;
             let desc = layout_entry(&layout, src, tag.as_ref())?;
             let digest = write_archive(&layout, &desc, file, name.as_ref())?;
-            Ok(CopyReport { digest, uploaded: 0, mounted: 0, skipped: 0 })
+            Ok(report(digest, 0, 0, 0))
         }
         (L::Registry(s), L::DockerArchive { file, name }) => {
             // the image is gathered in a temporary layout: an archive needs every layer
@@ -290,7 +416,7 @@ pub async fn copy(client: &Client, src: &ImageLocation, dst: &ImageLocation) -> 
             let layout = Layout::create(tmp.path().join("layout"))?;
             let desc = client.pull_to_layout(s, &layout, Some(&oci_image::Platform::host()), None).await?;
             let digest = write_archive(&layout, &desc, file, name.as_ref().or(Some(s)))?;
-            Ok(CopyReport { digest, uploaded: 0, mounted: 0, skipped: 0 })
+            Ok(report(digest, 0, 0, 0))
         }
     }
 }

@@ -19,10 +19,14 @@
 use std::path::{Path, PathBuf};
 
 mod copy;
+mod inspect;
+mod promote;
 
-pub use copy::{CopyError, CopyReport, ImageLocation, LocationError, copy, repo_of};
+pub use copy::{CopyError, CopyOptions, CopyReport, ImageLocation, LocationError, copy, copy_with, repo_of};
+pub use inspect::{HistoryRow, Inspection, history_rows, inspect};
 pub use layer_diff;
 pub use oci_image;
+pub use promote::{CopyPlan, PromoteError, PromoteOptions, PromotionRecord, plan_copy, promote, release_tags};
 pub use registry_client;
 
 use oci_image::{
@@ -129,6 +133,19 @@ pub fn image_from_dir(
         layers: vec![layer],
         diff_ids: vec![info.diff_id],
     })
+}
+
+/// An error and its sources, one per line (`error: ...`, `  caused by: ...`),
+/// for command-line tools.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!("error: {e}");
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let _ = write!(s, "\n  caused by: {cause}");
+        source = cause.source();
+    }
+    s
 }
 
 /// Seconds since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).

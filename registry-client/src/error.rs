@@ -85,6 +85,19 @@ impl Error {
         Error::new(ErrorKind::DigestMismatch, format!("content digest mismatch: expected {expected}, got {actual}"))
     }
 
+    /// A digest mismatch between what was expected and what a registry reported.
+    pub fn from_mismatch(expected: &Digest, actual: Option<&Digest>) -> Self {
+        match actual {
+            Some(a) => Error::digest_mismatch(expected, a),
+            None => Error::new(ErrorKind::DigestMismatch, format!("expected {expected}, the registry reported none")),
+        }
+    }
+
+    /// A "not found" error with a message (for callers composing operations).
+    pub fn not_found(context: impl Into<String>) -> Self {
+        Error::new(ErrorKind::NotFound, context)
+    }
+
     /// The broad kind.
     pub fn kind(&self) -> ErrorKind {
         self.kind

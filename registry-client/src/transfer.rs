@@ -212,6 +212,16 @@ impl Client {
         Ok(desc)
     }
 
+    /// A manifest and, for an index, every child manifest (recursively,
+    /// each verified against its digest), parents before their children.
+    ///
+    /// # Errors
+    /// As [`Client::get_manifest`].
+    pub async fn manifest_tree(&self, r: &Reference) -> Result<Vec<AnyManifest>> {
+        let top = self.get_manifest(r).await?;
+        Ok(self.pull_manifest_tree(r, top).await?.1)
+    }
+
     /// Fetches a manifest and, for an index, every child manifest
     /// (recursively); returns the top descriptor and all document bytes.
     async fn pull_manifest_tree(&self, source: &Reference, top: AnyManifest) -> Result<(Descriptor, Vec<AnyManifest>)> {

@@ -105,3 +105,37 @@ async fn an_ambiguous_layout_source_is_refused() {
     .unwrap_err();
     assert!(e.to_string().contains("name the image with :TAG"), "{e}");
 }
+
+#[tokio::test]
+async fn inspect_reports_layers_history_and_platforms() {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("a.txt"), "a").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let built = image_from_dir(ctx.path(), &dir.path().join("l"), &"x/a:v1".parse().unwrap(), &super::opts()).unwrap();
+    let client = Client::builder().build().unwrap();
+    let info = kiln::inspect(&client, &loc(&format!("oci:{}:v1", dir.path().join("l").display()))).await.unwrap();
+    assert_eq!(info.digest, built.manifest.digest);
+    assert_eq!(info.layers, built.layers);
+    assert_eq!(info.history.len(), 1);
+    assert_eq!((info.history[0].size, info.history[0].empty_layer), (built.layers[0].size, false));
+    assert_eq!(info.history[0].layer.as_ref(), Some(&built.layers[0].digest));
+    assert!(info.to_text().contains(&built.config.digest.to_string()));
+    assert!(info.history_text().contains("kiln: COPY . /"));
+    let json = serde_json::to_value(&info).unwrap();
+    assert_eq!(json["digest"], built.manifest.digest.to_string());
+    assert!(kiln::inspect(&client, &loc("docker-archive:/nonexistent.tar")).await.is_err());
+}
+
+#[test]
+fn history_rows_skip_empty_layers() {
+    use kiln::oci_image::{ConfigBuilder, Descriptor, History, MediaType};
+    let layer = Descriptor::of_bytes(MediaType::OciLayerGzip, b"x");
+    let c = ConfigBuilder::new(&"linux/amd64".parse().unwrap())
+        .empty_layer(History { created_by: Some("ENV A=b".into()), ..History::default() })
+        .layer(layer.digest.clone(), History { created_by: Some("COPY".into()), ..History::default() })
+        .empty_layer(History { created_by: Some("CMD".into()), ..History::default() })
+        .build();
+    let rows = kiln::history_rows(&c, std::slice::from_ref(&layer));
+    let sizes: Vec<(u64, bool)> = rows.iter().map(|r| (r.size, r.empty_layer)).collect();
+    assert_eq!(sizes, [(0, true), (1, false), (0, true)]);
+}

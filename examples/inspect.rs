@@ -1,0 +1,68 @@
+//! Shows an image: manifest, platforms, layers, config, history, referrers.
+//!
+//! `cargo run --example inspect -- REF [--config|--history|--json]`
+//!
+//! REF is a registry reference or `oci:DIR[:TAG]`. The last line printed is
+//! the digest, except with `--json`, where the output is only JSON.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kiln::ImageLocation;
+use kiln::registry_client::{Client, DockerConfig};
+
+#[derive(Parser)]
+#[command(about = "Inspect an image")]
+struct Args {
+    /// The image.
+    image: ImageLocation,
+    /// Print the config JSON.
+    #[arg(long, conflicts_with_all = ["history", "json"])]
+    config: bool,
+    /// Print the history, like `docker image history`.
+    #[arg(long, conflicts_with = "json")]
+    history: bool,
+    /// Print everything as JSON (and nothing else).
+    #[arg(long)]
+    json: bool,
+    /// Allow plain HTTP to this (non-loopback) registry host.
+    #[arg(long = "insecure", value_name = "HOST")]
+    insecure: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", kiln::error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut builder = Client::builder().credentials(DockerConfig::from_env()?);
+    for host in &args.insecure {
+        builder = builder.insecure_host(host.clone());
+    }
+    let client = builder.build()?;
+    let info = kiln::inspect(&client, &args.image).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    if args.config {
+        match &info.config {
+            Some(c) => println!("{}", serde_json::to_string_pretty(c)?),
+            None => println!("(an index has no config; name a platform's manifest)"),
+        }
+    } else if args.history {
+        print!("{}", info.history_text());
+    } else {
+        print!("{}", info.to_text());
+    }
+    println!("{}", info.digest);
+    Ok(())
+}

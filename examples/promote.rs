@@ -1,0 +1,78 @@
+//! Promotes an image, pinned by digest, to a tag (usually in another
+//! registry), moving the exact bytes.
+//!
+//! `cargo run --example promote -- SRC@DIGEST DST:TAG [--overwrite] [--dry-run] [--json]`
+//!
+//! Refuses when DST:TAG already points at another digest unless
+//! `--overwrite`. Prints the promotion record (as JSON with `--json`, for
+//! pipelines to log); otherwise the last line is the digest.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kiln::PromoteOptions;
+use kiln::oci_image::Reference;
+use kiln::registry_client::{Client, DockerConfig};
+
+#[derive(Parser)]
+#[command(about = "Promote a digest-pinned image to a tag")]
+struct Args {
+    /// The image, pinned: NAME@sha256:...
+    src: Reference,
+    /// The destination NAME:TAG.
+    dst: Reference,
+    /// Move the tag even when it points at another digest.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print the plan and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print only the record, as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Allow plain HTTP to this (non-loopback) registry host.
+    #[arg(long = "insecure", value_name = "HOST")]
+    insecure: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", kiln::error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut builder = Client::builder().credentials(DockerConfig::from_env()?);
+    for host in &args.insecure {
+        builder = builder.insecure_host(host.clone());
+    }
+    let client = builder.build()?;
+    let record = kiln::promote(
+        &client,
+        &args.src,
+        &args.dst,
+        PromoteOptions { overwrite: args.overwrite, dry_run: args.dry_run },
+    )
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+        return Ok(());
+    }
+    let verb = if record.dry_run { "would promote" } else { "promoted" };
+    println!("{verb} {} -> {} at {}", record.source, record.destination, record.time);
+    println!(
+        "blobs: {} skipped, {} mounted, {} uploaded ({} bytes)",
+        record.plan.skip.len(),
+        record.plan.mount.len(),
+        record.plan.upload.len(),
+        record.plan.upload_bytes
+    );
+    println!("{}", record.digest);
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! Tags a release: `vX.Y.Z`, `vX.Y`, `vX` and `latest` (only the version
+//! itself for a pre-release), never moving a tag to an older release.
+//!
+//! `cargo run --example release_tags -- REPO@DIGEST vX.Y.Z`
+//!
+//! The last line printed is the digest the tags point at.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kiln::oci_image::Reference;
+use kiln::registry_client::{Client, DockerConfig};
+
+#[derive(Parser)]
+#[command(about = "Set the release tags of a version on a digest")]
+struct Args {
+    /// The image, pinned: REPO@sha256:...
+    image: Reference,
+    /// The release version, like v1.2.3 or v2.0.0-rc.1.
+    version: String,
+    /// Allow plain HTTP to this (non-loopback) registry host.
+    #[arg(long = "insecure", value_name = "HOST")]
+    insecure: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", kiln::error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut builder = Client::builder().credentials(DockerConfig::from_env()?);
+    for host in &args.insecure {
+        builder = builder.insecure_host(host.clone());
+    }
+    let client = builder.build()?;
+    let tags = kiln::release_tags(&client, &args.image, &args.version).await?;
+    for t in &tags {
+        println!("tagged {}", args.image.repository_only().with_tag(t.clone()));
+    }
+    if let Some(d) = args.image.digest() {
+        println!("{d}");
+    }
+    Ok(())
+}
