@@ -65,29 +65,34 @@ DIGEST=$(jq -r '.manifests[] | select(.annotations["org.opencontainers.image.ref
 ROOTFS_MB=$(du -sm "$WORK/rootfs" | cut -f1)
 LAYER_MB=$(( $(jq -r '.layers[0].size' "$WORK/image/blobs/sha256/${DIGEST#sha256:}") / 1048576 ))
 
-REG_PID=""
-REG_DIR=""
-start_registry() {
-  stop_registry
-  REG_DIR=$(mktemp -d "$WORK/registry.XXXX")
-  local port
+REG_PIDS=()
+REG_DIRS=()
+# new_registry: starts one more registry and sets REG to its host:port
+new_registry() {
+  local dir port
+  dir=$(mktemp -d "$WORK/registry.XXXX")
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  cat >"$REG_DIR/config.yml" <<YAML
+  cat >"$dir/config.yml" <<YAML
 version: 0.1
 log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $REG_DIR/data}, delete: {enabled: true}}
+storage: {filesystem: {rootdirectory: $dir/data}, delete: {enabled: true}}
 http: {addr: 127.0.0.1:$port}
 YAML
-  docker-registry serve "$REG_DIR/config.yml" >"$REG_DIR/log" 2>&1 &
-  REG_PID=$!
+  docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
+  REG_PIDS+=($!)
+  REG_DIRS+=("$dir")
   REG="127.0.0.1:$port"
   for _ in $(seq 100); do curl -sf "http://$REG/v2/" >/dev/null 2>&1 && return; sleep 0.05; done
   echo "registry did not start" >&2; exit 1
 }
 stop_registry() {
-  if [ -n "$REG_PID" ]; then kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; REG_PID=""; fi
-  if [ -n "$REG_DIR" ]; then rm -rf "$REG_DIR"; REG_DIR=""; fi
+  local p d
+  for p in "${REG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  for d in "${REG_DIRS[@]}"; do rm -rf "$d"; done
+  REG_PIDS=(); REG_DIRS=()
 }
+# start_registry: stops every registry, then starts a fresh one as REG
+start_registry() { stop_registry; new_registry; }
 trap stop_registry EXIT
 
 # time_cmd NAME -- command...   appends "seconds maxrss_kb" to $WORK/times/NAME
@@ -148,6 +153,24 @@ for i in $(seq "$RUNS"); do
     start_registry; skopeo_round; start_registry; kiln_round
   fi
 done
+part "promote: registry A -> registry B, kiln vs skopeo x$RUNS"
+# a fresh pair per run; the image is put in A untimed
+promote_round() { # tool
+  start_registry; local a=$REG; new_registry; local b=$REG
+  "$KILN_COPY" "$IMAGE" "$a/dev/rootfs:v1" >/dev/null 2>&1
+  if [ "$1" = kiln ]; then
+    time_cmd kiln_promote -- "$KILN_COPY" "$a/dev/rootfs:v1" "$b/prod/rootfs:v1"
+    [ "$(tail -1 "$WORK/times/kiln_promote.out")" = "$DIGEST" ] || { echo "kiln changed the digest" >&2; exit 1; }
+  else
+    time_cmd skopeo_promote -- $SK copy --src-tls-verify=false --dest-tls-verify=false "docker://$a/dev/rootfs:v1" "docker://$b/prod/rootfs:v1"
+  fi
+}
+for i in $(seq "$RUNS"); do
+  if [ $((i % 2)) -eq 1 ]; then promote_round kiln; promote_round skopeo; else promote_round skopeo; promote_round kiln; fi
+done
+stop_registry
+
+part "registry floor (curl)"
 LAYER_DIGEST=$(jq -r '.layers[0].digest' "$WORK/image/blobs/sha256/${DIGEST#sha256:}")
 for i in $(seq "$RUNS"); do
   start_registry
@@ -194,6 +217,7 @@ row() { # label kiln skopeo target
   row "re-push (all blobs present)" kiln_repush skopeo_repush 0.5
   row "copy to new repo, same registry" kiln_mount skopeo_mount -
   row "pull registry -> oci:" kiln_pull skopeo_pull 0.5
+  row "promote registry A -> registry B" kiln_promote skopeo_promote 0.5
   echo
   printf 'kiln mount copy uploaded: %s\n' "$(grep -o 'uploaded [0-9]*, mounted [0-9]*' "$WORK/times/kiln_mount.err" | tail -1)"
   printf 'registry floor: a bare curl upload of the layer (POST + PUT --upload-file), median %s s\n' "$(col 1 floor | median)"

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kiln::ImageLocation;
-use kiln::registry_client::{Client, DockerConfig};
 
 #[derive(Parser)]
 #[command(about = "Inspect an image")]
@@ -32,22 +31,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{}", kiln::error_chain(e.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
+    kiln::cli::exit_code(run(&Args::parse()).await)
 }
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let mut builder = Client::builder().credentials(DockerConfig::from_env()?);
-    for host in &args.insecure {
-        builder = builder.insecure_host(host.clone());
-    }
-    let client = builder.build()?;
+    let client = kiln::cli::client(&args.insecure)?;
     let info = kiln::inspect(&client, &args.image).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);

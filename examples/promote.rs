@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use kiln::PromoteOptions;
 use kiln::oci_image::Reference;
-use kiln::registry_client::{Client, DockerConfig};
 
 #[derive(Parser)]
 #[command(about = "Promote a digest-pinned image to a tag")]
@@ -37,22 +36,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{}", kiln::error_chain(e.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
+    kiln::cli::exit_code(run(&Args::parse()).await)
 }
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let mut builder = Client::builder().credentials(DockerConfig::from_env()?);
-    for host in &args.insecure {
-        builder = builder.insecure_host(host.clone());
-    }
-    let client = builder.build()?;
+    let client = kiln::cli::client(&args.insecure)?;
     let record = kiln::promote(
         &client,
         &args.src,

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kiln::oci_image::Reference;
-use kiln::registry_client::{Client, DockerConfig};
 
 #[derive(Parser)]
 #[command(about = "Set the release tags of a version on a digest")]
@@ -25,22 +24,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{}", kiln::error_chain(e.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
+    kiln::cli::exit_code(run(&Args::parse()).await)
 }
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let mut builder = Client::builder().credentials(DockerConfig::from_env()?);
-    for host in &args.insecure {
-        builder = builder.insecure_host(host.clone());
-    }
-    let client = builder.build()?;
+    let client = kiln::cli::client(&args.insecure)?;
     let tags = kiln::release_tags(&client, &args.image, &args.version).await?;
     for t in &tags {
         println!("tagged {}", args.image.repository_only().with_tag(t.clone()));

@@ -135,6 +135,37 @@ pub fn image_from_dir(
     })
 }
 
+/// Helpers for command-line tools built on kiln; the examples use them.
+pub mod cli {
+    use std::process::ExitCode;
+
+    use registry_client::{Client, DockerConfig};
+
+    /// A client that reads credentials the way docker and podman do and
+    /// allows plain HTTP to the given non-loopback hosts.
+    ///
+    /// # Errors
+    /// An unreadable credentials file, or a client that cannot be built.
+    pub fn client(insecure_hosts: &[String]) -> Result<Client, Box<dyn std::error::Error>> {
+        let mut builder = Client::builder().credentials(DockerConfig::from_env()?);
+        for host in insecure_hosts {
+            builder = builder.insecure_host(host.clone());
+        }
+        Ok(builder.build()?)
+    }
+
+    /// The exit code of a command's result, printing the error chain on failure.
+    pub fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{}", super::error_chain(e.as_ref()));
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
 /// An error and its sources, one per line (`error: ...`, `  caused by: ...`),
 /// for command-line tools.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

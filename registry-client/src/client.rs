@@ -317,6 +317,19 @@ pub(crate) struct Request {
     pub idempotent: bool,
 }
 
+impl Request {
+    /// An idempotent request without headers or body.
+    pub(crate) fn new(method: Method, url: Url, scopes: Vec<String>) -> Self {
+        Request { method, url, headers: HeaderMap::new(), body: Body::Empty, scopes, idempotent: true }
+    }
+
+    /// With these headers.
+    pub(crate) fn with_headers(mut self, headers: HeaderMap) -> Self {
+        self.headers = headers;
+        self
+    }
+}
+
 fn is_loopback(host: &str) -> bool {
     let h = host.strip_prefix('[').and_then(|h| h.split_once(']')).map_or_else(
         || host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host }),

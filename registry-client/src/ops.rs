@@ -176,21 +176,14 @@ impl Client {
     /// [`ErrorKind::Unauthorized`], transport errors.
     pub async fn ping(&self, repo: &Repo) -> Result<()> {
         let url = self.base_url(repo).await?;
-        let req = Request {
-            method: Method::GET,
-            url,
-            headers: HeaderMap::new(),
-            body: Body::Empty,
-            scopes: vec![scope(repo, "pull")],
-            idempotent: true,
-        };
+        let req = Request::new(Method::GET, url, vec![scope(repo, "pull")]);
         self.send_ok(repo, &req, "ping").await.map(drop)
     }
 
     fn manifest_request(method: Method, url: Url, repo: &Repo) -> Request {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
-        Request { method, url, headers, body: Body::Empty, scopes: vec![scope(repo, "pull")], idempotent: true }
+        Request::new(method, url, vec![scope(repo, "pull")]).with_headers(headers)
     }
 
     /// Fetches a manifest or index by tag or digest, checking its digest
@@ -347,14 +340,7 @@ impl Client {
     pub async fn delete_manifest(&self, r: &Reference) -> Result<()> {
         let repo = Repo::of(r);
         let url = self.url(&repo, &format!("manifests/{}", r.manifest_reference())).await?;
-        let req = Request {
-            method: Method::DELETE,
-            url,
-            headers: HeaderMap::new(),
-            body: Body::Empty,
-            scopes: vec![scope(&repo, "delete"), scope(&repo, "pull,push")],
-            idempotent: true,
-        };
+        let req = Request::new(Method::DELETE, url, vec![scope(&repo, "delete"), scope(&repo, "pull,push")]);
         self.send_ok(&repo, &req, &format!("deleting manifest {r}")).await.map(drop)
     }
 
@@ -364,14 +350,7 @@ impl Client {
     /// Transport and auth errors.
     pub async fn head_blob(&self, repo: &Repo, digest: &Digest) -> Result<Option<u64>> {
         let url = self.url(repo, &format!("blobs/{digest}")).await?;
-        let req = Request {
-            method: Method::HEAD,
-            url,
-            headers: HeaderMap::new(),
-            body: Body::Empty,
-            scopes: vec![scope(repo, "pull")],
-            idempotent: true,
-        };
+        let req = Request::new(Method::HEAD, url, vec![scope(repo, "pull")]);
         let resp = self.send(repo, &req).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -386,14 +365,7 @@ impl Client {
     /// [`ErrorKind::NotFound`], [`ErrorKind::Protocol`] when unsupported.
     pub async fn delete_blob(&self, repo: &Repo, digest: &Digest) -> Result<()> {
         let url = self.url(repo, &format!("blobs/{digest}")).await?;
-        let req = Request {
-            method: Method::DELETE,
-            url,
-            headers: HeaderMap::new(),
-            body: Body::Empty,
-            scopes: vec![scope(repo, "delete"), scope(repo, "pull,push")],
-            idempotent: true,
-        };
+        let req = Request::new(Method::DELETE, url, vec![scope(repo, "delete"), scope(repo, "pull,push")]);
         self.send_ok(repo, &req, &format!("deleting blob {digest}")).await.map(drop)
     }
 
@@ -621,14 +593,8 @@ impl Client {
     async fn mount(&self, repo: &Repo, digest: &Digest, from: &Repo) -> Result<Mount> {
         let mut url = self.url(repo, "blobs/uploads/").await?;
         url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", &from.path);
-        let req = Request {
-            method: Method::POST,
-            url: url.clone(),
-            headers: content_length_zero(),
-            body: Body::Empty,
-            scopes: vec![scope(repo, "pull,push"), scope(from, "pull")],
-            idempotent: true,
-        };
+        let req = Request::new(Method::POST, url.clone(), vec![scope(repo, "pull,push"), scope(from, "pull")])
+            .with_headers(content_length_zero());
         let resp = self.send(repo, &req).await?;
         match resp.status() {
             StatusCode::CREATED => Ok(Mount::Done),
@@ -675,14 +641,8 @@ impl Client {
 
     async fn start_upload(&self, repo: &Repo) -> Result<Upload> {
         let url = self.url(repo, "blobs/uploads/").await?;
-        let req = Request {
-            method: Method::POST,
-            url: url.clone(),
-            headers: content_length_zero(),
-            body: Body::Empty,
-            scopes: vec![scope(repo, "pull,push")],
-            idempotent: true,
-        };
+        let req =
+            Request::new(Method::POST, url.clone(), vec![scope(repo, "pull,push")]).with_headers(content_length_zero());
         let resp = self.send_ok(repo, &req, "starting a blob upload").await?;
         let min_chunk = resp
             .headers()
@@ -811,14 +771,7 @@ impl Client {
 
     /// The upload's status: its newest location and how many bytes it holds.
     async fn upload_status(&self, repo: &Repo, url: &Url) -> Result<(Url, u64)> {
-        let req = Request {
-            method: Method::GET,
-            url: url.clone(),
-            headers: HeaderMap::new(),
-            body: Body::Empty,
-            scopes: vec![scope(repo, "pull,push")],
-            idempotent: true,
-        };
+        let req = Request::new(Method::GET, url.clone(), vec![scope(repo, "pull,push")]);
         let resp = self.send_ok(repo, &req, "checking an upload's status").await?;
         let kept = resp
             .headers()
@@ -883,14 +836,7 @@ impl Client {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
-        let req = Request {
-            method: Method::GET,
-            url: url.clone(),
-            headers: HeaderMap::new(),
-            body: Body::Empty,
-            scopes: vec![scope(repo, "pull")],
-            idempotent: true,
-        };
+        let req = Request::new(Method::GET, url.clone(), vec![scope(repo, "pull")]);
         let doc = self.get_document(repo, &req, &format!("listing tags of {}", repo.path), &[]).await?;
         let next = next_link(&doc.headers).map(|l| url.join(&l).map(|u| u.to_string())).transpose().ok().flatten();
         let tags: Tags = serde_json::from_slice(&doc.body)
@@ -938,14 +884,7 @@ impl Client {
             self.base_url(&repo).await?.join("_catalog").map_err(|_| Error::new(ErrorKind::Invalid, "catalog URL"))?;
         let mut all = Vec::new();
         for _ in 0..10_000 {
-            let req = Request {
-                method: Method::GET,
-                url: url.clone(),
-                headers: HeaderMap::new(),
-                body: Body::Empty,
-                scopes: vec!["registry:catalog:*".to_owned()],
-                idempotent: true,
-            };
+            let req = Request::new(Method::GET, url.clone(), vec!["registry:catalog:*".to_owned()]);
             let doc = self.get_document(&repo, &req, "listing the catalog", &[]).await?;
             let next = next_link(&doc.headers);
             let mut c: Catalog = serde_json::from_slice(&doc.body)
