@@ -39,6 +39,13 @@ cargo fmt --all --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# jsonschema (a dev-dependency) switches serde_json's float_roundtrip on in
+# every test build, so no test can see whether oci-image asks for it itself;
+# check oci-image's own dependency graph instead (the fuzz target found the
+# lossy default: fuzz/README.md)
+log "oci-image parses JSON numbers exactly without dev-dependencies"
+cargo tree -p oci-image -e no-dev,features -i serde_json --locked | grep -q float_roundtrip
+
 log "cargo test"
 cargo test --workspace --locked
 
