@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use oci_image::{ArchiveReader, Descriptor, Digest, Layout, PendingArchive, Raw, Reference, Tag};
-use registry_client::{Client, Repo};
+use registry_client::Client;
 
 /// Where an image is: a registry, an OCI layout, or a docker-archive file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -446,14 +446,6 @@ fn reachable_from(layout: &Layout, desc: &Descriptor) -> Result<Vec<Descriptor>,
     let mut seen = std::collections::BTreeSet::new();
     out.retain(|d| seen.insert(d.digest.clone()));
     Ok(out)
-}
-
-/// The repository of a registry location (for mounts).
-pub fn repo_of(location: &ImageLocation) -> Option<Repo> {
-    match location {
-        ImageLocation::Registry(r) => Some(Repo::of(r)),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ mod copy;
 mod inspect;
 mod promote;
 
-pub use copy::{CopyError, CopyOptions, CopyReport, ImageLocation, LocationError, copy, copy_with, repo_of};
+pub use copy::{CopyError, CopyOptions, CopyReport, ImageLocation, LocationError, copy, copy_with};
 pub use inspect::{HistoryRow, Inspection, history_rows, inspect};
 pub use layer_diff;
 pub use oci_image;

@@ -102,26 +102,18 @@ pub async fn plan_copy(client: &Client, source: &Reference, target: &Reference) 
     let (src_repo, dst_repo) = (Repo::of(source), Repo::of(target));
     let same_registry = src_repo.registry == dst_repo.registry;
     let mut plan = CopyPlan::default();
-    let mut seen = std::collections::BTreeSet::new();
-    for m in &tree {
-        plan.manifests.push(m.descriptor());
-        let AnyManifest::Image(raw) = m else { continue };
-        let v = raw.value();
-        for d in std::iter::once(&v.config).chain(&v.layers).filter(|d| d.urls.is_none()) {
-            if !seen.insert(d.digest.clone()) {
-                continue;
-            }
-            if client.head_blob(&dst_repo, &d.digest).await?.is_some() {
-                plan.skip.push(d.clone());
-            } else if same_registry && src_repo.path != dst_repo.path {
-                plan.mount.push(d.clone());
-            } else {
-                plan.upload_bytes += d.size;
-                plan.upload.push(d.clone());
-            }
+    // foreign layers (with urls) are not copied
+    for d in registry_client::image_blobs(&tree).into_iter().filter(|d| d.urls.is_none()) {
+        if client.head_blob(&dst_repo, &d.digest).await?.is_some() {
+            plan.skip.push(d);
+        } else if same_registry && src_repo.path != dst_repo.path {
+            plan.mount.push(d);
+        } else {
+            plan.upload_bytes += d.size;
+            plan.upload.push(d);
         }
     }
-    plan.manifests.reverse();
+    plan.manifests = tree.iter().rev().map(AnyManifest::descriptor).collect();
     Ok(plan)
 }
 

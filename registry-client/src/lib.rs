@@ -30,6 +30,6 @@ pub use config::{AuthFileError, DockerConfig};
 pub use error::{Error, ErrorCode, ErrorKind, Result};
 pub use ops::{BlobPush, BlobSink, BlobSource, BytesSource, LayoutBlob, MAX_MANIFEST_SIZE, TagsPage, fallback_tag};
 pub use progress::Progress;
-pub use transfer::{PushReport, RegistryBlob};
+pub use transfer::{PushReport, RegistryBlob, image_blobs};
 
 pub use oci_image;

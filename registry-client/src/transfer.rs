@@ -40,6 +40,22 @@ fn layout_err(e: LayoutError) -> Error {
     Error::new(kind, format!("OCI layout: {e}")).with_source(e)
 }
 
+/// The config and layer descriptors of every image manifest among
+/// `manifests`, each digest once, in order of first appearance.
+pub fn image_blobs(manifests: &[AnyManifest]) -> Vec<Descriptor> {
+    let mut seen = BTreeSet::new();
+    manifests
+        .iter()
+        .filter_map(|m| match m {
+            AnyManifest::Image(raw) => Some(raw.value()),
+            AnyManifest::Index(_) => None,
+        })
+        .flat_map(|v| std::iter::once(&v.config).chain(&v.layers))
+        .filter(|d| seen.insert(d.digest.clone()))
+        .cloned()
+        .collect()
+}
+
 /// Collects the blobs (config and layers) and child manifests of an image or index, depth first.
 fn collect(
     layout: &Layout,
@@ -182,19 +198,14 @@ impl Client {
                 })?;
             top = self.get_manifest(&source.repository_only().with_digest(child.digest.clone())).await?;
         }
-        let desc = self.pull_manifest_tree(source, top).await.and_then(|(desc, docs)| {
-            for m in docs {
-                let size = m.bytes().len() as u64;
-                layout.write_blob(&m.bytes()[..], Some((m.digest(), size))).map_err(layout_err)?;
-            }
-            Ok(desc)
-        })?;
-        // blobs: collect from the stored documents and fetch what is missing
-        let mut blobs = Vec::new();
-        let mut manifests = Vec::new();
-        collect(layout, &desc, &mut blobs, &mut manifests)?;
-        let mut seen = BTreeSet::new();
-        blobs.retain(|d| seen.insert(d.digest.clone()) && !layout.has_blob(&d.digest));
+        let (desc, docs) = self.pull_manifest_tree(source, top).await?;
+        for m in &docs {
+            let size = m.bytes().len() as u64;
+            layout.write_blob(&m.bytes()[..], Some((m.digest(), size))).map_err(layout_err)?;
+        }
+        // blobs: fetch what the layout lacks
+        let mut blobs = image_blobs(&docs);
+        blobs.retain(|d| !layout.has_blob(&d.digest));
         stream::iter(blobs.into_iter().map(|d| {
             let client = self.clone();
             let repo = repo.clone();
@@ -332,15 +343,9 @@ impl Client {
         let top = self.get_manifest(source).await?;
         let top_desc = top.descriptor();
         let (_, manifests) = self.pull_manifest_tree(source, top).await?;
-        let mut blobs = Vec::new();
-        for m in &manifests {
-            if let AnyManifest::Image(raw) = m {
-                let v = raw.value();
-                blobs.extend(std::iter::once(&v.config).chain(&v.layers).filter(|d| d.urls.is_none()).cloned());
-            }
-        }
-        let mut seen = BTreeSet::new();
-        blobs.retain(|d| seen.insert(d.digest.clone()));
+        let mut blobs = image_blobs(&manifests);
+        // foreign layers (with urls) stay where they are
+        blobs.retain(|d| d.urls.is_none());
         // within one registry, blobs are mounted from the source repository
         let mount = (src_repo.registry == dst_repo.registry).then_some(&src_repo);
         let mut report = self
