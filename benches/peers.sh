@@ -32,7 +32,7 @@ part() { # name
 current_part="setup"
 
 need=()
-for p in debootstrap:debootstrap skopeo:skopeo umoci:umoci docker-registry:docker-registry time:/usr/bin/time jq:jq curl:curl python3:python3 pigz:pigz zstd:zstd bc:bc; do
+for p in debootstrap:debootstrap skopeo:skopeo umoci:umoci buildah:buildah runc:runc docker-registry:docker-registry time:/usr/bin/time jq:jq curl:curl python3:python3 pigz:pigz zstd:zstd bc:bc; do
   command -v "${p#*:}" >/dev/null 2>&1 || need+=("${p%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -145,6 +145,10 @@ part "layers: layer-diff vs umoci, pigz, zstd x$RUNS"
 RUNS=$RUNS bash "$ROOT/benches/layer_peers.sh" "$WORK/rootfs" "$WORK/rootfs-v2" "$WORK/layers" >"$WORK/layers.out" 2>"$WORK/layers.err" || {
   cat "$WORK/layers.err" >&2; exit 1; }
 
+part "build: kiln vs buildah x$RUNS"
+RUNS=$RUNS bash "$ROOT/benches/build_peers.sh" "$WORK/rootfs" "$WORK/build" >"$WORK/build.out" 2>"$WORK/build.err" || {
+  cat "$WORK/build.err" >&2; exit 1; }
+
 part "registry: kiln vs skopeo x$RUNS"
 for i in $(seq "$RUNS"); do
   if [ $((i % 2)) -eq 1 ]; then
@@ -185,7 +189,9 @@ if [ ! -f "$WORK/big.done" ]; then
   rm -rf "$WORK/big-ctx" "$WORK/big"
   mkdir -p "$WORK/big-ctx"
   head -c 2G /dev/urandom >"$WORK/big-ctx/random.bin"
-  "$KILN_BUILD" "$WORK/big-ctx" --out "$WORK/big" --tag kiln/big:v1 >/dev/null
+  printf 'FROM scratch\nCOPY random.bin /\n' >"$WORK/big-ctx/Dockerfile"
+  "$KILN_BUILD" "$WORK/big-ctx" --output "oci:$WORK/big" -t kiln/big:v1 --cache-dir "$WORK/big-cache" >/dev/null
+  rm -rf "$WORK/big-cache"
   rm -rf "$WORK/big-ctx"
   touch "$WORK/big.done"
 fi
@@ -226,6 +232,9 @@ row() { # label kiln skopeo target
   echo
   echo "layers (layer-diff against its peers):"
   cat "$WORK/layers/results.txt"
+  echo
+  echo "builds (kiln's build example against buildah bud):"
+  cat "$WORK/build/results.txt"
 } | tee "$WORK/report.md"
 part "done"
 printf '\ntime per part:\n' >&2

@@ -1,45 +1,131 @@
-//! Builds the image for a context directory into an OCI layout.
+//! Builds an image from a Dockerfile, with no daemon.
 //!
-//! `cargo run --release --example build -- examples/hello [--out DIR] [--tag NAME]`
+//! ```text
+//! cargo run --release --example build -- CONTEXT [-f FILE] [-t REF]... [--build-arg K=V]...
+//!     [--target STAGE] [--platform P] [--output oci:DIR | docker-archive:FILE | registry]...
+//!     [--label K=V]... [--no-cache] [--cache-dir DIR] [--insecure-host HOST]...
+//! ```
 //!
-//! Until kiln's Dockerfile build lands, this packs the files of the context
-//! directory (its Dockerfile included) as one reproducible layer with a
-//! config and manifest. No registry, no network.
+//! Without `--output` the image goes to the OCI layout `./kiln-out`. The
+//! last line printed is the manifest digest; on a terminal the steps and
+//! `RUN` output are shown on stderr as they happen.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use kiln::build::{Build, Output, Progress};
 
 #[derive(Parser)]
-#[command(about = "Build an image from a context directory into an OCI layout")]
+#[command(about = "Build an image from a Dockerfile and a context directory")]
 struct Args {
-    /// The context directory.
+    /// The build context.
     context: PathBuf,
-    /// The OCI layout to write (created when missing).
-    #[arg(long, default_value = "kiln-out")]
-    out: PathBuf,
-    /// The image name and tag.
-    #[arg(long, default_value = "kiln/hello:latest")]
-    tag: String,
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Names for the image (`name:tag`), repeatable.
+    #[arg(short = 't', long = "tag")]
+    tags: Vec<String>,
+    /// Build arguments `NAME=value`, repeatable.
+    #[arg(long = "build-arg")]
+    build_arg: Vec<String>,
+    /// Labels `KEY=value` for the image, repeatable.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// The stage to build (default: the last).
+    #[arg(long)]
+    target: Option<String>,
+    /// The target platform (`os/arch[/variant]`).
+    #[arg(long)]
+    platform: Option<String>,
+    /// `oci:DIR`, `docker-archive:FILE` or `registry` (push to every -t), repeatable.
+    #[arg(long = "output")]
+    outputs: Vec<String>,
+    /// Run every step, ignoring the cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// The content store and cache directory.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Registries reachable over plain HTTP (loopback always is).
+    #[arg(long = "insecure-host")]
+    insecure_hosts: Vec<String>,
+}
+
+fn pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?}: expected KEY=value"))
 }
 
 fn main() -> ExitCode {
-    kiln::cli::exit_code(run(&Args::parse()))
+    let args = Args::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return kiln::cli::exit_code(Err(e.into())),
+    };
+    kiln::cli::exit_code(rt.block_on(run(args)))
 }
 
-fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let name: kiln::oci_image::Reference = args.tag.parse()?;
-    let opts = kiln::DirImageOptions::default();
-    let image = kiln::image_from_dir(&args.context, &args.out, &name, &opts)?;
-    println!("layout:   {}", args.out.display());
-    println!("tag:      {}", name.tag().map_or("", |t| t.as_str()));
-    println!(
-        "layer:    {} ({} bytes)",
-        image.layers.first().map_or(String::new(), |l| l.digest.to_string()),
-        image.layers.first().map_or(0, |l| l.size)
-    );
-    println!("config:   {}", image.config.digest);
-    println!("{}", image.manifest.digest);
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let file = args.file.clone().unwrap_or_else(|| args.context.join("Dockerfile"));
+    let mut build = Build::new(&args.context, file).client(kiln::cli::client(&args.insecure_hosts)?);
+    for a in &args.build_arg {
+        let (k, v) = pair(a)?;
+        build = build.build_arg(k, v);
+    }
+    for l in &args.labels {
+        let (k, v) = pair(l)?;
+        build = build.label(k, v);
+    }
+    for t in &args.tags {
+        build = build.tag(t.parse()?);
+    }
+    if let Some(t) = &args.target {
+        build = build.target(t);
+    }
+    if let Some(p) = &args.platform {
+        build = build.platform(p.parse()?);
+    }
+    if let Some(d) = &args.cache_dir {
+        build = build.cache_dir(d);
+    }
+    build = build.no_cache(args.no_cache);
+    if args.outputs.is_empty() {
+        build = build.output(Output::Layout(PathBuf::from("kiln-out")));
+    }
+    for o in &args.outputs {
+        let out = if let Some(dir) = o.strip_prefix("oci:") {
+            Output::Layout(PathBuf::from(dir))
+        } else if let Some(file) = o.strip_prefix("docker-archive:") {
+            Output::DockerArchive(PathBuf::from(file))
+        } else if o == "registry" {
+            Output::Registry
+        } else {
+            return Err(format!("--output {o:?}: expected oci:DIR, docker-archive:FILE or registry").into());
+        };
+        build = build.output(out);
+    }
+    if std::io::stderr().is_terminal() {
+        build = build.progress(|p| {
+            let mut err = std::io::stderr().lock();
+            let _ = match p {
+                Progress::Step { stage, name, line, instruction, cached } => writeln!(
+                    err,
+                    "[{}] line {line}: {instruction}{}",
+                    name.map_or_else(|| stage.to_string(), str::to_owned),
+                    if *cached { " (cached)" } else { "" }
+                ),
+                Progress::Output { bytes, .. } => err.write_all(bytes),
+                Progress::Pulling { image } => writeln!(err, "pulling {image}"),
+                Progress::Writing { target } => writeln!(err, "writing {target}"),
+                _ => Ok(()),
+            };
+        });
+    }
+    let built = build.build().await?;
+    println!("config:   {}", built.config.digest);
+    println!("layers:   {}", built.layers.len());
+    println!("{}", built.manifest.digest);
     Ok(())
 }

@@ -196,7 +196,7 @@ fn source_name(src: &ImageLocation, tag: &Tag) -> Option<Reference> {
 }
 
 /// Writes the single-platform image `desc` of `layout` as a docker-archive file.
-fn write_archive(
+pub(crate) fn write_archive(
     layout: &Layout,
     desc: &Descriptor,
     file: &std::path::Path,

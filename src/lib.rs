@@ -2,10 +2,11 @@
 //!
 //! The porcelain over kiln's crates: [`oci_image`] (the vocabulary),
 //! [`layer_diff`] (trees to layers), [`registry_client`] (the distribution
-//! client). This release packs a directory into a one-layer image in an OCI
-//! layout and copies images between registries, OCI layouts and
-//! docker-archive files ([`copy`]); Dockerfile builds and promotion arrive
-//! with their issues.
+//! client). [`build`] builds a Dockerfile without a daemon (`RUN` through
+//! runc) into an OCI layout, a docker-archive or a registry; [`copy`] moves
+//! images between registries, OCI layouts and docker-archive files;
+//! [`promote`] and [`release_tags`] ship the same digest onwards;
+//! [`image_from_dir`] packs a directory as a one-layer image.
 //!
 //! ```
 //! let context = tempfile::tempdir()?;
@@ -18,6 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod build;
 mod copy;
 mod inspect;
 mod promote;

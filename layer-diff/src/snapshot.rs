@@ -113,6 +113,25 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An entry made up rather than read from disk (a directory a build
+    /// creates, say): no size, times, xattrs or link identity.
+    pub fn new(path: impl Into<PathBuf>, kind: Kind, mode: u32, uid: u32, gid: u32) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            mode: mode & 0o7777,
+            uid,
+            gid,
+            size: 0,
+            mtime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            dev: 0,
+            ino: 0,
+            nlink: 1,
+            xattrs: BTreeMap::new(),
+        }
+    }
+
     /// Reads one entry from `full` (not following a final symlink); `Ok(None)`
     /// for a socket, which a layer cannot hold.
     ///

@@ -244,7 +244,18 @@ impl<W: Write> LayerWriter<W> {
     /// [`LayerError::ReservedName`] for a name starting with `.wh.`,
     /// [`LayerError::Io`] for unreadable files or a failing writer.
     pub fn append(&mut self, root: &Path, entry: &Entry) -> Result<(), LayerError> {
-        let full = root.join(&entry.path);
+        self.append_from(&root.join(&entry.path), entry)
+    }
+
+    /// Appends `entry` under its own path (`entry.path`, the name in the
+    /// layer) with the content of the file at `source`: for layers whose
+    /// entries come from elsewhere (a build's `COPY a.txt /b.txt`). The
+    /// metadata written is the entry's, whatever `source` has.
+    ///
+    /// # Errors
+    /// As [`LayerWriter::append`].
+    pub fn append_from(&mut self, source: &Path, entry: &Entry) -> Result<(), LayerError> {
+        let full = source.to_owned();
         if entry.path.file_name().is_some_and(|n| n.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes())) {
             return Err(LayerError::ReservedName { path: full });
         }

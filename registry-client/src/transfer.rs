@@ -256,7 +256,15 @@ impl Client {
     /// Streams one blob into a layout through a bounded channel to a
     /// blocking writer; the layout verifies digest and size before the
     /// blob appears under its name.
-    pub(crate) async fn pull_blob_into(&self, repo: &Repo, desc: &Descriptor, layout: &Layout) -> Result<()> {
+    ///
+    /// # Errors
+    /// As [`Client::fetch_blob`]; [`ErrorKind::DigestMismatch`] when the
+    /// bytes do not match `desc` (nothing is left in the layout then).
+    pub async fn fetch_blob_to_layout(&self, repo: &Repo, desc: &Descriptor, layout: &Layout) -> Result<()> {
+        self.pull_blob_into(repo, desc, layout).await
+    }
+
+    async fn pull_blob_into(&self, repo: &Repo, desc: &Descriptor, layout: &Layout) -> Result<()> {
         let (mut tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let layout = layout.clone();
         let expected = desc.digest.clone();

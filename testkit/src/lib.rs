@@ -11,6 +11,7 @@
 //! ```
 
 mod fault;
+mod image;
 mod pki;
 mod proxy;
 mod scripted;
@@ -18,6 +19,7 @@ mod server;
 mod token;
 
 pub use fault::{Fault, FaultCounts, FaultPlan, FaultProxy};
+pub use image::{GROUP, PASSWD, busybox_image};
 pub use pki::{CertPair, Pki};
 pub use proxy::HttpProxy;
 pub use scripted::{Logged, Quirks, ScriptedRegistry};

@@ -5,6 +5,8 @@
 // Test code: a panic is how a test reports failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod build;
+mod buildah;
 mod copy;
 mod promote;
 

@@ -1,0 +1,550 @@
+//! `COPY` and `ADD`: which files go where, with Docker's rules, as a list of
+//! layer entries (each with the file its content comes from) that the layer
+//! writer streams in one pass. Nothing is copied into a staging tree.
+//!
+//! The rules: sources are relative to the context (or the `--from` image's
+//! root) and may not leave it; wildcards match per path component; a
+//! directory source copies its contents; several sources (or a wildcard)
+//! need a destination ending in `/`; a relative destination is under
+//! `WORKDIR`; a destination that is a directory in the image (through
+//! symlinks, resolved inside the image's root) receives the sources;
+//! missing parent directories are created (`0755`, owned per `--chown`);
+//! files keep their mode (unless `--chmod`) and times and are owned by root
+//! (unless `--chown`). `ADD` extracts local tar archives (plain, gzip,
+//! zstd) and clones git repositories.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use dockerfile_parse::Heredoc;
+use dockerfile_parse::dockerignore::DockerIgnore;
+use dockerfile_parse::shell::Lexer;
+use layer_diff::{Entry, Kind, Snapshot};
+use oci_image::{Digest, DigestWriter};
+
+use super::BuildError;
+
+/// Where sources are read from.
+pub(crate) struct SourceTree<'a> {
+    pub root: &'a Path,
+    pub ignore: Option<&'a DockerIgnore>,
+    pub is_context: bool,
+}
+
+/// A `COPY`/`ADD` after variable expansion.
+pub(crate) struct CopyRequest<'a> {
+    pub sources: &'a [String],
+    pub dest: &'a str,
+    pub heredocs: &'a [Heredoc],
+    pub workdir: &'a str,
+    pub chown: Option<(u32, u32)>,
+    pub chmod: Option<u32>,
+    pub exclude: &'a [String],
+    pub parents: bool,
+    pub add: bool,
+    pub checksum: Option<&'a str>,
+    pub keep_git_dir: bool,
+    pub unpack: Option<bool>,
+    pub lexer: Lexer,
+    pub vars: &'a BTreeMap<String, String>,
+}
+
+/// One layer entry and the file its content comes from.
+#[derive(Debug, Clone)]
+pub(crate) struct Item {
+    pub source: PathBuf,
+    pub entry: Entry,
+}
+
+const MAX_LINKS: usize = 40;
+
+/// `rel` (a path inside `root`, `/`-separated, absolute or not) resolved
+/// the way a process chrooted to `root` would see it: symlinks followed,
+/// absolute targets and `..` kept inside `root`. `None` past 40 links.
+pub(crate) fn inside(root: &Path, rel: &str) -> Option<PathBuf> {
+    let mut done: Vec<OsString> = Vec::new();
+    let mut todo: Vec<OsString> = rel.split('/').rev().filter(|s| !s.is_empty()).map(OsString::from).collect();
+    let mut links = 0;
+    while let Some(part) = todo.pop() {
+        match part.to_str() {
+            Some(".") => continue,
+            Some("..") => {
+                done.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(&done);
+        candidate.push(&part);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return None;
+                }
+                let target = std::fs::read_link(&candidate).ok()?;
+                if target.is_absolute() {
+                    done.clear();
+                }
+                let t = target.to_string_lossy().into_owned();
+                todo.extend(t.split('/').rev().filter(|s| !s.is_empty()).map(OsString::from));
+            }
+            _ => done.push(part),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(done);
+    Some(out)
+}
+
+/// The directories to create (relative, top down) so that `path` (absolute
+/// in the image) exists, given the image's tree at `root`.
+pub(crate) fn missing_dirs(root: Option<&Path>, path: &str) -> Vec<PathBuf> {
+    let mut rel = PathBuf::new();
+    let mut out = Vec::new();
+    let mut resolved_prefix: Option<PathBuf> = None;
+    for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        rel.push(part);
+        let exists = match (root, &resolved_prefix) {
+            (Some(r), None) => inside(r, &rel.to_string_lossy()).is_some_and(|p| p.is_dir()),
+            _ => false,
+        };
+        if exists {
+            continue;
+        }
+        // below a missing directory everything is missing
+        let resolved = match (root, &resolved_prefix) {
+            (Some(r), None) => {
+                let parent = rel.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                let base = inside(r, &parent).unwrap_or_else(|| r.to_path_buf());
+                let rel_parent = base.strip_prefix(r).map(Path::to_path_buf).unwrap_or_default();
+                rel_parent.join(part)
+            }
+            (_, Some(p)) => p.join(part),
+            (None, None) => rel.clone(),
+        };
+        resolved_prefix = Some(resolved.clone());
+        out.push(resolved);
+    }
+    out
+}
+
+/// Cleans a source path relative to its tree; `None` when it leaves it.
+fn clean_source(s: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in s.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// A source that matched: the full path of what is copied, its path
+/// relative to the source tree, and whether ownership comes from the file
+/// (archives extracted by `ADD`) rather than root/`--chown`.
+struct Match {
+    full: PathBuf,
+    rel: String,
+    keep_owner: bool,
+    is_dir: bool,
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + use<> {
+    let path = path.to_owned();
+    move |source| BuildError::Io { op, path, source }
+}
+
+fn excluded(src: &SourceTree<'_>, rel: &str) -> bool {
+    src.ignore.is_some_and(|i| !rel.is_empty() && i.is_excluded(rel))
+}
+
+/// Every path under `root` (relative, `/`-separated) with exactly `depth` components, not ignored.
+fn paths_at_depth(src: &SourceTree<'_>, depth: usize) -> Vec<String> {
+    let mut level = vec![String::new()];
+    for _ in 0..depth {
+        let mut next = Vec::new();
+        for dir in &level {
+            let full = if dir.is_empty() { src.root.to_path_buf() } else { src.root.join(dir) };
+            let Ok(rd) = std::fs::read_dir(&full) else { continue };
+            let mut names: Vec<String> =
+                rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            names.sort();
+            for n in names {
+                let rel = if dir.is_empty() { n } else { format!("{dir}/{n}") };
+                if !excluded(src, &rel) {
+                    next.push(rel);
+                }
+            }
+        }
+        level = next;
+    }
+    level
+}
+
+fn find_heredoc<'a>(docs: &'a [Heredoc], source: &str) -> Option<&'a Heredoc> {
+    let name = source.strip_prefix("<<")?.trim_start_matches('-').trim_matches(['"', '\'']);
+    docs.iter().find(|d| d.name == name)
+}
+
+fn is_git_url(s: &str) -> bool {
+    let repo = s.split('#').next().unwrap_or_default();
+    s.starts_with("git@")
+        || s.starts_with("git://")
+        || (s.contains("://") && Path::new(repo).extension().is_some_and(|e| e.eq_ignore_ascii_case("git")))
+}
+
+/// A local archive `ADD` extracts.
+enum Archive {
+    Tar,
+    Gzip,
+    Zstd,
+}
+
+impl Archive {
+    fn compression(&self) -> Option<oci_image::Compression> {
+        match self {
+            Archive::Tar => None,
+            Archive::Gzip => Some(oci_image::Compression::Gzip),
+            Archive::Zstd => Some(oci_image::Compression::Zstd),
+        }
+    }
+}
+
+/// Detects a local archive `ADD` extracts: plain tar, gzip or zstd (xz and
+/// bzip2 are refused rather than copied as a file).
+fn archive_kind(path: &Path) -> Result<Option<Archive>, BuildError> {
+    let mut head = [0u8; 512];
+    let mut f = std::fs::File::open(path).map_err(io_err("open", path))?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(head.get_mut(n..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(io_err("read", path)(e)),
+        }
+    }
+    let head = head.get(..n).unwrap_or_default();
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return Ok(Some(Archive::Gzip));
+    }
+    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Ok(Some(Archive::Zstd));
+    }
+    if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) || head.starts_with(b"BZh") {
+        return Err(BuildError::Unsupported {
+            what: format!("ADD of {}: xz and bzip2 archives are not extracted by this version", path.display()),
+        });
+    }
+    if head.len() >= 262 && head.get(257..262) == Some(b"ustar") {
+        return Ok(Some(Archive::Tar));
+    }
+    Ok(None)
+}
+
+/// Resolves the sources of `req` into matches.
+fn matches(src: &SourceTree<'_>, req: &CopyRequest<'_>, scratch: &Path) -> Result<Vec<Match>, BuildError> {
+    let mut out = Vec::new();
+    for (i, s) in req.sources.iter().enumerate() {
+        if let Some(doc) = find_heredoc(req.heredocs, s) {
+            let content = if doc.expand {
+                req.lexer.expand_word(&doc.content(), req.vars).map_err(|e| BuildError::Expand(Box::new(e)))?
+            } else {
+                doc.content()
+            };
+            let file = scratch.join(format!("heredoc-{i}"));
+            std::fs::create_dir_all(&file).map_err(io_err("create", &file))?;
+            let path = file.join(&doc.name);
+            std::fs::write(&path, content).map_err(io_err("write", &path))?;
+            set_mode(&path, 0o644)?;
+            out.push(Match { full: path, rel: doc.name.clone(), keep_owner: false, is_dir: false });
+            continue;
+        }
+        if req.add && is_git_url(s) {
+            out.push(git_clone(s, req.keep_git_dir, &scratch.join(format!("git-{i}")))?);
+            continue;
+        }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            let _ = req.checksum;
+            return Err(BuildError::Unsupported {
+                what: format!(
+                    "{} of a URL ({s}): download it into the context instead",
+                    if req.add { "ADD" } else { "COPY" }
+                ),
+            });
+        }
+        let clean = clean_source(s.trim_start_matches('/').trim_start_matches("./"))
+            .ok_or_else(|| BuildError::OutsideContext { path: s.clone() })?;
+        let candidates = if has_wildcard(&clean) {
+            let matcher = DockerIgnore::from_patterns([clean.as_str()]).map_err(|e| BuildError::Ignore(Box::new(e)))?;
+            let depth = clean.split('/').count();
+            let found: Vec<String> =
+                paths_at_depth(src, depth).into_iter().filter(|p| matcher.is_excluded(p)).collect();
+            if found.is_empty() {
+                return Err(BuildError::MissingSource { path: s.clone() });
+            }
+            found
+        } else {
+            vec![clean]
+        };
+        for rel in candidates {
+            if excluded(src, &rel) {
+                return Err(BuildError::MissingSource { path: s.clone() });
+            }
+            // a symlink named as a source is followed (inside the tree)
+            let full = inside(src.root, &rel).ok_or_else(|| BuildError::MissingSource { path: s.clone() })?;
+            let meta = std::fs::metadata(&full).map_err(|_| BuildError::MissingSource { path: s.clone() })?;
+            if req.add
+                && meta.is_file()
+                && req.unpack != Some(false)
+                && let Some(archive) = archive_kind(&full)?
+            {
+                let dir = scratch.join(format!("archive-{i}-{}", out.len()));
+                std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+                let f = std::fs::File::open(&full).map_err(io_err("open", &full))?;
+                let tar = layer_diff::Decompressor::new(std::io::BufReader::new(f), archive.compression())
+                    .map_err(io_err("decompress", &full))?;
+                layer_diff::apply_tar(tar, &dir, &layer_diff::ApplyOptions::default())?;
+                out.push(Match { full: dir, rel, keep_owner: true, is_dir: true });
+                continue;
+            }
+            out.push(Match { full, rel, keep_owner: false, is_dir: meta.is_dir() });
+        }
+    }
+    Ok(out)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
+}
+
+fn git_clone(url: &str, keep_git_dir: bool, dir: &Path) -> Result<Match, BuildError> {
+    let (repo, reference) = match url.split_once('#') {
+        Some((r, f)) => (r, Some(f.split(':').next().unwrap_or_default())),
+        None => (url, None),
+    };
+    let mut cmd = std::process::Command::new("git");
+    cmd.args(["clone", "--quiet", "--recurse-submodules"]);
+    if let Some(r) = reference.filter(|r| !r.is_empty()) {
+        cmd.args(["--branch", r]);
+    }
+    cmd.arg("--").arg(repo).arg(dir);
+    let out = cmd.output().map_err(io_err("run git clone into", dir))?;
+    if !out.status.success() {
+        return Err(BuildError::Base {
+            image: url.to_owned(),
+            source: format!("git clone failed: {}", String::from_utf8_lossy(&out.stderr).trim()).into(),
+        });
+    }
+    if !keep_git_dir {
+        let git = dir.join(".git");
+        std::fs::remove_dir_all(&git).map_err(io_err("remove", &git))?;
+    }
+    Ok(Match { full: dir.to_owned(), rel: String::new(), keep_owner: false, is_dir: true })
+}
+
+fn components(p: &Path) -> Vec<OsString> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Plans a `COPY`/`ADD`: the entries of its layer, sorted, parents first.
+#[allow(clippy::too_many_lines)] // Docker's rules in one place
+pub(crate) fn plan(
+    src: &SourceTree<'_>,
+    req: &CopyRequest<'_>,
+    dest_root: Option<&Path>,
+    scratch: &Path,
+) -> Result<Vec<Item>, BuildError> {
+    let found = matches(src, req, scratch)?;
+    let dest_abs = super::instr::join_path(req.workdir, req.dest);
+    let dir_syntax = req.dest.ends_with('/') || req.dest == "." || req.dest.ends_with("/.") || req.dest.is_empty();
+    let several = found.len() > 1 || req.sources.iter().any(|s| has_wildcard(s)) && found.len() > 1;
+    let exists_as_dir = dest_root.and_then(|r| inside(r, &dest_abs)).is_some_and(|p| p.is_dir());
+    if several && !dir_syntax && !exists_as_dir {
+        return Err(BuildError::DestNotDir { dest: req.dest.to_owned() });
+    }
+    let dest_is_dir = dir_syntax || several || exists_as_dir;
+    let excludes = if req.exclude.is_empty() {
+        None
+    } else {
+        Some(DockerIgnore::from_patterns(req.exclude.iter()).map_err(|e| BuildError::Ignore(Box::new(e)))?)
+    };
+    let (uid, gid) = req.chown.unwrap_or((0, 0));
+    let mut items: BTreeMap<Vec<OsString>, Item> = BTreeMap::new();
+    let put = |entry: Entry, source: PathBuf, items: &mut BTreeMap<Vec<OsString>, Item>| {
+        items.insert(components(&entry.path), Item { source, entry });
+    };
+    // where the destination directory (or the file's directory) really is in the image
+    let resolve_dir = |abs: &str| -> PathBuf {
+        match dest_root {
+            Some(r) => match inside(r, abs) {
+                Some(p) => p.strip_prefix(r).map(Path::to_path_buf).unwrap_or_default(),
+                None => PathBuf::from(abs.trim_start_matches('/')),
+            },
+            None => PathBuf::from(abs.trim_start_matches('/')),
+        }
+    };
+    let mut created_dirs: Vec<PathBuf> = Vec::new();
+    for m in &found {
+        let sub = if req.parents && !m.rel.is_empty() {
+            if m.is_dir {
+                m.rel.clone()
+            } else {
+                Path::new(&m.rel).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+            }
+        } else {
+            String::new()
+        };
+        let target_abs = if sub.is_empty() { dest_abs.clone() } else { super::instr::join_path(&dest_abs, &sub) };
+        let keep = |e: &mut Entry| {
+            if !m.keep_owner {
+                e.uid = uid;
+                e.gid = gid;
+            } else if let Some((u, g)) = req.chown {
+                e.uid = u;
+                e.gid = g;
+            }
+            if let Some(mode) = req.chmod {
+                e.mode = mode;
+            }
+        };
+        if m.is_dir {
+            let base = resolve_dir(&target_abs);
+            for d in missing_dirs(dest_root, &target_abs) {
+                created_dirs.push(d);
+            }
+            let snap = Snapshot::walk(&m.full)?;
+            for e in snap.entries() {
+                let rel_in_src = e.path.to_string_lossy();
+                let rel_ctx = if m.rel.is_empty() { rel_in_src.to_string() } else { format!("{}/{rel_in_src}", m.rel) };
+                if src.is_context && excluded(src, &rel_ctx) {
+                    continue;
+                }
+                if excludes.as_ref().is_some_and(|x| x.is_excluded(&rel_in_src)) {
+                    continue;
+                }
+                let mut entry = e.clone();
+                keep(&mut entry);
+                entry.path = base.join(&e.path);
+                put(entry, m.full.join(&e.path), &mut items);
+            }
+        } else {
+            let name = Path::new(&m.rel).file_name().map_or_else(|| OsString::from("file"), OsString::from);
+            let (dir_abs, file_name) = if dest_is_dir {
+                (target_abs.clone(), name)
+            } else {
+                let p = Path::new(&dest_abs);
+                (
+                    p.parent().map_or_else(|| "/".to_owned(), |d| d.to_string_lossy().into_owned()),
+                    p.file_name().map(OsString::from).unwrap_or(name),
+                )
+            };
+            if excludes.as_ref().is_some_and(|x| x.is_excluded(&m.rel)) {
+                continue;
+            }
+            for d in missing_dirs(dest_root, &dir_abs) {
+                created_dirs.push(d);
+            }
+            let base = resolve_dir(&dir_abs);
+            let Some(mut entry) = Entry::read(&m.full, base.join(&file_name))? else { continue };
+            entry.nlink = 1;
+            keep(&mut entry);
+            put(entry, m.full.clone(), &mut items);
+        }
+    }
+    for d in created_dirs {
+        let key = components(&d);
+        if key.is_empty() || items.contains_key(&key) {
+            continue;
+        }
+        let entry = Entry::new(d, Kind::Dir, 0o755, uid, gid);
+        put(entry, PathBuf::from("/"), &mut items);
+    }
+    // a destination directory that holds what was copied gets an entry too when new
+    Ok(items.into_values().collect())
+}
+
+/// A digest of what a planned copy writes: paths, metadata and (with
+/// `content`) file contents; the step cache's key.
+pub(crate) fn items_digest(items: &[Item], content: bool) -> Result<Digest, BuildError> {
+    let mut w = DigestWriter::new(std::io::sink());
+    for item in items {
+        let e = &item.entry;
+        let kind = match &e.kind {
+            Kind::File => "f".to_owned(),
+            Kind::Dir => "d".to_owned(),
+            Kind::Symlink(t) => format!("l {}", t.display()),
+            other => format!("{other:?}"),
+        };
+        let line = format!("{}\0{kind}\0{:o}\0{}\0{}\0{}\n", e.path.display(), e.mode, e.uid, e.gid, e.size);
+        std::io::Write::write_all(&mut w, line.as_bytes()).map_err(io_err("hash", &item.source))?;
+        if matches!(e.kind, Kind::File) {
+            if content {
+                let mut f = std::fs::File::open(&item.source).map_err(io_err("open", &item.source))?;
+                std::io::copy(&mut f, &mut w).map_err(io_err("read", &item.source))?;
+            } else {
+                let t = format!("{}.{}\n", e.mtime.sec, e.mtime.nsec);
+                std::io::Write::write_all(&mut w, t.as_bytes()).map_err(io_err("hash", &item.source))?;
+            }
+        }
+    }
+    let (_, digest, _) = w.finish();
+    Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inside_keeps_links_in_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("usr/bin")).unwrap();
+        std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
+        std::os::unix::fs::symlink("/../../etc", r.join("escape")).unwrap();
+        assert_eq!(inside(r, "/bin/x").unwrap(), r.join("usr/bin/x"));
+        assert_eq!(inside(r, "escape/passwd").unwrap(), r.join("etc/passwd"));
+        assert_eq!(inside(r, "../../x").unwrap(), r.join("x"));
+        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
+        assert!(inside(r, "loop/x").is_none());
+    }
+
+    #[test]
+    fn missing_dirs_follow_links() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("usr/bin")).unwrap();
+        std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
+        assert_eq!(
+            missing_dirs(Some(r), "/bin/new/deeper"),
+            vec![PathBuf::from("usr/bin/new"), PathBuf::from("usr/bin/new/deeper")]
+        );
+        assert_eq!(missing_dirs(None, "/a/b"), vec![PathBuf::from("a"), PathBuf::from("a/b")]);
+        assert!(missing_dirs(Some(r), "/usr").is_empty());
+    }
+
+    #[test]
+    fn sources_cannot_leave() {
+        assert_eq!(clean_source("a/./b/../c"), Some("a/c".into()));
+        assert_eq!(clean_source("../x"), None);
+        assert_eq!(clean_source("a/../../x"), None);
+    }
+}

@@ -1,0 +1,1670 @@
+//! `kiln build`: a Dockerfile and a context directory to an image, with no
+//! daemon.
+//!
+//! The Dockerfile is parsed and planned by [`dockerfile_parse`]; each stage
+//! runs on a blocking thread (independent stages side by side); base images
+//! come from a registry (only manifest and config until a step needs the
+//! files), an OCI layout (`oci:DIR[:TAG]`), another stage or `scratch`.
+//! Every layer goes through [`layer_diff`] in one pass into the local
+//! content store ([`store`](self) under [`Build::cache_dir`]), which also
+//! keeps the step cache. `RUN` goes through an [`Executor`], by default
+//! [`Runc`]. Outputs are written only once the whole build succeeded.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use kiln::build::{Build, Output};
+//! let built = Build::new("examples/hello", "examples/hello/Dockerfile")
+//!     .tag("kiln/hello:latest".parse()?)
+//!     .output(Output::Layout("kiln-out".into()))
+//!     .build()
+//!     .await?;
+//! println!("{}", built.manifest.digest);
+//! # Ok(()) }
+//! ```
+
+mod exec;
+mod files;
+mod instr;
+mod rootfs;
+mod store;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use dockerfile_parse::command::Command;
+use dockerfile_parse::dockerignore::DockerIgnore;
+use dockerfile_parse::shell::Lexer;
+use dockerfile_parse::stages::{Base, PLATFORM_ARGS, PROXY_ARGS, Plan};
+use layer_diff::{ApplyOptions, OverlayXattrs, PackOptions};
+use oci_image::{
+    AnyManifest, Compression, ContainerConfig, Descriptor, Digest, History, ImageConfiguration, Layout,
+    ManifestBuilder, Platform, Raw, Reference,
+};
+use registry_client::{Client, Repo};
+
+pub use exec::{ExecError, Executor, Exit, MountKind, Network, OUTPUT_TAIL, Process, ProcessMount, Runc};
+pub use store::default_cache_dir;
+
+use rootfs::OverlayMount;
+use store::{CacheRecord, Store};
+
+/// Where a build's image goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Output {
+    /// An OCI layout directory (created when missing), tagged with every
+    /// [`Build::tag`] (or `latest`).
+    Layout(PathBuf),
+    /// A docker-archive tar file (`docker load` reads it), named with the first tag.
+    DockerArchive(PathBuf),
+    /// Pushed to every [`Build::tag`] reference.
+    Registry,
+}
+
+/// What a build reports while it runs.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Progress<'a> {
+    /// A step starts (or is taken from the cache).
+    Step {
+        /// The stage's index.
+        stage: usize,
+        /// Its name, if it has one.
+        name: Option<&'a str>,
+        /// The Dockerfile line.
+        line: usize,
+        /// The instruction, as recorded in the history.
+        instruction: &'a str,
+        /// Taken from the cache without running.
+        cached: bool,
+    },
+    /// Output of a `RUN` command.
+    Output {
+        /// The stage's index.
+        stage: usize,
+        /// The bytes, as they came.
+        bytes: &'a [u8],
+    },
+    /// A base image's layers are being fetched.
+    Pulling {
+        /// The image.
+        image: &'a str,
+    },
+    /// An output is being written.
+    Writing {
+        /// The output (`oci:DIR`, `docker-archive:FILE`, a reference).
+        target: &'a str,
+    },
+}
+
+type ProgressFn = Arc<dyn Fn(&Progress<'_>) + Send + Sync>;
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A failure at a Dockerfile instruction.
+    #[error("{dockerfile}:{line}: {instruction}")]
+    At {
+        /// The Dockerfile's path.
+        dockerfile: String,
+        /// The line.
+        line: usize,
+        /// The instruction.
+        instruction: String,
+        /// What went wrong.
+        #[source]
+        source: Box<BuildError>,
+    },
+    /// The Dockerfile does not parse.
+    #[error("parsing {dockerfile}")]
+    Parse {
+        /// The Dockerfile's path.
+        dockerfile: String,
+        /// Why.
+        #[source]
+        source: Box<dockerfile_parse::ParseError>,
+    },
+    /// The stages cannot be worked out (unknown target, bad instruction).
+    #[error("planning {dockerfile}")]
+    Plan {
+        /// The Dockerfile's path.
+        dockerfile: String,
+        /// Why.
+        #[source]
+        source: Box<dockerfile_parse::stages::StageError>,
+    },
+    /// A `.dockerignore` that does not parse.
+    #[error("reading .dockerignore")]
+    Ignore(#[source] Box<dockerfile_parse::dockerignore::IgnoreError>),
+    /// `--from` or `RUN --mount from=` names a stage or image that cannot be used.
+    #[error("unknown stage or image {name:?}")]
+    UnknownStage {
+        /// The name.
+        name: String,
+    },
+    /// A source file is not in the build context.
+    #[error("{path}: not found in the build context")]
+    MissingSource {
+        /// The path as written.
+        path: String,
+    },
+    /// A source path leaves the build context.
+    #[error("{path}: outside the build context")]
+    OutsideContext {
+        /// The path as written.
+        path: String,
+    },
+    /// More than one source needs a directory destination ending in `/`.
+    #[error("{dest}: when copying several sources the destination must be a directory ending in /")]
+    DestNotDir {
+        /// The destination.
+        dest: String,
+    },
+    /// A `RUN` command exited non-zero.
+    #[error("command exited with code {code}: {}", String::from_utf8_lossy(output).trim_end())]
+    RunFailed {
+        /// Its exit code.
+        code: i32,
+        /// The end of its output.
+        output: Vec<u8>,
+    },
+    /// The executor could not run the command.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// A user or group name not in the image's `/etc/passwd` / `/etc/group`.
+    #[error("unknown {what} {name:?} (not in the image's {file})")]
+    UnknownUser {
+        /// `user` or `group`.
+        what: &'static str,
+        /// The name.
+        name: String,
+        /// The file looked in.
+        file: &'static str,
+    },
+    /// A flag value kiln cannot use.
+    #[error("invalid {flag} value {value:?}: {reason}")]
+    Flag {
+        /// The flag.
+        flag: &'static str,
+        /// The value.
+        value: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A feature this version does not build.
+    #[error("unsupported: {what}")]
+    Unsupported {
+        /// What.
+        what: String,
+    },
+    /// Word expansion failed at run time.
+    #[error("expanding variables")]
+    Expand(#[source] Box<dockerfile_parse::shell::ExpandError>),
+    /// A downloaded file's checksum differs from `--checksum`.
+    #[error("{url}: checksum mismatch: expected {expected}, got {actual}")]
+    Checksum {
+        /// The source.
+        url: String,
+        /// `--checksum`.
+        expected: String,
+        /// What arrived.
+        actual: String,
+    },
+    /// A base image could not be resolved or fetched.
+    #[error("base image {image}")]
+    Base {
+        /// The image.
+        image: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A registry request failed.
+    #[error(transparent)]
+    Registry(#[from] registry_client::Error),
+    /// Making a layer failed.
+    #[error(transparent)]
+    Layer(#[from] layer_diff::LayerError),
+    /// Applying a layer failed.
+    #[error(transparent)]
+    Apply(#[from] layer_diff::ApplyError),
+    /// Comparing trees failed.
+    #[error(transparent)]
+    Snapshot(#[from] layer_diff::SnapshotError),
+    /// The content store or an output layout failed.
+    #[error(transparent)]
+    Layout(Box<oci_image::LayoutError>),
+    /// Writing an output failed.
+    #[error("writing {target}")]
+    Output {
+        /// The output.
+        target: String,
+        /// Why.
+        #[source]
+        source: Box<crate::CopyError>,
+    },
+    /// A file system operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking task died.
+    #[error("build task failed: {0}")]
+    Task(String),
+}
+
+impl BuildError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BuildError {
+        let path = path.into();
+        move |source| BuildError::Io { op, path, source }
+    }
+}
+
+impl From<oci_image::LayoutError> for BuildError {
+    fn from(e: oci_image::LayoutError) -> Self {
+        BuildError::Layout(Box::new(e))
+    }
+}
+
+/// What a build made.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Built {
+    /// The manifest (its digest is the image's digest).
+    pub manifest: Descriptor,
+    /// The config.
+    pub config: Descriptor,
+    /// The image's configuration.
+    pub image: ImageConfiguration,
+    /// The layers, base layers first.
+    pub layers: Vec<Descriptor>,
+    /// Steps taken from the cache.
+    pub cached_steps: usize,
+    /// Steps run.
+    pub steps: usize,
+}
+
+/// A Dockerfile build (see the [module docs](self)).
+#[derive(Clone)]
+pub struct Build {
+    context: PathBuf,
+    dockerfile: PathBuf,
+    args: BTreeMap<String, String>,
+    target: Option<String>,
+    platform: Platform,
+    labels: BTreeMap<String, String>,
+    epoch: Option<u64>,
+    compression: Compression,
+    level: Option<i32>,
+    progress: Option<ProgressFn>,
+    executor: Arc<dyn Executor>,
+    outputs: Vec<Output>,
+    tags: Vec<Reference>,
+    client: Option<Client>,
+    cache_dir: PathBuf,
+    no_cache: bool,
+    secrets: BTreeMap<String, PathBuf>,
+}
+
+impl fmt::Debug for Build {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Build")
+            .field("context", &self.context)
+            .field("dockerfile", &self.dockerfile)
+            .field("target", &self.target)
+            .field("platform", &self.platform)
+            .field("outputs", &self.outputs)
+            .field("tags", &self.tags)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Build {
+    /// A build of `dockerfile` (a path; `CONTEXT/Dockerfile` is the usual
+    /// one) with `context` as the build context. Defaults: the host's
+    /// platform, gzip level 6, `SOURCE_DATE_EPOCH` (else 0) as the time of
+    /// every file and history entry, [`Runc`], the cache in
+    /// [`default_cache_dir`], no outputs (the image stays in the cache).
+    pub fn new(context: impl Into<PathBuf>, dockerfile: impl Into<PathBuf>) -> Build {
+        let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        Build {
+            context: context.into(),
+            dockerfile: dockerfile.into(),
+            args: BTreeMap::new(),
+            target: None,
+            platform: Platform::host(),
+            labels: BTreeMap::new(),
+            epoch: Some(epoch),
+            compression: Compression::Gzip,
+            level: None,
+            progress: None,
+            executor: Arc::new(Runc::default()),
+            outputs: Vec::new(),
+            tags: Vec::new(),
+            client: None,
+            cache_dir: default_cache_dir(),
+            no_cache: false,
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    /// `--build-arg NAME=value`.
+    #[must_use]
+    pub fn build_arg(mut self, name: impl Into<String>, value: impl Into<String>) -> Build {
+        self.args.insert(name.into(), value.into());
+        self
+    }
+
+    /// `--target STAGE`.
+    #[must_use]
+    pub fn target(mut self, stage: impl Into<String>) -> Build {
+        self.target = Some(stage.into());
+        self
+    }
+
+    /// `--platform`.
+    #[must_use]
+    pub fn platform(mut self, platform: Platform) -> Build {
+        self.platform = platform;
+        self
+    }
+
+    /// `--label KEY=value` on the image.
+    #[must_use]
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Build {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// File times clamped to this (seconds since the epoch) and used as
+    /// every `created` time; `None` keeps file times and records the time
+    /// of the build.
+    #[must_use]
+    pub fn epoch(mut self, epoch: Option<u64>) -> Build {
+        self.epoch = epoch;
+        self
+    }
+
+    /// Layer compression and level.
+    #[must_use]
+    pub fn compression(mut self, compression: Compression, level: Option<i32>) -> Build {
+        self.compression = compression;
+        self.level = level;
+        self
+    }
+
+    /// Called with [`Progress`] events.
+    #[must_use]
+    pub fn progress(mut self, f: impl Fn(&Progress<'_>) + Send + Sync + 'static) -> Build {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs `RUN` commands with `executor` instead of [`Runc`].
+    #[must_use]
+    pub fn executor(mut self, executor: Arc<dyn Executor>) -> Build {
+        self.executor = executor;
+        self
+    }
+
+    /// Adds an output.
+    #[must_use]
+    pub fn output(mut self, output: Output) -> Build {
+        self.outputs.push(output);
+        self
+    }
+
+    /// Adds a name for the image (`-t`).
+    #[must_use]
+    pub fn tag(mut self, reference: Reference) -> Build {
+        self.tags.push(reference);
+        self
+    }
+
+    /// The registry client for base images and pushes (default: docker's
+    /// credentials, plain HTTP for loopback only).
+    #[must_use]
+    pub fn client(mut self, client: Client) -> Build {
+        self.client = Some(client);
+        self
+    }
+
+    /// The content store and cache directory.
+    #[must_use]
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Build {
+        self.cache_dir = dir.into();
+        self
+    }
+
+    /// `--no-cache`: run every step.
+    #[must_use]
+    pub fn no_cache(mut self, no_cache: bool) -> Build {
+        self.no_cache = no_cache;
+        self
+    }
+
+    /// A secret for `RUN --mount=type=secret,id=ID` (the file's content).
+    #[must_use]
+    pub fn secret(mut self, id: impl Into<String>, file: impl Into<PathBuf>) -> Build {
+        self.secrets.insert(id.into(), file.into());
+        self
+    }
+
+    /// Runs the build, then writes every output.
+    ///
+    /// # Errors
+    /// [`BuildError`], wrapped in [`BuildError::At`] with the Dockerfile
+    /// line for failures of a step. No output is written unless the whole
+    /// build succeeded.
+    pub async fn build(self) -> Result<Built, BuildError> {
+        let ctx = Arc::new(self.prepare()?);
+        // stages in waves: each wave's stages only need earlier waves
+        let mut done_set: BTreeSet<usize> = BTreeSet::new();
+        let needed = ctx.plan.needed.clone();
+        while done_set.len() < needed.len() {
+            let wave: Vec<usize> = needed
+                .iter()
+                .copied()
+                .filter(|i| !done_set.contains(i))
+                .filter(|i| ctx.plan.stages.get(*i).is_some_and(|s| s.depends_on.iter().all(|d| done_set.contains(d))))
+                .collect();
+            if wave.is_empty() {
+                return Err(BuildError::Task("stage dependencies do not resolve".into()));
+            }
+            let mut handles = Vec::new();
+            for i in &wave {
+                let ctx = Arc::clone(&ctx);
+                let i = *i;
+                handles.push(tokio::task::spawn_blocking(move || ctx.run_stage(i)));
+            }
+            for (i, h) in wave.iter().zip(handles) {
+                let image = h.await.map_err(|e| BuildError::Task(e.to_string()))??;
+                ctx.done.lock().map_err(|_| BuildError::Task("poisoned".into()))?.insert(*i, image);
+                done_set.insert(*i);
+            }
+        }
+        let target = ctx.plan.target;
+        let image = ctx
+            .done
+            .lock()
+            .map_err(|_| BuildError::Task("poisoned".into()))?
+            .get(&target)
+            .cloned()
+            .ok_or_else(|| BuildError::Task("target stage did not run".into()))?;
+        let ctx2 = Arc::clone(&ctx);
+        let built = tokio::task::spawn_blocking(move || ctx2.finish(image))
+            .await
+            .map_err(|e| BuildError::Task(e.to_string()))??;
+        ctx.write_outputs(&built).await?;
+        Ok(built)
+    }
+
+    fn prepare(self) -> Result<Ctx, BuildError> {
+        let dockerfile_name = self.dockerfile.display().to_string();
+        let text = std::fs::read_to_string(&self.dockerfile).map_err(BuildError::io("read", &self.dockerfile))?;
+        let df = dockerfile_parse::parse(&text)
+            .map_err(|e| BuildError::Parse { dockerfile: dockerfile_name.clone(), source: Box::new(e) })?;
+        let mut args = self.args.clone();
+        for (k, v) in platform_args(&self.platform) {
+            args.entry(k).or_insert(v);
+        }
+        let mut opts = dockerfile_parse::stages::BuildOptions::new();
+        opts.build_args.clone_from(&args);
+        opts.target.clone_from(&self.target);
+        let plan = dockerfile_parse::stages::plan(&df, &opts)
+            .map_err(|e| BuildError::Plan { dockerfile: dockerfile_name.clone(), source: Box::new(e) })?;
+        let ignore = read_ignore(&self.context, &self.dockerfile)?;
+        let store = Store::open(&self.cache_dir)?;
+        let client = match self.client {
+            Some(c) => c,
+            None => crate::cli::client(&[]).map_err(|e| BuildError::Task(format!("registry client: {e}")))?,
+        };
+        let overlay = rustix::process::geteuid().is_root() && rootfs::overlay_available(&store.root.join("tmp"));
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let pack = PackOptions {
+            epoch: self.epoch,
+            normalize_owner: false,
+            id_map: None,
+            compression: self.compression,
+            level: self.level,
+            threads,
+            prefix: None,
+        };
+        Ok(Ctx {
+            context: self.context,
+            text,
+            dockerfile: dockerfile_name,
+            args,
+            platform: self.platform,
+            labels: self.labels,
+            epoch: self.epoch,
+            pack,
+            progress: self.progress,
+            executor: self.executor,
+            outputs: self.outputs,
+            tags: self.tags,
+            client,
+            store,
+            no_cache: self.no_cache,
+            ignore,
+            lexer: Lexer::new(df.directives.escape),
+            secrets: self.secrets,
+            overlay,
+            plan,
+            rt: tokio::runtime::Handle::current(),
+            sources: Mutex::new(HashMap::new()),
+            done: Mutex::new(BTreeMap::new()),
+            images: Mutex::new(HashMap::new()),
+            counts: Mutex::new((0, 0)),
+        })
+    }
+}
+
+/// `os/arch[/variant]`.
+fn platform_string(p: &Platform) -> String {
+    match &p.variant {
+        Some(v) => format!("{}/{}/{}", p.os, p.architecture, v),
+        None => format!("{}/{}", p.os, p.architecture),
+    }
+}
+
+/// `TARGETPLATFORM` and friends for a build for `p` on this host.
+fn platform_args(p: &Platform) -> Vec<(String, String)> {
+    let host = Platform::host();
+    let fmt_p = platform_string;
+    let mut out = Vec::new();
+    for (prefix, p) in [("TARGET", p), ("BUILD", &host)] {
+        out.push((format!("{prefix}PLATFORM"), fmt_p(p)));
+        out.push((format!("{prefix}OS"), p.os.clone()));
+        out.push((format!("{prefix}ARCH"), p.architecture.clone()));
+        out.push((format!("{prefix}VARIANT"), p.variant.clone().unwrap_or_default()));
+    }
+    out
+}
+
+fn read_ignore(context: &Path, dockerfile: &Path) -> Result<DockerIgnore, BuildError> {
+    // `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's
+    let name = dockerfile.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut candidates = Vec::new();
+    if let Some(dir) = dockerfile.parent() {
+        candidates.push(dir.join(format!("{name}.dockerignore")));
+    }
+    candidates.push(context.join(".dockerignore"));
+    for c in candidates {
+        if let Ok(text) = std::fs::read_to_string(&c) {
+            return DockerIgnore::parse(&text).map_err(|e| BuildError::Ignore(Box::new(e)));
+        }
+    }
+    DockerIgnore::parse("").map_err(|e| BuildError::Ignore(Box::new(e)))
+}
+
+/// Where a base image's blobs come from until they are in the store.
+#[derive(Clone)]
+enum BlobSource {
+    Registry(Repo),
+    Layout(Layout),
+}
+
+/// A stage's image as it is being built.
+#[derive(Debug, Clone)]
+pub(crate) struct Image {
+    config: ImageConfiguration,
+    layers: Vec<Descriptor>,
+    /// The cache key of everything so far.
+    key: Digest,
+    /// Where it came from, for messages.
+    name: String,
+}
+
+impl Image {
+    fn scratch(platform: &Platform) -> Image {
+        // Docker and buildah give a scratch image the default PATH
+        let cfg = ContainerConfig { env: Some(vec![format!("PATH={DEFAULT_PATH}")]), ..ContainerConfig::default() };
+        let config = oci_image::ConfigBuilder::new(platform).config(cfg).build();
+        Image {
+            config,
+            layers: Vec::new(),
+            key: Digest::sha256(format!("scratch {}", platform_string(platform)).as_bytes()),
+            name: "scratch".into(),
+        }
+    }
+
+    fn cfg(&mut self) -> &mut ContainerConfig {
+        self.config.config.get_or_insert_with(ContainerConfig::default)
+    }
+
+    fn env(&self) -> Vec<String> {
+        self.config.config.as_ref().and_then(|c| c.env.clone()).unwrap_or_default()
+    }
+}
+
+struct Ctx {
+    context: PathBuf,
+    /// The Dockerfile's text (spans index into it).
+    text: String,
+    dockerfile: String,
+    args: BTreeMap<String, String>,
+    platform: Platform,
+    labels: BTreeMap<String, String>,
+    epoch: Option<u64>,
+    pack: PackOptions,
+    progress: Option<ProgressFn>,
+    executor: Arc<dyn Executor>,
+    outputs: Vec<Output>,
+    tags: Vec<Reference>,
+    client: Client,
+    store: Store,
+    no_cache: bool,
+    ignore: DockerIgnore,
+    lexer: Lexer,
+    secrets: BTreeMap<String, PathBuf>,
+    overlay: bool,
+    plan: Plan,
+    rt: tokio::runtime::Handle,
+    sources: Mutex<HashMap<Digest, BlobSource>>,
+    done: Mutex<BTreeMap<usize, Image>>,
+    images: Mutex<HashMap<String, Image>>,
+    /// (cached, run) steps.
+    counts: Mutex<(usize, usize)>,
+}
+
+/// A read-only view of an image's tree, gone when dropped.
+pub(crate) struct View {
+    mount: Option<OverlayMount>,
+    dir: tempfile::TempDir,
+}
+
+impl View {
+    pub(crate) fn path(&self) -> &Path {
+        match &self.mount {
+            Some(m) => m.path(),
+            None => self.dir.path(),
+        }
+    }
+}
+
+/// The per-stage state a step sees.
+struct StageState {
+    index: usize,
+    image: Image,
+    /// `ARG` values in scope.
+    args: BTreeMap<String, String>,
+    /// `CMD` set in this stage (an `ENTRYPOINT` then keeps it).
+    cmd_set: bool,
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl Ctx {
+    fn emit(&self, p: &Progress<'_>) {
+        if let Some(f) = &self.progress {
+            f(p);
+        }
+    }
+
+    fn created(&self) -> String {
+        match self.epoch {
+            Some(e) => crate::rfc3339_utc(e),
+            None => crate::rfc3339_utc(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            ),
+        }
+    }
+
+    fn at(&self, line: usize, instruction: &str) -> impl FnOnce(BuildError) -> BuildError {
+        let dockerfile = self.dockerfile.clone();
+        let instruction = instruction.to_owned();
+        move |e| match e {
+            e @ BuildError::At { .. } => e,
+            e => BuildError::At { dockerfile, line, instruction, source: Box::new(e) },
+        }
+    }
+
+    fn run_stage(&self, index: usize) -> Result<Image, BuildError> {
+        let stage = self.plan.stages.get(index).ok_or_else(|| BuildError::Task(format!("no stage {index}")))?.clone();
+        let from_line = stage.span.line;
+        let platform = match &stage.platform {
+            Some(p) => p.parse::<Platform>().map_err(|_| {
+                self.at(from_line, "FROM")(BuildError::Flag {
+                    flag: "--platform",
+                    value: p.clone(),
+                    reason: "not os/arch[/variant]",
+                })
+            })?,
+            None => self.platform.clone(),
+        };
+        let base = match &stage.base {
+            Base::Scratch => Image::scratch(&platform),
+            Base::Stage(i) => self
+                .done
+                .lock()
+                .map_err(|_| BuildError::Task("poisoned".into()))?
+                .get(i)
+                .cloned()
+                .ok_or_else(|| BuildError::Task(format!("stage {i} did not run")))?,
+            Base::Image(name) => {
+                self.resolve_image(name, &platform).map_err(self.at(from_line, &format!("FROM {name}")))?
+            }
+            _ => return Err(BuildError::Unsupported { what: "this kind of base".into() }),
+        };
+        let mut st = StageState { index, image: base, args: BTreeMap::new(), cmd_set: false };
+        // a stage starts with the base's ENV only; the base's ONBUILD triggers run first
+        let triggers = st.image.cfg().on_build.take().unwrap_or_default();
+        if matches!(stage.base, Base::Image(_)) {
+            for t in triggers {
+                let df = dockerfile_parse::parse(&t).map_err(|e| {
+                    self.at(from_line, &format!("ONBUILD {t}"))(BuildError::Parse {
+                        dockerfile: self.dockerfile.clone(),
+                        source: Box::new(e),
+                    })
+                })?;
+                for inst in &df.instructions {
+                    let cmd = inst.command().map_err(|e| {
+                        self.at(from_line, &format!("ONBUILD {t}"))(BuildError::Plan {
+                            dockerfile: self.dockerfile.clone(),
+                            source: Box::new(dockerfile_parse::stages::StageError::Command(Box::new(e))),
+                        })
+                    })?;
+                    let original = inst.original.clone();
+                    self.step(&mut st, &stage, &cmd, &original, from_line)
+                        .map_err(self.at(from_line, &format!("ONBUILD {original}")))?;
+                }
+            }
+        }
+        for step in &stage.steps {
+            let original = self.text.get(step.span.start..step.span.end).unwrap_or_default().trim().to_owned();
+            self.step(&mut st, &stage, &step.command, &original, step.span.line)
+                .map_err(self.at(step.span.line, &original))?;
+        }
+        Ok(st.image)
+    }
+
+    /// The lookup for word expansion: `ARG`s, overridden by `ENV`.
+    fn vars(st: &StageState) -> BTreeMap<String, String> {
+        let mut vars = st.args.clone();
+        for e in st.image.env() {
+            if let Some((k, v)) = e.split_once('=') {
+                vars.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        vars
+    }
+
+    fn history(&self, created_by: String, empty: bool) -> History {
+        History {
+            created: Some(self.created()),
+            created_by: Some(created_by),
+            empty_layer: empty.then_some(true),
+            ..History::default()
+        }
+    }
+
+    fn push_history(&self, st: &mut StageState, created_by: String, layer: Option<(Descriptor, Digest)>) {
+        let empty = layer.is_none();
+        let h = self.history(created_by, empty);
+        if let Some((desc, diff_id)) = layer {
+            st.image.layers.push(desc);
+            st.image.config.rootfs.diff_ids.push(diff_id);
+        }
+        st.image.config.history.get_or_insert_with(Vec::new).push(h);
+    }
+
+    #[allow(clippy::too_many_lines)] // one arm per instruction
+    fn step(
+        &self,
+        st: &mut StageState,
+        stage: &dockerfile_parse::stages::Stage,
+        command: &Command,
+        original: &str,
+        line: usize,
+    ) -> Result<(), BuildError> {
+        let vars = Self::vars(st);
+        let (cmd, _) = command.expand(self.lexer, &vars).map_err(|e| BuildError::Expand(Box::new(e)))?;
+        let created_by = instr::created_by(&cmd, original);
+        let key_text = format!("{created_by}\n{cmd:?}");
+        let stage_index = st.index;
+        let report = |cached: bool| {
+            self.emit(&Progress::Step {
+                stage: stage_index,
+                name: stage.name.as_deref(),
+                line,
+                instruction: &created_by,
+                cached,
+            });
+        };
+        match &cmd {
+            Command::Run(run) => {
+                // RUN sees the build arguments as environment variables
+                let key = Digest::sha256(
+                    format!(
+                        "{}\n{}\n{}\n{:?}",
+                        st.image.key,
+                        key_text,
+                        serde_json::to_string(&st.image.config.config).unwrap_or_default(),
+                        st.args
+                    )
+                    .as_bytes(),
+                );
+                if let Some(rec) = self.cached(&key) {
+                    report(true);
+                    self.push_history(st, created_by.clone(), rec.layer);
+                } else {
+                    report(false);
+                    let layer = self.run(st, run, line)?;
+                    self.store.cache_put(&key, &CacheRecord { layer: layer.clone() });
+                    self.push_history(st, created_by.clone(), layer);
+                    self.count(false);
+                }
+                st.image.key = key;
+                return Ok(());
+            }
+            Command::Copy(c) | Command::Add(c) => {
+                let add = matches!(cmd, Command::Add(_));
+                let (layer, key) = self.copy(st, c, add, &key_text, &created_by, &report)?;
+                self.push_history(st, created_by.clone(), layer);
+                st.image.key = key;
+                return Ok(());
+            }
+            Command::Workdir(dir) => {
+                let cwd = st.image.cfg().working_dir.clone().unwrap_or_else(|| "/".into());
+                let path = instr::join_path(&cwd, dir);
+                st.image.cfg().working_dir = Some(path.clone());
+                let key = Digest::sha256(format!("{}\n{key_text}\n{path}", st.image.key).as_bytes());
+                let layer = if let Some(rec) = self.cached(&key) {
+                    report(true);
+                    rec.layer
+                } else {
+                    report(false);
+                    let layer = self.workdir(st, &path)?;
+                    self.store.cache_put(&key, &CacheRecord { layer: layer.clone() });
+                    self.count(false);
+                    layer
+                };
+                self.push_history(st, created_by, layer);
+                st.image.key = key;
+                return Ok(());
+            }
+            _ => {}
+        }
+        report(false);
+        match cmd {
+            Command::Env(pairs) => {
+                let cfg = st.image.cfg();
+                let env = cfg.env.get_or_insert_with(Vec::new);
+                for (k, v) in pairs {
+                    instr::set_env(env, &k, &v);
+                }
+            }
+            Command::Label(pairs) => {
+                let labels = st.image.cfg().labels.get_or_insert_with(BTreeMap::new);
+                for (k, v) in pairs {
+                    labels.insert(k, v);
+                }
+            }
+            Command::Arg(defs) => {
+                for d in defs {
+                    let value = self
+                        .args
+                        .get(&d.name)
+                        .filter(|_| !PLATFORM_ARGS.contains(&d.name.as_str()) || self.args.contains_key(&d.name))
+                        .cloned()
+                        .or(d.default.clone())
+                        .or_else(|| self.plan.global_values.get(&d.name).cloned());
+                    if let Some(v) = value {
+                        st.args.insert(d.name.clone(), v);
+                    }
+                }
+            }
+            Command::Expose(ports) => {
+                let set = st.image.cfg().exposed_ports.get_or_insert_with(BTreeSet::new);
+                for p in ports {
+                    for one in instr::expand_ports(&p)? {
+                        set.insert(one);
+                    }
+                }
+            }
+            Command::Volume(vols) => {
+                let set = st.image.cfg().volumes.get_or_insert_with(BTreeSet::new);
+                for v in vols.into_iter().filter(|v| !v.is_empty()) {
+                    set.insert(v);
+                }
+            }
+            Command::User(u) => st.image.cfg().user = Some(u),
+            Command::Stopsignal(s) => st.image.cfg().stop_signal = Some(s),
+            Command::Healthcheck(h) => st.image.cfg().healthcheck = Some(instr::healthcheck(&h, &Self::shell(st))),
+            Command::Shell(sh) => st.image.cfg().shell = Some(sh),
+            Command::Cmd(cl) => {
+                let args = instr::command_args(&cl, &Self::shell(st));
+                st.image.cfg().cmd = Some(args);
+                st.cmd_set = true;
+            }
+            Command::Entrypoint(cl) => {
+                let args = instr::command_args(&cl, &Self::shell(st));
+                let cmd_set = st.cmd_set;
+                let cfg = st.image.cfg();
+                cfg.entrypoint = Some(args);
+                if !cmd_set {
+                    cfg.cmd = None;
+                }
+            }
+            Command::Onbuild { expression, .. } => {
+                st.image.cfg().on_build.get_or_insert_with(Vec::new).push(expression);
+            }
+            Command::Maintainer(m) => st.image.config.author = Some(m),
+            other => {
+                return Err(BuildError::Unsupported { what: format!("instruction {other:?} inside a stage") });
+            }
+        }
+        st.image.key = Digest::sha256(format!("{}\n{key_text}", st.image.key).as_bytes());
+        self.push_history(st, created_by, None);
+        Ok(())
+    }
+
+    fn count(&self, cached: bool) {
+        if let Ok(mut c) = self.counts.lock() {
+            if cached {
+                c.0 += 1;
+            } else {
+                c.1 += 1;
+            }
+        }
+    }
+
+    fn cached(&self, key: &Digest) -> Option<CacheRecord> {
+        if self.no_cache {
+            return None;
+        }
+        let rec = self.store.cache_get(key)?;
+        self.count(true);
+        Some(rec)
+    }
+
+    fn shell(st: &mut StageState) -> Vec<String> {
+        st.image.cfg().shell.clone().unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+    }
+
+    /// Resolves `name` (a registry reference or `oci:DIR[:TAG]`) to an image
+    /// for `platform`: manifest and config only.
+    fn resolve_image(&self, name: &str, platform: &Platform) -> Result<Image, BuildError> {
+        let cache_key = format!("{name} {}", platform_string(platform));
+        if let Some(img) = self.images.lock().ok().and_then(|m| m.get(&cache_key).cloned()) {
+            return Ok(img);
+        }
+        let base =
+            |source: Box<dyn std::error::Error + Send + Sync>| BuildError::Base { image: name.to_owned(), source };
+        let (manifest, config_bytes, source) = if let Some(rest) = name.strip_prefix("oci:") {
+            let loc: crate::ImageLocation = name.parse().map_err(|e: crate::LocationError| base(Box::new(e)))?;
+            let crate::ImageLocation::Layout { dir, tag } = loc else {
+                return Err(base(format!("{rest}: not an OCI layout location").into()));
+            };
+            let layout = Layout::open(&dir).map_err(|e| base(Box::new(e)))?;
+            let desc = match tag {
+                Some(t) => layout.resolve(t.as_str()).map_err(|e| base(Box::new(e)))?,
+                None => match layout.index().map_err(|e| base(Box::new(e)))?.manifests.as_slice() {
+                    [only] => only.clone(),
+                    _ => return Err(base("the layout holds several images; name one with :TAG".into())),
+                },
+            };
+            let mut m = layout.read_manifest(&desc).map_err(|e| base(Box::new(e)))?;
+            if let AnyManifest::Index(index) = &m {
+                let child = index
+                    .value()
+                    .manifest_for(platform)
+                    .cloned()
+                    .ok_or_else(|| base(format!("no manifest for platform {platform}").into()))?;
+                m = layout.read_manifest(&child).map_err(|e| base(Box::new(e)))?;
+            }
+            let AnyManifest::Image(image) = m else {
+                return Err(base("not an image manifest".into()));
+            };
+            let config = layout.read_blob(&image.value().config).map_err(|e| base(Box::new(e)))?;
+            (image, config, BlobSource::Layout(layout))
+        } else {
+            let reference: Reference = name.parse().map_err(|e: oci_image::ReferenceError| base(Box::new(e)))?;
+            let repo = Repo::of(&reference);
+            let client = self.client.clone();
+            let platform2 = platform.clone();
+            let (image, config) = self
+                .rt
+                .block_on(async move {
+                    let mut m = client.get_manifest(&reference).await?;
+                    if let AnyManifest::Index(index) = &m {
+                        let child = index.value().manifest_for(&platform2).cloned().ok_or_else(|| {
+                            registry_client::Error::not_found(format!("{reference} has no manifest for {platform2}"))
+                        })?;
+                        m = client.get_manifest(&reference.repository_only().with_digest(child.digest)).await?;
+                    }
+                    let AnyManifest::Image(image) = m else {
+                        return Err(registry_client::Error::not_found(format!("{reference}: not an image")));
+                    };
+                    let config = client.fetch_small_blob(&Repo::of(&reference), &image.value().config).await?;
+                    Ok((image, config))
+                })
+                .map_err(|e: registry_client::Error| base(Box::new(e)))?;
+            (image, config, BlobSource::Registry(repo))
+        };
+        let config_raw = Raw::<ImageConfiguration>::from_bytes(config_bytes).map_err(|e| base(Box::new(e)))?;
+        let manifest_value = manifest.value();
+        if manifest_value.layers.len() != config_raw.value().rootfs.diff_ids.len() {
+            return Err(base("the manifest's layers and the config's diff ids differ in number".into()));
+        }
+        self.store.layout.write_blob_bytes(manifest.bytes()).map_err(|e| base(Box::new(e)))?;
+        self.store.layout.write_blob_bytes(config_raw.bytes()).map_err(|e| base(Box::new(e)))?;
+        if let Ok(mut sources) = self.sources.lock() {
+            for l in &manifest_value.layers {
+                sources.entry(l.digest.clone()).or_insert_with(|| source.clone());
+            }
+        }
+        let img = Image {
+            config: config_raw.value().clone(),
+            layers: manifest_value.layers.clone(),
+            key: Digest::sha256(format!("image {}", manifest.digest()).as_bytes()),
+            name: name.to_owned(),
+        };
+        if let Ok(mut m) = self.images.lock() {
+            m.insert(cache_key, img.clone());
+        }
+        Ok(img)
+    }
+
+    /// Makes sure the blob `desc` is in the store, fetching it from where its image came from.
+    fn ensure_blob(&self, desc: &Descriptor, image: &str) -> Result<(), BuildError> {
+        if self.store.layout.has_blob(&desc.digest) {
+            return Ok(());
+        }
+        let source = self.sources.lock().ok().and_then(|s| s.get(&desc.digest).cloned());
+        match source {
+            Some(BlobSource::Layout(layout)) => {
+                let blob = layout.open_blob(&desc.digest)?;
+                self.store.layout.write_blob(blob, Some((&desc.digest, desc.size)))?;
+            }
+            Some(BlobSource::Registry(repo)) => {
+                self.emit(&Progress::Pulling { image });
+                let client = self.client.clone();
+                let layout = self.store.layout.clone();
+                let desc = desc.clone();
+                self.rt.block_on(async move { client.fetch_blob_to_layout(&repo, &desc, &layout).await })?;
+            }
+            None => {
+                return Err(BuildError::Base {
+                    image: image.to_owned(),
+                    source: format!("layer {} is neither in the store nor in a known source", desc.digest).into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The extracted (overlay form) directories of `image`'s layers, bottom first.
+    fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>, BuildError> {
+        let mut dirs = Vec::new();
+        for desc in &image.layers {
+            let dir = self.store.layer_dir(&desc.digest);
+            if !dir.exists() {
+                self.ensure_blob(desc, &image.name)?;
+                let tmp = self.store.tempdir("x-").map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+                let blob = self.store.layout.open_blob(&desc.digest)?;
+                let opts = ApplyOptions { overlay: Some(OverlayXattrs::Trusted), ..ApplyOptions::default() };
+                layer_diff::apply_blob(std::io::BufReader::new(blob), desc, tmp.path(), &opts)?;
+                self.store.adopt_layer_dir(&desc.digest, tmp).map_err(BuildError::io("store", &dir))?;
+            }
+            dirs.push(dir);
+        }
+        Ok(dirs)
+    }
+
+    /// A read-only view of `image`'s tree (`None` for an image without layers).
+    pub(crate) fn view(&self, image: &Image) -> Result<Option<View>, BuildError> {
+        if image.layers.is_empty() {
+            return Ok(None);
+        }
+        let dir = self.store.tempdir("v-").map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+        if self.overlay {
+            let mut lowers = vec![self.empty_dir()?];
+            lowers.extend(self.layer_dirs(image)?);
+            let mount = OverlayMount::mount(&lowers, None, dir.path())
+                .map_err(BuildError::io("mount overlay on", dir.path()))?;
+            return Ok(Some(View { mount: Some(mount), dir }));
+        }
+        self.flatten(image, dir.path())?;
+        Ok(Some(View { mount: None, dir }))
+    }
+
+    /// Applies every layer of `image` onto `dir` (no overlayfs here).
+    fn flatten(&self, image: &Image, dir: &Path) -> Result<(), BuildError> {
+        for desc in &image.layers {
+            self.ensure_blob(desc, &image.name)?;
+            let blob = self.store.layout.open_blob(&desc.digest)?;
+            layer_diff::apply_blob(std::io::BufReader::new(blob), desc, dir, &ApplyOptions::default())?;
+        }
+        Ok(())
+    }
+
+    fn empty_dir(&self) -> Result<PathBuf, BuildError> {
+        let d = self.store.root.join("empty");
+        std::fs::create_dir_all(&d).map_err(BuildError::io("create", &d))?;
+        Ok(d)
+    }
+
+    /// Writes a layer through `f` into the store; `None` when `f` wrote no entries.
+    fn write_layer(
+        &self,
+        f: impl FnOnce(&mut layer_diff::LayerWriter<oci_image::BlobWriter>) -> Result<usize, BuildError>,
+    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+        let blob = self.store.layout.blob_writer()?;
+        let mut w = layer_diff::LayerWriter::new(blob, &self.pack)?;
+        let entries = f(&mut w)?;
+        if entries == 0 {
+            return Ok(None);
+        }
+        let (blob, info) = w.finish()?;
+        blob.finish()?;
+        Ok(Some((info.descriptor(), info.diff_id)))
+    }
+
+    /// `WORKDIR`: creates the directory when the image lacks it.
+    fn workdir(&self, st: &mut StageState, path: &str) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+        let view = self.view(&st.image)?;
+        let root = view.as_ref().map(View::path);
+        let user = st.image.cfg().user.clone().unwrap_or_default();
+        let (uid, gid) = instr::resolve_user(root, &user, false)?;
+        let missing = files::missing_dirs(root, path);
+        self.write_layer(|w| {
+            for (i, dir) in missing.iter().enumerate() {
+                let (u, g) = if i + 1 == missing.len() { (uid, gid) } else { (0, 0) };
+                let entry = layer_diff::Entry::new(dir.clone(), layer_diff::Kind::Dir, 0o755, u, g);
+                w.append_from(Path::new("/"), &entry)?;
+            }
+            Ok(missing.len())
+        })
+    }
+
+    fn copy(
+        &self,
+        st: &mut StageState,
+        c: &dockerfile_parse::command::Copy,
+        add: bool,
+        key_text: &str,
+        created_by: &str,
+        report: &dyn Fn(bool),
+    ) -> Result<(Option<(Descriptor, Digest)>, Digest), BuildError> {
+        let _ = created_by;
+        // where the files come from
+        let (source_view, source_root, source_key, is_context) = match &c.from {
+            None => (None, self.context.clone(), String::from("context"), true),
+            Some(from) => {
+                let img = self.source_image(from, &st.image.config.platform())?;
+                let key = img.key.to_string();
+                let view = self.view(&img)?;
+                let root = view.as_ref().map_or_else(|| self.store.root.join("empty"), |v| v.path().to_owned());
+                self.empty_dir()?;
+                (view, root, key, false)
+            }
+        };
+        let dest_view = self.view(&st.image)?;
+        let dest_root = dest_view.as_ref().map(View::path);
+        let workdir = st.image.cfg().working_dir.clone().unwrap_or_else(|| "/".into());
+        let chown = match &c.chown {
+            Some(spec) => Some(instr::resolve_user(dest_root, spec, true)?),
+            None => None,
+        };
+        let chmod = match &c.chmod {
+            Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| BuildError::Flag {
+                flag: "--chmod",
+                value: m.clone(),
+                reason: "only octal modes are supported",
+            })?),
+            None => None,
+        };
+        let vars = Self::vars(st);
+        let scratch = self.store.tempdir("c-").map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+        let req = files::CopyRequest {
+            sources: &c.sources,
+            dest: &c.dest,
+            heredocs: &c.heredocs,
+            workdir: &workdir,
+            chown,
+            chmod,
+            exclude: &c.exclude,
+            parents: c.parents,
+            add,
+            checksum: c.checksum.as_deref(),
+            keep_git_dir: c.keep_git_dir,
+            unpack: c.unpack,
+            lexer: self.lexer,
+            vars: &vars,
+        };
+        let src = files::SourceTree {
+            root: &source_root,
+            ignore: if is_context { Some(&self.ignore) } else { None },
+            is_context,
+        };
+        let items = files::plan(&src, &req, dest_root, scratch.path())?;
+        let key = Digest::sha256(
+            format!("{}\n{key_text}\n{source_key}\n{}", st.image.key, files::items_digest(&items, is_context)?)
+                .as_bytes(),
+        );
+        if let Some(rec) = self.cached(&key) {
+            report(true);
+            return Ok((rec.layer, key));
+        }
+        report(false);
+        let layer = self.write_layer(|w| {
+            for item in &items {
+                w.append_from(&item.source, &item.entry)?;
+            }
+            Ok(items.len())
+        })?;
+        drop(source_view);
+        drop(dest_view);
+        self.store.cache_put(&key, &CacheRecord { layer: layer.clone() });
+        self.count(false);
+        Ok((layer, key))
+    }
+
+    /// The image a `--from` names: an earlier stage, else an image.
+    fn source_image(&self, from: &str, platform: &Platform) -> Result<Image, BuildError> {
+        if let Some(stage) = self.plan.stage(from) {
+            return self
+                .done
+                .lock()
+                .map_err(|_| BuildError::Task("poisoned".into()))?
+                .get(&stage.index)
+                .cloned()
+                .ok_or_else(|| BuildError::UnknownStage { name: from.to_owned() });
+        }
+        self.resolve_image(from, platform).map_err(|e| match e {
+            BuildError::Base { .. } if !from.contains(['/', ':', '.']) => {
+                BuildError::UnknownStage { name: from.to_owned() }
+            }
+            e => e,
+        })
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn run(
+        &self,
+        st: &mut StageState,
+        run: &dockerfile_parse::command::Run,
+        line: usize,
+    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+        let _ = line;
+        let shell = Self::shell(st);
+        let args = instr::run_args(run, &shell);
+        let network = match run.network.as_deref() {
+            None | Some("default" | "host") => Network::Host,
+            Some("none") => Network::None,
+            Some(other) => {
+                return Err(BuildError::Flag {
+                    flag: "--network",
+                    value: other.into(),
+                    reason: "use default, host or none",
+                });
+            }
+        };
+        let work = self.store.tempdir("r-").map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+        let (upper, workdir, merged) =
+            (work.path().join("upper"), work.path().join("work"), work.path().join("merged"));
+        for d in [&upper, &workdir, &merged] {
+            std::fs::create_dir(d).map_err(BuildError::io("create", d))?;
+        }
+        let mut lowers = vec![self.empty_dir()?];
+        let (mount, before) = if self.overlay {
+            lowers.extend(self.layer_dirs(&st.image)?);
+            let m = OverlayMount::mount(&lowers, Some((&upper, &workdir)), &merged)
+                .map_err(BuildError::io("mount overlay on", &merged))?;
+            (Some(m), None)
+        } else {
+            self.flatten(&st.image, &merged)?;
+            (None, Some(layer_diff::Snapshot::walk(&merged)?))
+        };
+        let cfg = st.image.cfg().clone();
+        let (uid, gid) = instr::resolve_user(Some(&merged), cfg.user.as_deref().unwrap_or(""), false)?;
+        let cwd = cfg.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
+        let mut env: Vec<String> = cfg.env.clone().unwrap_or_default();
+        for (k, v) in &st.args {
+            if !env.iter().any(|e| e.split_once('=').is_some_and(|(ek, _)| ek == k)) {
+                env.push(format!("{k}={v}"));
+            }
+        }
+        for p in PROXY_ARGS {
+            if let Some(v) = self.args.get(*p)
+                && !st.args.contains_key(*p)
+            {
+                env.push(format!("{p}={v}"));
+            }
+        }
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            env.push(format!("HOME={}", instr::home_of(Some(&merged), uid)));
+        }
+        // mount points runc would create: removed again unless the command made them
+        let stubs: Vec<PathBuf> = ["proc", "dev", "sys"]
+            .iter()
+            .map(|p| merged.join(p))
+            .filter(|p| std::fs::symlink_metadata(p).is_err())
+            .collect();
+        let cwd_path = merged.join(cwd.trim_start_matches('/'));
+        if std::fs::symlink_metadata(&cwd_path).is_err() {
+            std::fs::create_dir_all(&cwd_path).map_err(BuildError::io("create", &cwd_path))?;
+        }
+        let mut mounts = Vec::new();
+        let mut mount_stubs = Vec::new();
+        let mut held_views = Vec::new();
+        for m in &run.mounts {
+            let (pm, view) = self.run_mount(st, m, &cwd)?;
+            let inside = merged.join(pm.destination.trim_start_matches('/'));
+            if std::fs::symlink_metadata(&inside).is_err() {
+                mount_stubs.push(inside);
+            }
+            mounts.push(pm);
+            held_views.extend(view);
+        }
+        let mut process = Process::new(args);
+        process.env = env;
+        process.cwd = cwd;
+        process.uid = uid;
+        process.gid = gid;
+        process.network = network;
+        process.mounts = mounts;
+        let index = st.index;
+        let exit = self.executor.run(&merged, &process, &mut |bytes| {
+            self.emit(&Progress::Output { stage: index, bytes });
+        })?;
+        drop(held_views);
+        // remove the mount points made for the command (deepest first), if still empty
+        for p in mount_stubs.iter().rev().chain(stubs.iter()) {
+            if let Ok(meta) = std::fs::symlink_metadata(p) {
+                if meta.is_dir() {
+                    let _ = std::fs::remove_dir(p);
+                } else if meta.len() == 0 {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        if let Some(m) = mount {
+            m.unmount().map_err(BuildError::io("unmount", &merged))?;
+        }
+        if exit.code != 0 {
+            return Err(BuildError::RunFailed { code: exit.code, output: exit.output });
+        }
+        let (layer, adopt) = match before {
+            None => {
+                let (snap, changes) = layer_diff::overlay_changes(&upper)?;
+                let layer = self.write_layer(|w| {
+                    pack_into(w, &snap, &changes)?;
+                    Ok(changes.len())
+                })?;
+                (layer, true)
+            }
+            Some(before) => {
+                let after = layer_diff::Snapshot::walk(&merged)?;
+                let changes = layer_diff::diff(&before, &after)?;
+                let layer = self.write_layer(|w| {
+                    pack_into(w, &after, &changes)?;
+                    Ok(changes.len())
+                })?;
+                (layer, false)
+            }
+        };
+        if adopt && let Some((desc, _)) = &layer {
+            // the upper directory is this layer in overlay form: keep it
+            let dir = self.store.layer_dir(&desc.digest);
+            if !dir.exists() {
+                let _ = std::fs::rename(&upper, &dir);
+            }
+        }
+        Ok(layer)
+    }
+
+    /// One `RUN --mount`: what to mount and any view that must stay mounted meanwhile.
+    fn run_mount(
+        &self,
+        st: &StageState,
+        m: &dockerfile_parse::command::Mount,
+        cwd: &str,
+    ) -> Result<(ProcessMount, Option<View>), BuildError> {
+        use dockerfile_parse::command::MountType;
+        let target = m.target.clone().map(|t| instr::join_path(cwd, &t));
+        let need_target = || {
+            target.clone().ok_or(BuildError::Flag {
+                flag: "--mount",
+                value: format!("{m:?}"),
+                reason: "needs a target",
+            })
+        };
+        match m.kind {
+            MountType::Bind => {
+                let dest = need_target()?;
+                let (root, view) = match &m.from {
+                    Some(from) => {
+                        let img = self.source_image(from, &st.image.config.platform())?;
+                        let view = self.view(&img)?;
+                        let root = view.as_ref().map_or_else(|| self.store.root.join("empty"), |v| v.path().to_owned());
+                        (root, view)
+                    }
+                    None => (self.context.clone(), None),
+                };
+                let source = files::inside(&root, m.source.as_deref().unwrap_or("/"))
+                    .ok_or_else(|| BuildError::OutsideContext { path: m.source.clone().unwrap_or_default() })?;
+                // changes through a bind mount are never kept: read-write binds get a copy
+                let readonly = m.readonly || view.is_some() || m.from.is_none();
+                Ok((ProcessMount { destination: dest, kind: MountKind::Bind { source, readonly } }, view))
+            }
+            MountType::Cache => {
+                let dest = need_target()?;
+                let id = m.id.clone().unwrap_or_else(|| dest.clone());
+                let dir = self.store.root.join("cache-mounts").join(Digest::sha256(id.as_bytes()).encoded());
+                std::fs::create_dir_all(&dir).map_err(BuildError::io("create", &dir))?;
+                Ok((ProcessMount { destination: dest, kind: MountKind::Bind { source: dir, readonly: false } }, None))
+            }
+            MountType::Tmpfs => {
+                let dest = need_target()?;
+                let size = m.size.as_deref().and_then(|s| s.parse().ok());
+                Ok((ProcessMount { destination: dest, kind: MountKind::Tmpfs { size } }, None))
+            }
+            MountType::Secret => {
+                let id =
+                    m.id.clone()
+                        .or_else(|| m.target.as_deref().and_then(|t| t.rsplit('/').next()).map(str::to_owned))
+                        .unwrap_or_default();
+                let dest = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
+                match self.secrets.get(&id) {
+                    Some(file) => Ok((
+                        ProcessMount {
+                            destination: dest,
+                            kind: MountKind::Bind { source: file.clone(), readonly: true },
+                        },
+                        None,
+                    )),
+                    None if m.required => Err(BuildError::Flag {
+                        flag: "--mount",
+                        value: format!("type=secret,id={id}"),
+                        reason: "secret not given to the build",
+                    }),
+                    None => Ok((ProcessMount { destination: dest, kind: MountKind::Tmpfs { size: Some(4096) } }, None)),
+                }
+            }
+            _ => Err(BuildError::Unsupported { what: format!("RUN --mount type {:?}", m.kind) }),
+        }
+    }
+
+    /// The final image: build labels, config and manifest in the store.
+    fn finish(&self, mut image: Image) -> Result<Built, BuildError> {
+        if !self.labels.is_empty() {
+            let labels = image.cfg().labels.get_or_insert_with(BTreeMap::new);
+            labels.extend(self.labels.clone());
+        }
+        image.config.created = Some(self.created());
+        let config = Raw::new(image.config.clone());
+        self.store.layout.write_blob_bytes(config.bytes())?;
+        let mut mb = ManifestBuilder::new(config.descriptor());
+        for l in &image.layers {
+            mb = mb.layer(l.clone());
+        }
+        let manifest = Raw::new(mb.build());
+        self.store.layout.write_blob_bytes(manifest.bytes())?;
+        let (cached_steps, steps) = self.counts.lock().map(|c| *c).unwrap_or_default();
+        Ok(Built {
+            manifest: manifest.descriptor(),
+            config: config.descriptor(),
+            image: image.config.clone(),
+            layers: image.layers.clone(),
+            cached_steps,
+            steps,
+        })
+        .and_then(|b| {
+            for l in &image.layers {
+                self.ensure_blob(l, &image.name)?;
+            }
+            Ok(b)
+        })
+    }
+
+    async fn write_outputs(&self, built: &Built) -> Result<(), BuildError> {
+        let tags: Vec<Reference> =
+            if self.tags.is_empty() { default_name(&self.context).into_iter().collect() } else { self.tags.clone() };
+        for out in &self.outputs {
+            let target = match out {
+                Output::Layout(d) => format!("oci:{}", d.display()),
+                Output::DockerArchive(f) => format!("docker-archive:{}", f.display()),
+                Output::Registry => tags.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            };
+            self.emit(&Progress::Writing { target: &target });
+            let fail = |e: crate::CopyError| BuildError::Output { target: target.clone(), source: Box::new(e) };
+            match out {
+                Output::Layout(dir) => {
+                    let store = self.store.layout.clone();
+                    let dir = dir.clone();
+                    let built = built.clone();
+                    let tags = tags.clone();
+                    tokio::task::spawn_blocking(move || write_layout(&store, &built, &dir, &tags))
+                        .await
+                        .map_err(|e| BuildError::Task(e.to_string()))?
+                        .map_err(fail)?;
+                }
+                Output::DockerArchive(file) => {
+                    let store = self.store.layout.clone();
+                    let file = file.clone();
+                    let desc = built.manifest.clone();
+                    let name = tags.first().cloned();
+                    tokio::task::spawn_blocking(move || {
+                        crate::copy::write_archive(&store, &desc, &file, name.as_ref())
+                    })
+                    .await
+                    .map_err(|e| BuildError::Task(e.to_string()))?
+                    .map_err(fail)?;
+                }
+                Output::Registry => {
+                    for t in &self.tags {
+                        self.client
+                            .push_from_layout(&self.store.layout, &built.manifest, t, None)
+                            .await
+                            .map_err(|e| fail(e.into()))?;
+                    }
+                    if self.tags.is_empty() {
+                        return Err(BuildError::Flag {
+                            flag: "--output",
+                            value: "registry".into(),
+                            reason: "pushing needs at least one -t reference",
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pack_into(
+    w: &mut layer_diff::LayerWriter<oci_image::BlobWriter>,
+    snap: &layer_diff::Snapshot,
+    changes: &[layer_diff::Change],
+) -> Result<(), BuildError> {
+    for c in changes {
+        if c.kind == layer_diff::ChangeKind::Delete {
+            w.append_whiteout(&c.path)?;
+            continue;
+        }
+        if c.path.as_os_str().is_empty() {
+            if c.opaque {
+                w.append_opaque(Path::new(""))?;
+            }
+            continue;
+        }
+        let Some(entry) = snap.get(&c.path) else { continue };
+        w.append(snap.root(), entry)?;
+        if c.opaque && entry.kind.is_dir() {
+            w.append_opaque(&c.path)?;
+        }
+    }
+    Ok(())
+}
+
+/// `kiln/<context directory name>:latest` (`kiln/image:latest` when the name does not fit).
+fn default_name(context: &Path) -> Option<Reference> {
+    let dir = std::fs::canonicalize(context).unwrap_or_else(|_| context.to_owned());
+    let name: String = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .collect();
+    format!("kiln/{name}:latest").parse().ok().or_else(|| "kiln/image:latest".parse().ok())
+}
+
+/// Copies the built image from the store into the layout at `dir` (created
+/// in a temporary directory beside it when new, then renamed) and names it.
+fn write_layout(store: &Layout, built: &Built, dir: &Path, tags: &[Reference]) -> Result<(), crate::CopyError> {
+    let fresh = !dir.exists();
+    let (tmp, target) = if fresh {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
+        std::fs::create_dir_all(parent).map_err(crate::CopyError::Temp)?;
+        let tmp = tempfile::Builder::new().prefix(".kiln-out-").tempdir_in(parent).map_err(crate::CopyError::Temp)?;
+        let target = tmp.path().join("layout");
+        (Some(tmp), target)
+    } else {
+        (None, dir.to_owned())
+    };
+    let out = Layout::create(&target)?;
+    let mut blobs = vec![built.config.clone(), built.manifest.clone()];
+    blobs.extend(built.layers.iter().cloned());
+    for d in &blobs {
+        if !out.has_blob(&d.digest) {
+            out.write_blob(store.open_blob(&d.digest)?, Some((&d.digest, d.size)))?;
+        }
+    }
+    for t in tags {
+        match t.tag() {
+            Some(tag) => out.set_ref_name(tag, Some(t), built.manifest.clone())?,
+            None => out.add_manifest(built.manifest.clone())?,
+        }
+    }
+    if let Some(tmp) = tmp {
+        std::fs::rename(&target, dir).map_err(crate::CopyError::Temp)?;
+        drop(tmp);
+    }
+    Ok(())
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Output::Layout(d) => write!(f, "oci:{}", d.display()),
+            Output::DockerArchive(p) => write!(f, "docker-archive:{}", p.display()),
+            Output::Registry => f.write_str("registry"),
+        }
+    }
+}

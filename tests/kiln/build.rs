@@ -1,0 +1,387 @@
+//! `kiln::build` end to end: a busybox base image made by umoci (not by
+//! kiln), pushed to a real registry with skopeo; Dockerfiles using every
+//! instruction; the result pulled back by skopeo, unpacked by umoci and run
+//! by runc.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln::build::{Build, BuildError, Output};
+use kiln::oci_image::{ImageConfiguration, Layout};
+use kiln::registry_client::Client;
+use testkit::{Registry, busybox_image, run, tool};
+
+/// A busybox base in an OCI layout under `dir` (`oci:DIR/base:1`), or `None` without the tools.
+pub fn base_layout(dir: &Path) -> Option<String> {
+    tool("runc")?;
+    let layout = dir.join("base");
+    busybox_image(&layout, "1").unwrap()?;
+    Some(format!("oci:{}:1", layout.display()))
+}
+
+fn client() -> Client {
+    Client::builder().build().unwrap()
+}
+
+fn build(context: &Path, cache: &Path) -> Build {
+    Build::new(context, context.join("Dockerfile")).cache_dir(cache).client(client()).epoch(Some(1_700_000_000))
+}
+
+fn write(path: &Path, text: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+}
+
+/// Unpacks `oci:LAYOUT:TAG` with umoci and returns the bundle directory.
+pub fn umoci_unpack(layout: &Path, tag: &str, into: &Path) -> PathBuf {
+    let bundle = into.join("bundle");
+    run(Command::new("umoci").args(["unpack", "--image", &format!("{}:{tag}", layout.display())]).arg(&bundle))
+        .unwrap();
+    bundle
+}
+
+pub fn config_of(layout: &Path, tag: &str) -> ImageConfiguration {
+    let l = Layout::open(layout).unwrap();
+    let desc = l.resolve(tag).unwrap();
+    let kiln::oci_image::AnyManifest::Image(m) = l.read_manifest(&desc).unwrap() else { panic!("not an image") };
+    serde_json::from_slice(&l.read_blob(&m.value().config).unwrap()).unwrap()
+}
+
+const FULL: &str = r#"ARG BASE
+FROM ${BASE} AS build
+ARG GREETING=hello
+RUN mkdir -p /out && echo "$GREETING from build" > /out/greeting.txt
+FROM ${BASE}
+LABEL org.example.kind=test
+MAINTAINER kiln tests
+ENV APP_HOME=/opt/app MODE=prod
+WORKDIR $APP_HOME
+COPY --from=build /out/greeting.txt ./
+COPY f.txt dir ./files/
+COPY --chown=app:staff --chmod=640 f.txt /home/app/owned.txt
+ADD app.tar.gz /opt/unpacked/
+COPY <<EOF /etc/motd
+welcome to $MODE
+EOF
+RUN rm -rf /var/lib/junk && echo installed > /opt/app/installed.txt
+USER app
+RUN id -u > /tmp/uid.txt && echo "$HOME" > /tmp/home.txt
+EXPOSE 8080 53/udp
+VOLUME /data
+STOPSIGNAL SIGINT
+HEALTHCHECK --interval=30s --retries=2 CMD ["/bin/true"]
+SHELL ["/bin/sh", "-ec"]
+ONBUILD RUN echo triggered > /tmp/onbuild.txt
+ENTRYPOINT ["/bin/cat"]
+CMD ["/opt/app/greeting.txt"]
+"#;
+
+fn full_context(dir: &Path) {
+    write(&dir.join("Dockerfile"), FULL);
+    write(&dir.join("f.txt"), "file f\n");
+    write(&dir.join("dir/sub/g.txt"), "file g\n");
+    write(&dir.join("dir/secret.txt"), "do not ship\n");
+    write(&dir.join(".dockerignore"), "dir/secret.txt\n");
+    let src = dir.join("archive-src");
+    write(&src.join("pkg/readme"), "from the archive\n");
+    run(Command::new("tar").arg("czf").arg(dir.join("app.tar.gz")).arg("-C").arg(&src).arg("pkg")).unwrap();
+    fs::remove_dir_all(&src).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instruction_from_a_registry_base_round_trips_through_the_peers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(_) = base_layout(tmp.path()) else { return };
+    let Some(skopeo) = tool("skopeo") else { return };
+    let registry = Registry::start().unwrap();
+    let host = registry.host();
+    run(Command::new(&skopeo)
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", tmp.path().join("base").display()))
+        .arg(format!("docker://{host}/busybox:1")))
+    .unwrap();
+
+    let ctx = tmp.path().join("ctx");
+    full_context(&ctx);
+    let out = tmp.path().join("out");
+    let built = build(&ctx, &tmp.path().join("cache"))
+        .build_arg("BASE", format!("{host}/busybox:1"))
+        .tag(format!("{host}/app:1").parse().unwrap())
+        .output(Output::Registry)
+        .output(Output::Layout(out.clone()))
+        .build()
+        .await
+        .unwrap();
+
+    // pulled back by skopeo, unpacked by umoci
+    let pulled = tmp.path().join("pulled");
+    run(Command::new(&skopeo)
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{host}/app:1"))
+        .arg(format!("oci:{}:1", pulled.display())))
+    .unwrap();
+    assert_eq!(Layout::open(&pulled).unwrap().resolve("1").unwrap().digest, built.manifest.digest);
+    assert_eq!(Layout::open(&out).unwrap().resolve("1").unwrap().digest, built.manifest.digest);
+    let bundle = umoci_unpack(&pulled, "1", tmp.path());
+    let root = bundle.join("rootfs");
+    let read = |p: &str| fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("opt/app/greeting.txt"), "hello from build\n");
+    assert_eq!(read("opt/app/files/f.txt"), "file f\n");
+    assert_eq!(read("opt/app/files/sub/g.txt"), "file g\n");
+    assert!(!root.join("opt/app/files/secret.txt").exists(), ".dockerignore was not applied");
+    assert_eq!(read("opt/unpacked/pkg/readme"), "from the archive\n");
+    assert_eq!(read("etc/motd"), "welcome to prod\n");
+    assert_eq!(read("opt/app/installed.txt"), "installed\n");
+    assert_eq!(read("tmp/uid.txt"), "1000\n");
+    assert_eq!(read("tmp/home.txt"), "/home/app\n");
+    assert!(!root.join("var/lib/junk").exists(), "the deleted directory came back");
+    assert!(root.join("var/lib").is_dir());
+    assert!(!root.join("tmp/onbuild.txt").exists(), "ONBUILD ran in the image that declared it");
+    assert!(!root.join("proc").exists() && !root.join("sys").exists(), "mount points leaked into a layer");
+    let owned = fs::metadata(root.join("home/app/owned.txt")).unwrap();
+    assert_eq!((owned.uid(), owned.gid(), owned.permissions().mode() & 0o7777), (1000, 50, 0o640));
+    let f = fs::metadata(root.join("opt/app/files/f.txt")).unwrap();
+    assert_eq!((f.uid(), f.gid()), (0, 0));
+
+    // the config, field by field
+    let config = config_of(&pulled, "1");
+    let c = config.config.clone().unwrap();
+    let env = c.env.clone().unwrap();
+    assert!(env.contains(&"APP_HOME=/opt/app".to_owned()) && env.contains(&"MODE=prod".to_owned()), "{env:?}");
+    assert!(env.iter().any(|e| e.starts_with("PATH=")));
+    assert!(!env.iter().any(|e| e.starts_with("GREETING")), "ARG leaked into the config");
+    assert_eq!(c.working_dir.as_deref(), Some("/opt/app"));
+    assert_eq!(c.user.as_deref(), Some("app"));
+    assert_eq!(c.exposed_ports.unwrap().into_iter().collect::<Vec<_>>(), vec!["53/udp", "8080/tcp"]);
+    assert_eq!(c.volumes.unwrap().into_iter().collect::<Vec<_>>(), vec!["/data"]);
+    assert_eq!(c.stop_signal.as_deref(), Some("SIGINT"));
+    let hc = c.healthcheck.unwrap();
+    assert_eq!(hc.test, Some(vec!["CMD".to_owned(), "/bin/true".to_owned()]));
+    assert_eq!((hc.interval, hc.retries), (Some(30_000_000_000), Some(2)));
+    assert_eq!(c.labels.unwrap().get("org.example.kind").map(String::as_str), Some("test"));
+    assert_eq!(c.shell, Some(vec!["/bin/sh".to_owned(), "-ec".to_owned()]));
+    assert_eq!(c.on_build, Some(vec!["RUN echo triggered > /tmp/onbuild.txt".to_owned()]));
+    assert_eq!(c.entrypoint, Some(vec!["/bin/cat".to_owned()]));
+    assert_eq!(c.cmd, Some(vec!["/opt/app/greeting.txt".to_owned()]));
+    assert_eq!(config.author.as_deref(), Some("kiln tests"));
+    // one history entry per instruction of the final stage, after the base's
+    let history = config.history.unwrap();
+    let base_history = 2; // umoci new + repack
+    assert_eq!(history.len(), base_history + 20, "{history:#?}");
+    let layers = history.iter().filter(|h| h.empty_layer != Some(true)).count();
+    assert_eq!(layers, config.rootfs.diff_ids.len());
+    assert_eq!(history.last().unwrap().created_by.as_deref(), Some(r#"CMD ["/opt/app/greeting.txt"]"#));
+
+    // runc runs the entrypoint
+    let cfg_path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&cfg_path).unwrap()).unwrap();
+    spec["process"]["terminal"] = serde_json::Value::Bool(false);
+    fs::write(&cfg_path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let state = tmp.path().join("runc-state");
+    let id = format!("kiln-test-{}", std::process::id());
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(&state)
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "runc: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from build\n");
+
+    // ONBUILD fires in a build FROM the image
+    let child = tmp.path().join("child");
+    write(&child.join("Dockerfile"), &format!("FROM {host}/app:1\nUSER root\nRUN cat /tmp/onbuild.txt\n"));
+    let child_out = tmp.path().join("child-out");
+    build(&child, &tmp.path().join("cache")).output(Output::Layout(child_out.clone())).build().await.unwrap();
+    let cb = umoci_unpack(&child_out, "latest", &tmp.path().join("child-unpack"));
+    assert_eq!(fs::read_to_string(cb.join("rootfs/tmp/onbuild.txt")).unwrap(), "triggered\n");
+    let cc = config_of(&child_out, "latest").config.unwrap();
+    assert_eq!(cc.on_build, None, "triggers are consumed by the child");
+}
+
+/// Runs a build expected to fail and returns its error; checks the output was not written.
+async fn failing(dockerfile: &str, files: &[(&str, &str)]) -> BuildError {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), dockerfile);
+    for (p, text) in files {
+        write(&ctx.join(p), text);
+    }
+    let out = tmp.path().join("out");
+    let archive = tmp.path().join("out.tar");
+    let err = build(&ctx, &tmp.path().join("cache"))
+        .output(Output::Layout(out.clone()))
+        .output(Output::DockerArchive(archive.clone()))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(!out.exists() && !archive.exists(), "output written for a failed build");
+    let leftovers: Vec<_> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "ctx" && n != "cache")
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    err
+}
+
+/// The Dockerfile line an error names: steps are wrapped in `At`; parse
+/// and plan errors carry the instruction's span in their message.
+fn line_of(e: &BuildError) -> usize {
+    match e {
+        BuildError::At { line, .. } => *line,
+        other => {
+            let text = kiln::error_chain(other);
+            let at = text.find("(at line ").unwrap_or_else(|| panic!("no line in {text}"));
+            text[at + 9..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+        }
+    }
+}
+
+fn inner(e: &BuildError) -> &BuildError {
+    match e {
+        BuildError::At { source, .. } => source,
+        other => other,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_run_names_its_line_code_and_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(base) = base_layout(tmp.path()) else { return };
+    let df = format!("FROM {base}\nRUN echo fine\nRUN echo boom >&2; exit 3\nRUN echo never\n");
+    let e = failing(&df, &[]).await;
+    assert_eq!(line_of(&e), 3);
+    let BuildError::RunFailed { code, output } = inner(&e) else { panic!("{e:?}") };
+    assert_eq!(*code, 3);
+    assert!(String::from_utf8_lossy(output).contains("boom"));
+    let text = kiln::error_chain(&e);
+    assert!(text.contains("Dockerfile:3") && text.contains("exited with code 3"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_with_the_line() {
+    let e = failing("FROM scratch\nCOPY --from=nosuchstage /a /a\n", &[]).await;
+    assert_eq!(line_of(&e), 2);
+    assert!(matches!(inner(&e), BuildError::UnknownStage { name } if name == "nosuchstage"), "{e:?}");
+
+    let e = failing("FROM scratch\nCOPY present.txt /\nCOPY missing.txt /\n", &[("present.txt", "x")]).await;
+    assert_eq!(line_of(&e), 3);
+    assert!(matches!(inner(&e), BuildError::MissingSource { path } if path == "missing.txt"), "{e:?}");
+
+    let e = failing("FROM scratch\nCOPY ../../etc/passwd /\n", &[]).await;
+    assert!(matches!(inner(&e), BuildError::OutsideContext { .. }), "{e:?}");
+    assert_eq!(line_of(&e), 2);
+
+    let e = failing("FROM scratch\nCOPY a.txt b.txt /dest\n", &[("a.txt", "a"), ("b.txt", "b")]).await;
+    assert!(matches!(inner(&e), BuildError::DestNotDir { .. }), "{e:?}");
+
+    // nothing listens on port 1
+    let e = failing("FROM 127.0.0.1:1/nothing:1\nCOPY a /\n", &[("a", "a")]).await;
+    assert_eq!(line_of(&e), 1);
+    assert!(matches!(inner(&e), BuildError::Base { image, .. } if image == "127.0.0.1:1/nothing:1"), "{e:?}");
+
+    let e = failing("FROM scratch\nRUN --network=bogus true\n", &[]).await;
+    assert_eq!(line_of(&e), 2);
+
+    let e = failing("FROM scratch AS a\nFROM scratch\nCOPY --from=a /missing /x\n", &[]).await;
+    assert_eq!(line_of(&e), 3);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let err = build(tmp.path(), &tmp.path().join("cache")).target("nope").build().await.unwrap_err();
+    assert!(matches!(err, BuildError::Io { .. }), "{err:?}");
+    write(&tmp.path().join("Dockerfile"), "FROM scratch\n");
+    let err = build(tmp.path(), &tmp.path().join("cache")).target("nope").build().await.unwrap_err();
+    assert!(kiln::error_chain(&err).contains("nope"), "{err:?}");
+}
+
+fn reproducible_context(dir: &Path) {
+    write(&dir.join("a/b.txt"), "content\n");
+    write(&dir.join("run.sh"), "#!/bin/sh\necho script\n");
+    fs::set_permissions(dir.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_dockerfile_same_digest_from_clean_state_anywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(base) = base_layout(tmp.path()) else { return };
+    let df = format!(
+        "FROM {base} AS b\nRUN echo x > /x && mkdir /made\nFROM b\nCOPY . /ctx/\nRUN /ctx/run.sh > /out.txt\n\
+         ENV K=v\nWORKDIR /w\nCMD [\"/bin/sh\"]\n"
+    );
+    let mut digests = Vec::new();
+    for n in 0..2 {
+        let ctx = tmp.path().join(format!("ctx{n}"));
+        reproducible_context(&ctx);
+        write(&ctx.join("Dockerfile"), &df);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let out = tmp.path().join(format!("out{n}"));
+        let built =
+            build(&ctx, &tmp.path().join(format!("cache{n}"))).output(Output::Layout(out)).build().await.unwrap();
+        assert_eq!(built.cached_steps, 0);
+        digests.push(built.manifest.digest);
+    }
+    assert_eq!(digests[0], digests[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_takes_every_step_from_the_cache_and_no_cache_runs_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(base) = base_layout(tmp.path()) else { return };
+    let ctx = tmp.path().join("ctx");
+    reproducible_context(&ctx);
+    write(&ctx.join("Dockerfile"), &format!("FROM {base}\nCOPY a /a\nRUN echo ran >> /log\nWORKDIR /w\nENV X=1\n"));
+    let cache = tmp.path().join("cache");
+    let first = build(&ctx, &cache).build().await.unwrap();
+    assert_eq!((first.cached_steps, first.steps), (0, 3));
+    let again = build(&ctx, &cache).build().await.unwrap();
+    assert_eq!(again.cached_steps, 3);
+    assert_eq!(again.steps, 0);
+    assert_eq!(again.manifest.digest, first.manifest.digest);
+    // a changed file invalidates its COPY and everything after it
+    write(&ctx.join("a/b.txt"), "changed\n");
+    let changed = build(&ctx, &cache).build().await.unwrap();
+    assert_eq!((changed.cached_steps, changed.steps), (0, 3));
+    assert_ne!(changed.manifest.digest, first.manifest.digest);
+    let forced = build(&ctx, &cache).no_cache(true).build().await.unwrap();
+    assert_eq!((forced.cached_steps, forced.steps), (0, 3));
+    assert_eq!(forced.manifest.digest, changed.manifest.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_archive_output_reads_back_with_skopeo() {
+    let Some(skopeo) = tool("skopeo") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY hello.txt /\nCMD [\"/hello.txt\"]\n");
+    write(&ctx.join("hello.txt"), "hi\n");
+    let archive = tmp.path().join("image.tar");
+    build(&ctx, &tmp.path().join("cache"))
+        .tag("kiln/archived:v1".parse().unwrap())
+        .output(Output::DockerArchive(archive.clone()))
+        .build()
+        .await
+        .unwrap();
+    let inspect =
+        run(Command::new(&skopeo).arg("inspect").arg(format!("docker-archive:{}", archive.display()))).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["Layers"].as_array().unwrap().len(), 1);
+    assert_eq!(v["Env"][0], "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    // `docker load` names the image from manifest.json's RepoTags
+    let manifest = run(Command::new("tar").arg("-xOf").arg(&archive).arg("manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(m[0]["RepoTags"][0], "kiln/archived:v1", "{m}");
+    let oci = tmp.path().join("oci");
+    run(Command::new(&skopeo)
+        .arg("copy")
+        .arg(format!("docker-archive:{}", archive.display()))
+        .arg(format!("oci:{}:v1", oci.display())))
+    .unwrap();
+    let bundle = umoci_unpack(&oci, "v1", tmp.path());
+    assert_eq!(fs::read_to_string(bundle.join("rootfs/hello.txt")).unwrap(), "hi\n");
+}
