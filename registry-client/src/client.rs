@@ -449,6 +449,24 @@ impl Client {
         Ok(url)
     }
 
+    /// Resolves the `Location` of an upload session, which must stay on the
+    /// host (scheme, name and port) the session was opened on: the blob's
+    /// bytes never go to a host the caller did not name.
+    pub(crate) fn resolve_upload_location(&self, base: &Url, headers: &HeaderMap) -> Result<Url> {
+        let url = self.resolve_location(base, headers)?;
+        if url.origin() != base.origin() {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "registry {} moved an upload session to another host ({}); refusing to send the blob there",
+                    base.origin().ascii_serialization(),
+                    url.origin().ascii_serialization()
+                ),
+            ));
+        }
+        Ok(url)
+    }
+
     fn scope_key(scopes: &[String]) -> String {
         scopes.join(" ")
     }
@@ -598,7 +616,11 @@ impl Client {
             let result = builder.send().await;
             let delay = match result {
                 Err(e) => {
-                    let err = Error::transport(format!("{} {}", req.method, redact(&req.url)), &e);
+                    let context = format!("{} {}", req.method, redact(&req.url));
+                    if let Some(cause) = Error::from_body_source(&context, &e) {
+                        return Err(cause);
+                    }
+                    let err = Error::transport(context, &e);
                     if !req.idempotent || attempt >= policy.max_attempts {
                         return Err(err);
                     }

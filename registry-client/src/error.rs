@@ -61,6 +61,11 @@ impl Error {
         self
     }
 
+    pub(crate) fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
     pub(crate) fn with_codes(mut self, codes: Vec<ErrorCode>) -> Self {
         self.codes = codes;
         self
@@ -75,6 +80,28 @@ impl Error {
         // reqwest's Display can include the URL; ours never carries credentials
         // (they travel in headers), so it is safe to keep as text.
         Error::new(ErrorKind::Transport, context).with_source(SourceText(strip_url_userinfo(&format!("{e}"))))
+    }
+
+    /// The registry error a request body's source failed with (a blob
+    /// streamed from another registry that broke its digest or size), when
+    /// `e`'s chain carries one: that, not the transport, is what went wrong.
+    pub(crate) fn from_body_source(context: &str, e: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        let mut cur = Some(e);
+        while let Some(err) = cur {
+            if let Some(inner) =
+                err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).and_then(|i| i.downcast_ref::<Error>())
+            {
+                return Some(Error {
+                    kind: inner.kind,
+                    status: inner.status,
+                    codes: inner.codes.clone(),
+                    context: format!("{context}: the blob's source failed: {}", inner.context),
+                    source: None,
+                });
+            }
+            cur = err.source();
+        }
+        None
     }
 
     pub(crate) fn io(context: impl Into<String>, e: std::io::Error) -> Self {

@@ -28,7 +28,9 @@ pub use auth::{Anonymous, Credential, CredentialProvider, StaticCredentials};
 pub use client::{Client, ClientBuilder, Repo, RetryPolicy};
 pub use config::{AuthFileError, DockerConfig};
 pub use error::{Error, ErrorCode, ErrorKind, Result};
-pub use ops::{BlobPush, BlobSink, BlobSource, BytesSource, LayoutBlob, MAX_MANIFEST_SIZE, TagsPage, fallback_tag};
+pub use ops::{
+    BlobPush, BlobSink, BlobSource, BytesSource, LayoutBlob, MAX_LISTED_TAGS, MAX_MANIFEST_SIZE, TagsPage, fallback_tag,
+};
 pub use progress::Progress;
 pub use transfer::{PushReport, RegistryBlob, image_blobs};
 

@@ -17,6 +17,9 @@ use crate::progress::Progress;
 
 /// The largest manifest accepted (the distribution spec's 4 MiB).
 pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
+/// The most tags [`Client::list_tags`] collects before it gives up on a
+/// registry that pages forever.
+pub const MAX_LISTED_TAGS: usize = 1_000_000;
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5, application/vnd.docker.distribution.manifest.v1+json;q=0.5";
 const DIGEST_HEADER: &str = "docker-content-digest";
 const READ_CHUNK: usize = 256 * 1024;
@@ -598,7 +601,7 @@ impl Client {
         let resp = self.send(repo, &req).await?;
         match resp.status() {
             StatusCode::CREATED => Ok(Mount::Done),
-            StatusCode::ACCEPTED => Ok(Mount::Upload(Some(self.resolve_location(&url, resp.headers())?))),
+            StatusCode::ACCEPTED => Ok(Mount::Upload(Some(self.resolve_upload_location(&url, resp.headers())?))),
             // Harbor answers 401 when the token does not cover `from`; others 404: upload instead
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => Ok(Mount::Upload(None)),
             _ => Err(check(resp, &format!("mounting blob {digest}")).await.err().unwrap_or_else(|| {
@@ -636,7 +639,7 @@ impl Client {
             }
             return Ok(None);
         }
-        Ok(Some(Upload { url: self.resolve_location(&url, resp.headers())?, min_chunk: None }))
+        Ok(Some(Upload { url: self.resolve_upload_location(&url, resp.headers())?, min_chunk: None }))
     }
 
     async fn start_upload(&self, repo: &Repo) -> Result<Upload> {
@@ -649,7 +652,7 @@ impl Client {
             .get("oci-chunk-min-length")
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.trim().parse().ok());
-        Ok(Upload { url: self.resolve_location(&url, resp.headers())?, min_chunk })
+        Ok(Upload { url: self.resolve_upload_location(&url, resp.headers())?, min_chunk })
     }
 
     async fn finish_upload(&self, repo: &Repo, desc: &Descriptor, mut url: Url, body: Body, len: u64) -> Result<()> {
@@ -667,7 +670,14 @@ impl Client {
             scopes: vec![scope(repo, "pull,push")],
             idempotent: false,
         };
-        let resp = self.send_ok(repo, &req, &format!("uploading blob {}", desc.digest)).await?;
+        let resp = self.send_ok(repo, &req, &format!("uploading blob {}", desc.digest)).await.map_err(|e| {
+            // the registry hashed what it got and it is not the blob
+            if e.codes().iter().any(|c| c.code == "DIGEST_INVALID") {
+                e.with_kind(ErrorKind::DigestMismatch)
+            } else {
+                e
+            }
+        })?;
         if let Some(d) = header_digest(resp.headers())
             && d != desc.digest
         {
@@ -742,7 +752,7 @@ impl Client {
             };
             let status = resp.status();
             let next = if status == StatusCode::ACCEPTED || status == StatusCode::CREATED {
-                self.resolve_location(&url, resp.headers())?
+                self.resolve_upload_location(&url, resp.headers())?
             } else if status == StatusCode::RANGE_NOT_SATISFIABLE {
                 return Err(Error::new(ErrorKind::Protocol, "registry refused a chunk range").with_status(416));
             } else {
@@ -782,7 +792,12 @@ impl Client {
             // `0-0` is what registries say for an empty upload too; no first chunk is 1 byte
             // long unless the blob is, so read it as nothing kept
             .map_or(0, |end| if end <= 0 { 0 } else { u64::try_from(end + 1).unwrap_or(0) });
-        let next = self.resolve_location(url, resp.headers()).unwrap_or_else(|_| url.clone());
+        // no Location: the session stays where it is; one on another host is refused
+        let next = if resp.headers().contains_key(reqwest::header::LOCATION) {
+            self.resolve_upload_location(url, resp.headers())?
+        } else {
+            url.clone()
+        };
         Ok((next, kept))
     }
 
@@ -805,7 +820,7 @@ impl Client {
             idempotent: false,
         };
         let resp = self.send_ok(repo, &req, &format!("streaming blob {}", desc.digest)).await?;
-        let next = self.resolve_location(&upload.url, resp.headers())?;
+        let next = self.resolve_upload_location(&upload.url, resp.headers())?;
         self.finish_upload(repo, desc, next, Body::Empty, 0).await
     }
 
@@ -844,20 +859,41 @@ impl Client {
         Ok(TagsPage { tags: tags.tags.unwrap_or_default(), next })
     }
 
-    /// Every tag, following `Link` pagination; a page that repeats an
-    /// earlier one (a registry looping) ends the listing with an error.
+    /// Every tag, following `Link` pagination. A registry that pages
+    /// forever is cut off: a `Link` seen before, a page that adds no new tag,
+    /// more than [`MAX_LISTED_TAGS`] tags or 10,000 pages end the listing
+    /// with an error.
     ///
     /// # Errors
-    /// [`ErrorKind::Protocol`] for a pagination loop; HTTP errors.
+    /// [`ErrorKind::Protocol`] for a pagination loop or an endless listing; HTTP errors.
     pub async fn list_tags(&self, repo: &Repo) -> Result<Vec<String>> {
         let mut page = self.tags_page(repo, None, None).await?;
         let mut all = Vec::new();
+        let mut seen_tags = std::collections::HashSet::new();
         let mut seen_urls = std::collections::BTreeSet::new();
         loop {
-            all.append(&mut page.tags);
+            let mut fresh = 0usize;
+            for t in page.tags.drain(..) {
+                if seen_tags.insert(t.clone()) {
+                    all.push(t);
+                    fresh += 1;
+                }
+            }
+            if all.len() > MAX_LISTED_TAGS {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!("tag listing of {} goes on past {MAX_LISTED_TAGS} tags", repo.path),
+                ));
+            }
             let Some(next) = page.next.take() else { break };
+            if fresh == 0 {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!("tag pagination of {} loops: a page with a next link brought no new tag", repo.path),
+                ));
+            }
             if !seen_urls.insert(next.clone()) || seen_urls.len() > 10_000 {
-                return Err(Error::new(ErrorKind::Protocol, "tag pagination loops"));
+                return Err(Error::new(ErrorKind::Protocol, format!("tag pagination of {} loops", repo.path)));
             }
             let url = Url::parse(&next).map_err(|_| Error::new(ErrorKind::Protocol, "invalid Link URL"))?;
             let base = self.base_url(repo).await?;
@@ -869,10 +905,13 @@ impl Client {
         Ok(all)
     }
 
-    /// The repositories of a registry (`/v2/_catalog`, following `Link`).
+    /// The repositories of a registry (`/v2/_catalog`, following `Link`;
+    /// a `Link` seen before or more than [`MAX_LISTED_TAGS`] names end it
+    /// with an error).
     ///
     /// # Errors
-    /// HTTP errors; many registries refuse the catalog.
+    /// HTTP errors; many registries refuse the catalog; [`ErrorKind::Protocol`]
+    /// for a pagination loop.
     pub async fn catalog(&self, registry: &str) -> Result<Vec<String>> {
         #[derive(serde::Deserialize)]
         struct Catalog {
@@ -883,7 +922,11 @@ impl Client {
         let mut url =
             self.base_url(&repo).await?.join("_catalog").map_err(|_| Error::new(ErrorKind::Invalid, "catalog URL"))?;
         let mut all = Vec::new();
+        let mut seen_urls = std::collections::BTreeSet::new();
         for _ in 0..10_000 {
+            if !seen_urls.insert(url.to_string()) || all.len() > MAX_LISTED_TAGS {
+                break;
+            }
             let req = Request::new(Method::GET, url.clone(), vec!["registry:catalog:*".to_owned()]);
             let doc = self.get_document(&repo, &req, "listing the catalog", &[]).await?;
             let next = next_link(&doc.headers);

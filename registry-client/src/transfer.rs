@@ -180,7 +180,10 @@ impl Client {
     ///
     /// # Errors
     /// [`ErrorKind::NotFound`], [`ErrorKind::DigestMismatch`]; the layout's
-    /// index is not updated unless every blob arrived intact.
+    /// index is not updated, and no manifest is stored, unless every blob
+    /// arrived intact. Blobs are verified before they get their names, so a
+    /// failed pull leaves no partial blob (only whole, verified ones that
+    /// [`Layout::gc`] removes).
     #[tracing::instrument(level = "debug", skip_all, fields(source = %source))]
     pub async fn pull_to_layout(
         &self,
@@ -199,11 +202,8 @@ impl Client {
             top = self.get_manifest(&source.repository_only().with_digest(child.digest.clone())).await?;
         }
         let (desc, docs) = self.pull_manifest_tree(source, top).await?;
-        for m in &docs {
-            let size = m.bytes().len() as u64;
-            layout.write_blob(&m.bytes()[..], Some((m.digest(), size))).map_err(layout_err)?;
-        }
-        // blobs: fetch what the layout lacks
+        // blobs first: fetch what the layout lacks, each verified before it
+        // appears under its name (a failed one leaves no partial file)
         let mut blobs = image_blobs(&docs);
         blobs.retain(|d| !layout.has_blob(&d.digest));
         stream::iter(blobs.into_iter().map(|d| {
@@ -215,6 +215,11 @@ impl Client {
         .buffer_unordered(self.inner.concurrency)
         .try_collect::<Vec<()>>()
         .await?;
+        // then the manifests, so a failed pull leaves no manifest whose blobs are missing
+        for m in &docs {
+            let size = m.bytes().len() as u64;
+            layout.write_blob(&m.bytes()[..], Some((m.digest(), size))).map_err(layout_err)?;
+        }
         let tagged = name.or(source.tag().is_some().then_some(source));
         match tagged.filter(|n| n.tag().is_some()) {
             Some(n) => layout.set_tag(n, desc.clone()).map_err(layout_err)?,

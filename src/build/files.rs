@@ -481,9 +481,13 @@ pub(crate) fn plan(
     Ok(items.into_values().collect())
 }
 
-/// A digest of what a planned copy writes: paths, metadata and (with
-/// `content`) file contents; the step cache's key.
-pub(crate) fn items_digest(items: &[Item], content: bool) -> Result<Digest, BuildError> {
+/// A digest of what a planned copy writes, the step cache's key: paths and
+/// metadata, and for files either their identity and change time (device,
+/// inode, size, mtime and ctime in nanoseconds: what git trusts to tell that
+/// a file changed, so a cached rebuild need not read the whole context) or,
+/// for files this build made under `scratch` (heredocs, extracted archives,
+/// git checkouts, new each time), their contents.
+pub(crate) fn items_digest(items: &[Item], scratch: &Path) -> Result<Digest, BuildError> {
     let mut w = DigestWriter::new(std::io::sink());
     for item in items {
         let e = &item.entry;
@@ -496,11 +500,14 @@ pub(crate) fn items_digest(items: &[Item], content: bool) -> Result<Digest, Buil
         let line = format!("{}\0{kind}\0{:o}\0{}\0{}\0{}\n", e.path.display(), e.mode, e.uid, e.gid, e.size);
         std::io::Write::write_all(&mut w, line.as_bytes()).map_err(io_err("hash", &item.source))?;
         if matches!(e.kind, Kind::File) {
-            if content {
+            if item.source.starts_with(scratch) {
                 let mut f = std::fs::File::open(&item.source).map_err(io_err("open", &item.source))?;
                 std::io::copy(&mut f, &mut w).map_err(io_err("read", &item.source))?;
             } else {
-                let t = format!("{}.{}\n", e.mtime.sec, e.mtime.nsec);
+                let t = format!(
+                    "{}\0{}\0{}.{}\0{}.{}\n",
+                    e.dev, e.ino, e.mtime.sec, e.mtime.nsec, e.ctime.sec, e.ctime.nsec
+                );
                 std::io::Write::write_all(&mut w, t.as_bytes()).map_err(io_err("hash", &item.source))?;
             }
         }

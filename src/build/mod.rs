@@ -313,6 +313,7 @@ pub struct Build {
     cache_dir: PathBuf,
     no_cache: bool,
     secrets: BTreeMap<String, PathBuf>,
+    overlayfs: bool,
 }
 
 impl fmt::Debug for Build {
@@ -354,6 +355,7 @@ impl Build {
             cache_dir: default_cache_dir(),
             no_cache: false,
             secrets: BTreeMap::new(),
+            overlayfs: true,
         }
     }
 
@@ -452,6 +454,16 @@ impl Build {
         self
     }
 
+    /// Whether to use overlayfs (default: when it can be mounted). Without
+    /// it, every step sees a flattened copy of its tree and `RUN` changes
+    /// are found by comparing snapshots before and after: slower, and what
+    /// is left where mounting is not allowed.
+    #[must_use]
+    pub fn overlayfs(mut self, use_it: bool) -> Build {
+        self.overlayfs = use_it;
+        self
+    }
+
     /// A secret for `RUN --mount=type=secret,id=ID` (the file's content).
     #[must_use]
     pub fn secret(mut self, id: impl Into<String>, file: impl Into<PathBuf>) -> Build {
@@ -528,7 +540,9 @@ impl Build {
             Some(c) => c,
             None => crate::cli::client(&[]).map_err(|e| BuildError::Task(format!("registry client: {e}")))?,
         };
-        let overlay = rustix::process::geteuid().is_root() && rootfs::overlay_available(&store.root.join("tmp"));
+        let overlay = self.overlayfs
+            && rustix::process::geteuid().is_root()
+            && rootfs::overlay_available(&store.root.join("tmp"));
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let pack = PackOptions {
             epoch: self.epoch,
@@ -1250,7 +1264,7 @@ impl Ctx {
         };
         let items = files::plan(&src, &req, dest_root, scratch.path())?;
         let key = Digest::sha256(
-            format!("{}\n{key_text}\n{source_key}\n{}", st.image.key, files::items_digest(&items, is_context)?)
+            format!("{}\n{key_text}\n{source_key}\n{}", st.image.key, files::items_digest(&items, scratch.path())?)
                 .as_bytes(),
         );
         if let Some(rec) = self.cached(&key) {
@@ -1364,9 +1378,13 @@ impl Ctx {
         let mut held_views = Vec::new();
         for m in &run.mounts {
             let (pm, view) = self.run_mount(st, m, &cwd)?;
-            let inside = merged.join(pm.destination.trim_start_matches('/'));
-            if std::fs::symlink_metadata(&inside).is_err() {
-                mount_stubs.push(inside);
+            // every directory runc will create for the mount point, top down
+            let mut path = merged.clone();
+            for part in pm.destination.split('/').filter(|p| !p.is_empty()) {
+                path.push(part);
+                if std::fs::symlink_metadata(&path).is_err() && !mount_stubs.contains(&path) {
+                    mount_stubs.push(path.clone());
+                }
             }
             mounts.push(pm);
             held_views.extend(view);
@@ -1642,7 +1660,10 @@ fn write_layout(store: &Layout, built: &Built, dir: &Path, tags: &[Reference]) -
     let mut blobs = vec![built.config.clone(), built.manifest.clone()];
     blobs.extend(built.layers.iter().cloned());
     for d in &blobs {
-        if !out.has_blob(&d.digest) {
+        // blobs are immutable: a hard link shares the store's copy on the
+        // same file system; elsewhere the blob is copied and verified
+        if !out.has_blob(&d.digest) && std::fs::hard_link(store.blob_path(&d.digest), out.blob_path(&d.digest)).is_err()
+        {
             out.write_blob(store.open_blob(&d.digest)?, Some((&d.digest, d.size)))?;
         }
     }

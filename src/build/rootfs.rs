@@ -40,8 +40,21 @@ impl OverlayMount {
         if data.len() >= 4000 {
             return Err(io::Error::other(format!("too many layers to stack with overlayfs ({})", lowers.len())));
         }
-        let data = std::ffi::CString::new(data).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        rustix::mount::mount("overlay", target, "overlay", rustix::mount::MountFlags::empty(), data.as_c_str())?;
+        let mount = |data: String| -> io::Result<()> {
+            let data = std::ffi::CString::new(data).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            rustix::mount::mount("overlay", target, "overlay", rustix::mount::MountFlags::empty(), data.as_c_str())?;
+            Ok(())
+        };
+        if upper.is_some() {
+            // the upper directory must hold plain copies: no redirects for
+            // renamed directories, no metadata-only copy-ups (kernels where
+            // these features default to on); older kernels lack the options
+            if mount(format!("{data},redirect_dir=off,metacopy=off,index=off")).is_err() {
+                mount(data)?;
+            }
+        } else {
+            mount(data)?;
+        }
         Ok(OverlayMount { target: target.to_owned(), mounted: true })
     }
 

@@ -4,6 +4,13 @@
 //! instead drops the connection mid-body, answers 500/503, 429 with
 //! `Retry-After`, or 401 with the registry's own challenge (as an expired
 //! token would). Counts every request and fault.
+//!
+//! Hostile answers rewrite what the registry sent: bodies longer or shorter
+//! than their `Content-Length`, a flipped byte, a body padded past 4 MiB or
+//! one that never ends, a redirect or an upload `Location` pointing at
+//! another host, and a `Link` header that pages forever. [`FaultProxy::only`]
+//! narrows the faults to some requests, so a test can aim them (at manifest
+//! GETs, say) and leave every other request untouched.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -26,6 +33,46 @@ pub enum Fault {
     TooManyRequests,
     /// Answer 401 with the registry's challenge.
     Unauthorized,
+    /// Send the registry's `Content-Length` but only half the body, then
+    /// close (a body shorter than its `Content-Length`).
+    ShortBody,
+    /// Announce half the body's length in `Content-Length` but send all of
+    /// it, then close (a body longer than its `Content-Length`).
+    LongBody,
+    /// Flip one byte in the middle of the body (headers unchanged, so a
+    /// `Docker-Content-Digest` no longer matches).
+    CorruptBody,
+    /// Pad the body with spaces to 5 MiB (over the spec's 4 MiB manifest limit).
+    OversizedBody,
+    /// Send the body chunked, without `Content-Length`, followed by spaces
+    /// that never end (stopped after 256 MiB or when the client hangs up).
+    EndlessBody,
+    /// Answer `307` to the same path and query on the host set with
+    /// [`FaultProxy::set_other_host`] (the request never reaches the registry).
+    Redirect,
+    /// Forward, then point the answer's `Location` at the host set with
+    /// [`FaultProxy::set_other_host`] (same path and query).
+    ForeignLocation,
+    /// Forward, then add a `Link: <...>; rel="next"` to the same path with a
+    /// new query every time (pagination that never ends).
+    EndlessLink,
+}
+
+impl Fault {
+    /// Whether the fault rewrites the registry's answer (rather than
+    /// answering in its place or dropping the connection).
+    fn rewrites_response(self) -> bool {
+        matches!(
+            self,
+            Fault::ShortBody
+                | Fault::LongBody
+                | Fault::CorruptBody
+                | Fault::OversizedBody
+                | Fault::EndlessBody
+                | Fault::ForeignLocation
+                | Fault::EndlessLink
+        )
+    }
 }
 
 /// What the proxy injects.
@@ -61,6 +108,12 @@ struct Shared {
     rng: Mutex<StdRng>,
     counts: Mutex<FaultCounts>,
     challenge: Mutex<Option<String>>,
+    /// `METHOD target` substring a request must contain to be faulted.
+    only: Mutex<Option<String>>,
+    /// `http://host:port` that redirects and foreign `Location`s point at.
+    other_host: Mutex<Option<String>>,
+    /// Counter making every endless `Link` unique.
+    pages: std::sync::atomic::AtomicU64,
 }
 
 /// A running fault proxy; stops when dropped.
@@ -150,9 +203,13 @@ fn handle(client: TcpStream, sh: &Shared) -> io::Result<()> {
         let f = if hit { plan.faults.get(pick).copied() } else { None };
         // a fault on the token-less ping would only test the ping; keep /v2/ clean
         let is_ping = head.lines.first().is_some_and(|l| l.split_whitespace().nth(1) == Some("/v2/"));
+        let aimed = match &*sh.only.lock().map_err(|_| io::Error::other("poisoned"))? {
+            Some(filter) => head.lines.first().is_some_and(|l| l.contains(filter.as_str())),
+            None => true,
+        };
         let mut counts = sh.counts.lock().map_err(|_| io::Error::other("poisoned"))?;
         counts.requests += 1;
-        let f = f.filter(|_| !is_ping);
+        let f = f.filter(|_| !is_ping && aimed);
         if let Some(f) = f {
             *counts.faults.entry(format!("{f:?}")).or_default() += 1;
         }
@@ -167,6 +224,16 @@ fn handle(client: TcpStream, sh: &Shared) -> io::Result<()> {
             Some(Fault::TooManyRequests) => reply(&mut client_w, "429 Too Many Requests", "Retry-After: 1\r\n")?,
             _ => reply(&mut client_w, "401 Unauthorized", &challenge)?,
         }
+        return Ok(());
+    }
+    if fault == Some(Fault::Redirect) {
+        copy_body(&mut client_r, &mut io::sink(), &head, None)?;
+        let other = sh.other_host.lock().ok().and_then(|o| o.clone()).unwrap_or_default();
+        let target = head.lines.first().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("/");
+        write!(
+            client_w,
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {other}{target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
         return Ok(());
     }
     let upstream = TcpStream::connect(("127.0.0.1", sh.upstream))?;
@@ -192,6 +259,11 @@ fn handle(client: TcpStream, sh: &Shared) -> io::Result<()> {
     up_w.flush()?;
     // the response: head rewritten to close, then the body until upstream closes
     let Some(resp) = read_head(&mut up_r)? else { return Ok(()) };
+    if let Some(f) = fault.filter(|f| f.rewrites_response()) {
+        let is_head = head.lines.first().is_some_and(|l| l.starts_with("HEAD "));
+        let body = if is_head { Vec::new() } else { read_response_body(&mut up_r, &resp)? };
+        return rewrite(&mut client_w, f, &head, &resp, body, sh);
+    }
     for line in &resp.lines {
         if line.to_ascii_lowercase().starts_with("connection:") {
             continue;
@@ -211,6 +283,126 @@ fn handle(client: TcpStream, sh: &Shared) -> io::Result<()> {
     Ok(())
 }
 
+/// Reads a response body framed by `Content-Length`, chunked encoding, or
+/// the end of the connection.
+fn read_response_body(r: &mut impl BufRead, head: &Head) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    if head.chunked {
+        loop {
+            let mut size_line = String::new();
+            if r.read_line(&mut size_line)? == 0 {
+                return Ok(body);
+            }
+            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+            let mut chunk = vec![0u8; size + 2];
+            r.read_exact(&mut chunk)?;
+            chunk.truncate(size);
+            body.extend_from_slice(&chunk);
+            if size == 0 {
+                return Ok(body);
+            }
+        }
+    }
+    match head.content_length {
+        Some(len) => {
+            r.take(len).read_to_end(&mut body)?;
+        }
+        None => {
+            r.read_to_end(&mut body)?;
+        }
+    }
+    Ok(body)
+}
+
+/// Sends the registry's answer to the client, rewritten by a hostile fault.
+fn rewrite(
+    client: &mut TcpStream,
+    fault: Fault,
+    req: &Head,
+    resp: &Head,
+    mut body: Vec<u8>,
+    sh: &Shared,
+) -> io::Result<()> {
+    let other = sh.other_host.lock().ok().and_then(|o| o.clone()).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut lines = resp.lines.iter();
+    if let Some(status) = lines.next() {
+        write!(out, "{status}\r\n")?;
+    }
+    let mut extra_lines = Vec::new();
+    for line in lines {
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("connection:")
+            || lower.starts_with("content-length:")
+            || lower.starts_with("transfer-encoding:")
+        {
+            continue;
+        }
+        if fault == Fault::ForeignLocation && lower.starts_with("location:") {
+            let loc = line.split_once(':').map_or("", |(_, v)| v.trim());
+            // keep the path and query, change the host
+            let path = loc
+                .find("://")
+                .and_then(|i| loc.get(i + 3..))
+                .map_or(loc, |rest| rest.find('/').and_then(|j| rest.get(j..)).unwrap_or("/"));
+            extra_lines.push(format!("Location: {other}{path}"));
+            continue;
+        }
+        extra_lines.push(line.clone());
+    }
+    if fault == Fault::EndlessLink {
+        let path = req.lines.first().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("/");
+        let path = path.split('?').next().unwrap_or(path);
+        let page = sh.pages.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        extra_lines.push(format!("Link: <{path}?n=100&last=page{page}>; rel=\"next\""));
+    }
+    for l in &extra_lines {
+        write!(out, "{l}\r\n")?;
+    }
+    let real = body.len();
+    match fault {
+        Fault::ShortBody => {
+            write!(out, "Content-Length: {real}\r\n")?;
+            body.truncate(real / 2);
+        }
+        Fault::LongBody => write!(out, "Content-Length: {}\r\n", real / 2)?,
+        Fault::CorruptBody => {
+            if let Some(b) = body.get_mut(real / 2) {
+                *b ^= 0x20;
+            }
+            write!(out, "Content-Length: {real}\r\n")?;
+        }
+        Fault::OversizedBody => {
+            body.resize(real.max(5 * 1024 * 1024), b' ');
+            write!(out, "Content-Length: {}\r\n", body.len())?;
+        }
+        Fault::EndlessBody => write!(out, "Transfer-Encoding: chunked\r\n")?,
+        _ => write!(out, "Content-Length: {real}\r\n")?,
+    }
+    write!(out, "Connection: close\r\n\r\n")?;
+    client.write_all(&out)?;
+    if fault == Fault::EndlessBody {
+        if !body.is_empty() {
+            write!(client, "{:x}\r\n", body.len())?;
+            client.write_all(&body)?;
+            client.write_all(b"\r\n")?;
+        }
+        // bounded, so a client that never stops reading cannot keep it going forever
+        let spaces = vec![b' '; 64 * 1024];
+        for _ in 0..4096 {
+            write!(client, "{:x}\r\n", spaces.len())?;
+            client.write_all(&spaces)?;
+            client.write_all(b"\r\n")?;
+        }
+        client.write_all(b"0\r\n\r\n")?;
+    } else {
+        client.write_all(&body)?;
+    }
+    client.flush()?;
+    let _ = client.shutdown(Shutdown::Both);
+    Ok(())
+}
+
 impl FaultProxy {
     /// Starts a proxy to `127.0.0.1:upstream_port` with a plan.
     ///
@@ -223,6 +415,9 @@ impl FaultProxy {
             plan: Mutex::new(plan),
             counts: Mutex::new(FaultCounts::default()),
             challenge: Mutex::new(None),
+            only: Mutex::new(None),
+            other_host: Mutex::new(None),
+            pages: std::sync::atomic::AtomicU64::new(0),
         });
         // learn the registry's challenge so an injected 401 looks like its own
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", upstream_port)) {
@@ -251,6 +446,22 @@ impl FaultProxy {
     pub fn set_plan(&self, plan: FaultPlan) {
         if let Ok(mut p) = self.shared.plan.lock() {
             *p = plan;
+        }
+    }
+
+    /// Faults only requests whose request line (`METHOD /path?query`)
+    /// contains `filter`; `None` makes every request eligible again.
+    pub fn only(&self, filter: Option<&str>) {
+        if let Ok(mut o) = self.shared.only.lock() {
+            *o = filter.map(str::to_owned);
+        }
+    }
+
+    /// The `http://host:port` that [`Fault::Redirect`] and
+    /// [`Fault::ForeignLocation`] point at.
+    pub fn set_other_host(&self, base_url: impl Into<String>) {
+        if let Ok(mut o) = self.shared.other_host.lock() {
+            *o = Some(base_url.into());
         }
     }
 

@@ -44,6 +44,9 @@ pub struct Quirks {
     pub oversized_manifest: bool,
     /// Manifest GETs return bytes that do not match `Docker-Content-Digest`.
     pub wrong_manifest_digest: bool,
+    /// Tag lists page forever: every page has 50,000 new tags and a `Link`
+    /// to the next page.
+    pub endless_tags: bool,
 }
 
 /// One logged request.
@@ -408,6 +411,15 @@ impl Shared {
                     Resp::new(200).header("Content-Type", mt).header("Docker-Content-Digest", digest).body(body)
                 }
             }
+        } else if let Some(name) = rest.strip_suffix("/tags/list")
+            && q.endless_tags
+        {
+            let page = get("page").and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
+            let tags: Vec<String> = (0..50_000).map(|i| format!("p{page:07}-{i:05}")).collect();
+            Resp::new(200)
+                .header("Content-Type", "application/json")
+                .header("Link", format!("</v2/{name}/tags/list?page={}>; rel=\"next\"", page + 1))
+                .body(json!({"name": name, "tags": tags}).to_string().into_bytes())
         } else if let Some(name) = rest.strip_suffix("/tags/list") {
             let mut tags: Vec<String> = store
                 .manifests

@@ -385,3 +385,155 @@ async fn docker_archive_output_reads_back_with_skopeo() {
     let bundle = umoci_unpack(&oci, "v1", tmp.path());
     assert_eq!(fs::read_to_string(bundle.join("rootfs/hello.txt")).unwrap(), "hi\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_mounts_network_platform_args_git_and_excludes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(base) = base_layout(tmp.path()) else { return };
+    let Some(git) = tool("git") else { return };
+    // a git repository to ADD
+    let repo = tmp.path().join("src-repo");
+    fs::create_dir_all(&repo).unwrap();
+    let g = |args: &[&str]| {
+        run(Command::new(&git).arg("-C").arg(&repo).args(["-c", "user.name=t", "-c", "user.email=t@t"]).args(args))
+            .unwrap()
+    };
+    g(&["init", "-q", "-b", "main"]);
+    write(&repo.join("README"), "from git\n");
+    g(&["add", "README"]);
+    g(&["commit", "-q", "-m", "one"]);
+    let bare = tmp.path().join("repo.git");
+    run(Command::new(&git).args(["clone", "-q", "--bare"]).arg(&repo).arg(&bare)).unwrap();
+
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("f.txt"), "bound\n");
+    write(&ctx.join("tree/keep.txt"), "keep\n");
+    write(&ctx.join("tree/skip.log"), "skip\n");
+    write(&ctx.join("tree/deep/more.log"), "skip\n");
+    write(&ctx.join("a/b/c.txt"), "parents\n");
+    let secret = tmp.path().join("token");
+    fs::write(&secret, "s3cr3t-value\n").unwrap();
+    write(
+        &ctx.join("Dockerfile"),
+        &format!(
+            "FROM {base}\n\
+             ARG TARGETARCH\n\
+             RUN echo \"$TARGETARCH\" > /arch\n\
+             RUN --mount=type=bind,source=f.txt,target=/mnt/f cat /mnt/f > /from-bind\n\
+             RUN --mount=type=cache,target=/var/cache/app echo run >> /var/cache/app/log && cp /var/cache/app/log /cache-log\n\
+             RUN --mount=type=tmpfs,target=/scratch touch /scratch/x && ls /scratch > /tmpfs-list\n\
+             RUN --mount=type=secret,id=token wc -c < /run/secrets/token > /secret-size\n\
+             RUN --network=none cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' > /ifaces\n\
+             COPY --exclude=*.log --exclude=deep tree /tree/\n\
+             COPY --parents a/b/c.txt /p/\n\
+             ADD file://{} /git/\n",
+            bare.display()
+        ),
+    );
+    let out = tmp.path().join("out");
+    let steps = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&steps);
+    build(&ctx, &tmp.path().join("cache"))
+        .secret("token", &secret)
+        .output(Output::Layout(out.clone()))
+        .progress(move |p| {
+            if matches!(p, kiln::build::Progress::Step { .. }) {
+                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+    assert_eq!(steps.load(std::sync::atomic::Ordering::Relaxed), 10);
+    let bundle = umoci_unpack(&out, "latest", tmp.path());
+    let root = bundle.join("rootfs");
+    let read = |p: &str| fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("arch").trim(), kiln::oci_image::Platform::host().architecture);
+    assert_eq!(read("from-bind"), "bound\n");
+    assert_eq!(read("cache-log"), "run\n");
+    assert_eq!(read("tmpfs-list"), "x\n");
+    assert_eq!(read("secret-size").trim(), "13");
+    assert_eq!(read("ifaces"), "lo\n", "RUN --network=none saw more than loopback");
+    for leaked in ["mnt/f", "var/cache/app", "scratch", "run/secrets/token", "run/secrets"] {
+        assert!(!root.join(leaked).exists(), "{leaked} leaked into the image");
+    }
+    let tree = tree_paths(&root.join("tree"));
+    assert_eq!(tree, vec!["keep.txt"], "--exclude was not applied");
+    assert_eq!(read("p/a/b/c.txt"), "parents\n");
+    assert_eq!(read("git/README"), "from git\n");
+    assert!(!root.join("git/.git").exists());
+    // the secret's value is in no blob of the image
+    for entry in fs::read_dir(out.join("blobs/sha256")).unwrap() {
+        let blob = entry.unwrap().path();
+        let mut text = Vec::new();
+        let f = fs::File::open(&blob).unwrap();
+        let mut dec = flate2_read(f);
+        std::io::Read::read_to_end(&mut dec, &mut text).ok();
+        assert!(!String::from_utf8_lossy(&text).contains("s3cr3t-value"), "secret in {}", blob.display());
+    }
+}
+
+fn tree_paths(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        out.push(e.unwrap().file_name().to_string_lossy().into_owned());
+    }
+    out.sort();
+    out
+}
+
+/// A reader that gunzips gzip blobs and passes others through.
+fn flate2_read(f: fs::File) -> Box<dyn std::io::Read> {
+    let mut f = std::io::BufReader::new(f);
+    let gzip = std::io::BufRead::fill_buf(&mut f).is_ok_and(|b| b.starts_with(&[0x1f, 0x8b]));
+    if gzip {
+        Box::new(kiln::layer_diff::Decompressor::new(f, Some(kiln::oci_image::Compression::Gzip)).unwrap())
+    } else {
+        Box::new(f)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_diffs_without_overlayfs_give_the_same_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(base) = base_layout(tmp.path()) else { return };
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!(
+            "FROM {base}\nRUN mkdir -p /opt/a && echo one > /opt/a/f && rm -rf /var/lib/junk/a && chmod 700 /root\n\
+             RUN rm -rf /var/lib/junk && echo two > /opt/a/g && ln -s /opt/a/f /opt/link\nUSER app\n\
+             RUN echo mine > /tmp/mine\n"
+        ),
+    );
+    let mut trees = Vec::new();
+    for (n, overlay) in [(0, true), (1, false)] {
+        let out = tmp.path().join(format!("out{n}"));
+        build(&ctx, &tmp.path().join(format!("cache{n}")))
+            .overlayfs(overlay)
+            .output(Output::Layout(out.clone()))
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+        let bundle = umoci_unpack(&out, "latest", &tmp.path().join(format!("unpack{n}")));
+        let root = bundle.join("rootfs");
+        let mut listing = Vec::new();
+        for p in ["opt/a/f", "opt/a/g", "tmp/mine"] {
+            let m = fs::metadata(root.join(p)).unwrap();
+            listing.push(format!(
+                "{p} {} {}:{} {}",
+                fs::read_to_string(root.join(p)).unwrap().trim(),
+                m.uid(),
+                m.gid(),
+                m.mode() & 0o7777
+            ));
+        }
+        listing.push(format!("link {}", fs::read_link(root.join("opt/link")).unwrap().display()));
+        listing.push(format!("junk {}", root.join("var/lib/junk").exists()));
+        listing.push(format!("root {:o}", fs::metadata(root.join("root")).unwrap().mode() & 0o7777));
+        listing.push(format!("proc {}", root.join("proc").exists()));
+        trees.push(listing);
+    }
+    assert_eq!(trees[0], trees[1]);
+    assert!(trees[0].contains(&"junk false".to_owned()) && trees[0].contains(&"root 700".to_owned()), "{:?}", trees[0]);
+}

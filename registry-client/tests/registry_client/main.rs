@@ -8,7 +8,9 @@
 mod auth;
 mod faults;
 mod flows;
+mod hostile;
 mod interop;
+mod leaks;
 mod scripted;
 
 use oci_image::{
