@@ -354,7 +354,7 @@ fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
 
 /// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
 #[allow(clippy::many_single_char_names)] // the civil-calendar formula's own names
-fn httpdate_parse(s: &str) -> Option<SystemTime> {
+pub(crate) fn httpdate_parse(s: &str) -> Option<SystemTime> {
     let parts: Vec<&str> = s.split_whitespace().collect();
     let [_, day, month, year, time, "GMT"] = parts.as_slice() else { return None };
     let day: u64 = day.parse().ok()?;
@@ -397,6 +397,11 @@ impl Client {
 
     fn allows_http(&self, host: &str) -> bool {
         is_loopback(host) || self.inner.insecure_hosts.contains(host)
+    }
+
+    /// Whether plain HTTP to `url` (whose host is `host`) is allowed.
+    pub(crate) fn allows_http_url(&self, url: &Url, host: &str) -> bool {
+        self.allows_http(&authority(url, host))
     }
 
     /// `scheme://host/v2/` for a repository's registry: HTTPS, except that a

@@ -147,6 +147,13 @@ impl Error {
     }
 }
 
+/// A sink's or source's I/O failure (for [`crate::BlobSink`] implementations).
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::io("writing the blob", e)
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.context)?;

@@ -18,6 +18,7 @@
 mod auth;
 mod client;
 mod config;
+mod download;
 mod error;
 mod ops;
 mod progress;
@@ -27,6 +28,7 @@ mod transfer;
 pub use auth::{Anonymous, Credential, CredentialProvider, StaticCredentials};
 pub use client::{Client, ClientBuilder, Repo, RetryPolicy};
 pub use config::{AuthFileError, DockerConfig};
+pub use download::Download;
 pub use error::{Error, ErrorCode, ErrorKind, Result};
 pub use ops::{
     BlobPush, BlobSink, BlobSource, BytesSource, LayoutBlob, MAX_LISTED_TAGS, MAX_MANIFEST_SIZE, TagsPage, fallback_tag,

@@ -33,6 +33,9 @@ pub(crate) struct SourceTree<'a> {
     pub is_context: bool,
 }
 
+/// Downloads a URL into a file: its sha256 and `Last-Modified`.
+pub(crate) type Fetch<'a> = &'a dyn Fn(&str, &Path) -> Result<(Digest, Option<std::time::SystemTime>), BuildError>;
+
 /// A `COPY`/`ADD` after variable expansion.
 pub(crate) struct CopyRequest<'a> {
     pub sources: &'a [String],
@@ -49,6 +52,7 @@ pub(crate) struct CopyRequest<'a> {
     pub unpack: Option<bool>,
     pub lexer: Lexer,
     pub vars: &'a BTreeMap<String, String>,
+    pub fetch: Fetch<'a>,
 }
 
 /// One layer entry and the file its content comes from.
@@ -276,13 +280,11 @@ fn matches(src: &SourceTree<'_>, req: &CopyRequest<'_>, scratch: &Path) -> Resul
             continue;
         }
         if s.starts_with("http://") || s.starts_with("https://") {
-            let _ = req.checksum;
-            return Err(BuildError::Unsupported {
-                what: format!(
-                    "{} of a URL ({s}): download it into the context instead",
-                    if req.add { "ADD" } else { "COPY" }
-                ),
-            });
+            if !req.add {
+                return Err(BuildError::Unsupported { what: format!("COPY of a URL ({s}): use ADD") });
+            }
+            out.push(download(s, req, &scratch.join(format!("url-{i}")))?);
+            continue;
         }
         let clean = clean_source(s.trim_start_matches('/').trim_start_matches("./"))
             .ok_or_else(|| BuildError::OutsideContext { path: s.clone() })?;
@@ -323,6 +325,36 @@ fn matches(src: &SourceTree<'_>, req: &CopyRequest<'_>, scratch: &Path) -> Resul
         }
     }
     Ok(out)
+}
+
+/// `ADD URL`: the file named by the URL's last path segment, mode 0600,
+/// dated by the server's `Last-Modified`, checked against `--checksum`.
+fn download(url: &str, req: &CopyRequest<'_>, dir: &Path) -> Result<Match, BuildError> {
+    let name = url
+        .split(['?', '#'])
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .filter(|n| !n.is_empty() && !n.contains(':'))
+        .ok_or_else(|| BuildError::Unsupported { what: format!("ADD {url}: cannot tell a file name from the URL") })?
+        .to_owned();
+    std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    let path = dir.join(&name);
+    let (digest, modified) = (req.fetch)(url, &path)?;
+    if let Some(expected) = req.checksum
+        && expected != digest.to_string()
+    {
+        return Err(BuildError::Checksum {
+            url: url.to_owned(),
+            expected: expected.to_owned(),
+            actual: digest.to_string(),
+        });
+    }
+    set_mode(&path, 0o600)?;
+    if let Some(t) = modified {
+        let f = std::fs::File::options().write(true).open(&path).map_err(io_err("open", &path))?;
+        f.set_modified(t).map_err(io_err("set the time of", &path))?;
+    }
+    Ok(Match { full: path, rel: name, keep_owner: false, is_dir: false })
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {

@@ -1241,6 +1241,13 @@ impl Ctx {
         };
         let vars = Self::vars(st);
         let scratch = self.store.tempdir("c-").map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+        let fetch = |url: &str, path: &Path| -> Result<(Digest, Option<std::time::SystemTime>), BuildError> {
+            let file = std::fs::File::create(path).map_err(BuildError::io("create", path))?;
+            let client = self.client.clone();
+            let url = url.to_owned();
+            let d = self.rt.block_on(async move { client.download(&url, &mut FileSink(file)).await })?;
+            Ok((d.digest, d.last_modified))
+        };
         let req = files::CopyRequest {
             sources: &c.sources,
             dest: &c.dest,
@@ -1256,6 +1263,7 @@ impl Ctx {
             unpack: c.unpack,
             lexer: self.lexer,
             vars: &vars,
+            fetch: &fetch,
         };
         let src = files::SourceTree {
             root: &source_root,
@@ -1602,6 +1610,16 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+}
+
+/// A download written straight to a file.
+struct FileSink(std::fs::File);
+
+impl registry_client::BlobSink for FileSink {
+    fn accept(&mut self, chunk: bytes::Bytes) -> impl std::future::Future<Output = registry_client::Result<()>> + Send {
+        let r = std::io::Write::write_all(&mut self.0, &chunk).map_err(registry_client::Error::from);
+        std::future::ready(r)
     }
 }
 

@@ -537,3 +537,54 @@ async fn snapshot_diffs_without_overlayfs_give_the_same_tree() {
     assert_eq!(trees[0], trees[1]);
     assert!(trees[0].contains(&"junk false".to_owned()) && trees[0].contains(&"root 700".to_owned()), "{:?}", trees[0]);
 }
+
+/// A web server on loopback that answers every GET with `body` (and a
+/// `Last-Modified`), until the test ends: what `ADD URL` fetches from.
+fn web_server(body: &'static [u8]) -> String {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes()).and_then(|()| conn.write_all(body));
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_downloads_urls_with_checksums() {
+    let url = web_server(b"downloaded\n");
+    let good = kiln::oci_image::Digest::sha256(b"downloaded\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!("FROM scratch\nADD {url}/files/tool.txt /opt/\nADD --checksum={good} {url}/x/y.txt /checked.txt\n"),
+    );
+    let out = tmp.path().join("out");
+    build(&ctx, &tmp.path().join("cache")).output(Output::Layout(out.clone())).build().await.unwrap();
+    let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
+    assert_eq!(fs::read_to_string(root.join("opt/tool.txt")).unwrap(), "downloaded\n");
+    assert_eq!(fs::read_to_string(root.join("checked.txt")).unwrap(), "downloaded\n");
+    let m = fs::metadata(root.join("opt/tool.txt")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(m.mtime(), 1_445_412_480, "Last-Modified was not kept");
+
+    let bad = kiln::oci_image::Digest::sha256(b"other");
+    let e = failing(&format!("FROM scratch\nADD --checksum={bad} {url}/f.txt /f.txt\n"), &[]).await;
+    assert_eq!(line_of(&e), 2);
+    assert!(matches!(inner(&e), BuildError::Checksum { .. }), "{e:?}");
+    let e = failing(&format!("FROM scratch\nCOPY {url}/f.txt /f.txt\n"), &[]).await;
+    assert!(matches!(inner(&e), BuildError::Unsupported { .. }), "{e:?}");
+}
