@@ -99,6 +99,42 @@ fn bench(c: &mut Criterion) {
         b.iter(|| dockerfile_parser::Dockerfile::parse(black_box(&text)));
     });
     g.finish();
+
+    // word expansion as the build runs it: variables, defaults, quoting
+    let lexer = dockerfile_parse::shell::Lexer::new('\\');
+    let env: std::collections::BTreeMap<String, String> =
+        [("APP_HOME", "/opt/app"), ("VERSION", "1.2.3"), ("NAME", "kiln"), ("EMPTY", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+    let words = [
+        "$APP_HOME/bin",
+        "${NAME}-${VERSION}.tar.gz",
+        "\"${EMPTY:-default} value\" 'single $NAME'",
+        "${UNSET:+alt}${VERSION%.*}/${NAME#k}",
+        "plain/path/without/variables",
+    ];
+    let bytes: usize = words.iter().map(|w| w.len()).sum();
+    let mut g = c.benchmark_group("expand");
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function("5 words", |b| {
+        b.iter(|| {
+            for w in &words {
+                black_box(lexer.expand_word(black_box(w), &env).ok());
+            }
+        });
+    });
+    g.finish();
+
+    // stages and expansion of every instruction of the 1 MiB file
+    let df = dockerfile_parse::parse(&text).expect("the corpus parses");
+    let mut g = c.benchmark_group("plan-1MiB");
+    g.throughput(Throughput::Bytes(text.len() as u64));
+    g.sample_size(20);
+    g.bench_function("stages::plan", |b| {
+        b.iter(|| dockerfile_parse::stages::plan(black_box(&df), &dockerfile_parse::stages::BuildOptions::new()));
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);

@@ -8,6 +8,7 @@
 mod build;
 mod buildah;
 mod copy;
+mod hostile;
 mod promote;
 
 use std::fs;

@@ -294,13 +294,15 @@ async fn redirects_to_other_hosts_never_carry_the_token() {
 
     // manifests are never fetched from another host: a redirect is a typed
     // error, and the other host is not contacted
-    let cdn_requests = cdn.log().len();
+    // (blob requests of the aborted copy above may still reach it: count manifest requests)
+    let manifest_requests = || cdn.log().iter().filter(|l| l.target.contains("/manifests/")).count();
+    let cdn_requests = manifest_requests();
     proxy.set_other_host(cdn.base_url());
     proxy.only(Some(&format!("GET /v2/{REPO}/manifests/")));
     let out = Layout::create(dir.path().join("manifest-redirect")).unwrap();
     let e = c.pull_to_layout(&source, &out, None, None).await.unwrap_err();
     assert_eq!((e.kind(), e.status()), (ErrorKind::Protocol, Some(307)), "{e}");
-    assert_eq!(cdn.log().len(), cdn_requests, "the other host was contacted for a manifest");
+    assert_eq!(manifest_requests(), cdn_requests, "the other host was contacted for a manifest");
     assert_untouched(&out, "manifest redirect");
     proxy.only(Some(&format!("GET /v2/{REPO}/blobs/")));
 
