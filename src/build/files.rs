@@ -105,33 +105,24 @@ pub(crate) fn inside(root: &Path, rel: &str) -> Option<PathBuf> {
 }
 
 /// The directories to create (relative, top down) so that `path` (absolute
-/// in the image) exists, given the image's tree at `root`.
+/// in the image) exists, given the image's tree at `root`: symlinks on the
+/// way are followed inside the image (as `mkdir -p` in the container would),
+/// so what gets created is where they lead.
 pub(crate) fn missing_dirs(root: Option<&Path>, path: &str) -> Vec<PathBuf> {
-    let mut rel = PathBuf::new();
+    let rel = match root {
+        Some(r) => match inside(r, path) {
+            Some(resolved) => resolved.strip_prefix(r).map(Path::to_path_buf).unwrap_or_default(),
+            None => return Vec::new(),
+        },
+        None => PathBuf::from(path.trim_start_matches('/')),
+    };
+    let mut prefix = PathBuf::new();
     let mut out = Vec::new();
-    let mut resolved_prefix: Option<PathBuf> = None;
-    for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
-        rel.push(part);
-        let exists = match (root, &resolved_prefix) {
-            (Some(r), None) => inside(r, &rel.to_string_lossy()).is_some_and(|p| p.is_dir()),
-            _ => false,
-        };
-        if exists {
-            continue;
+    for part in rel.components().filter(|c| matches!(c, Component::Normal(_))) {
+        prefix.push(part);
+        if !root.is_some_and(|r| r.join(&prefix).is_dir()) {
+            out.push(prefix.clone());
         }
-        // below a missing directory everything is missing
-        let resolved = match (root, &resolved_prefix) {
-            (Some(r), None) => {
-                let parent = rel.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-                let base = inside(r, &parent).unwrap_or_else(|| r.to_path_buf());
-                let rel_parent = base.strip_prefix(r).map(Path::to_path_buf).unwrap_or_default();
-                rel_parent.join(part)
-            }
-            (_, Some(p)) => p.join(part),
-            (None, None) => rel.clone(),
-        };
-        resolved_prefix = Some(resolved.clone());
-        out.push(resolved);
     }
     out
 }

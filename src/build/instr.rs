@@ -154,7 +154,7 @@ pub(crate) fn healthcheck(h: &Healthcheck, shell: &[String]) -> oci_image::Healt
 
 /// Looks `name` up in a passwd- or group-style file: field 0 is the name, field 2 the id.
 fn lookup(root: Option<&Path>, file: &'static str, name: &str) -> Option<(u32, Option<u32>)> {
-    let text = std::fs::read_to_string(root?.join(file.trim_start_matches('/'))).ok()?;
+    let text = std::fs::read_to_string(super::files::inside(root?, file)?).ok()?;
     text.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
         if fields.first() == Some(&name) {
@@ -174,7 +174,7 @@ fn primary_gid(root: Option<&Path>, uid: u32) -> Option<u32> {
 
 /// Field `n` of the `/etc/passwd` line of the user with id `uid`.
 fn passwd_field(root: Option<&Path>, uid: u32, n: usize) -> Option<String> {
-    let text = std::fs::read_to_string(root?.join("etc/passwd")).ok()?;
+    let text = std::fs::read_to_string(super::files::inside(root?, "/etc/passwd")?).ok()?;
     text.lines().find_map(|line| {
         let f: Vec<&str> = line.split(':').collect();
         (f.get(2).and_then(|id| id.parse::<u32>().ok()) == Some(uid)).then(|| f.get(n).map(|v| (*v).to_owned()))?

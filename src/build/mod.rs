@@ -771,27 +771,25 @@ impl Ctx {
             _ => return Err(BuildError::Unsupported { what: "this kind of base".into() }),
         };
         let mut st = StageState { index, image: base, args: BTreeMap::new(), cmd_set: false };
-        // a stage starts with the base's ENV only; the base's ONBUILD triggers run first
         let triggers = st.image.cfg().on_build.take().unwrap_or_default();
-        if matches!(stage.base, Base::Image(_)) {
-            for t in triggers {
-                let df = dockerfile_parse::parse(&t).map_err(|e| {
-                    self.at(from_line, &format!("ONBUILD {t}"))(BuildError::Parse {
+        // the base's ONBUILD triggers run first (an image's or an earlier stage's)
+        for t in triggers {
+            let df = dockerfile_parse::parse(&t).map_err(|e| {
+                self.at(from_line, &format!("ONBUILD {t}"))(BuildError::Parse {
+                    dockerfile: self.dockerfile.clone(),
+                    source: Box::new(e),
+                })
+            })?;
+            for inst in &df.instructions {
+                let cmd = inst.command().map_err(|e| {
+                    self.at(from_line, &format!("ONBUILD {t}"))(BuildError::Plan {
                         dockerfile: self.dockerfile.clone(),
-                        source: Box::new(e),
+                        source: Box::new(dockerfile_parse::stages::StageError::Command(Box::new(e))),
                     })
                 })?;
-                for inst in &df.instructions {
-                    let cmd = inst.command().map_err(|e| {
-                        self.at(from_line, &format!("ONBUILD {t}"))(BuildError::Plan {
-                            dockerfile: self.dockerfile.clone(),
-                            source: Box::new(dockerfile_parse::stages::StageError::Command(Box::new(e))),
-                        })
-                    })?;
-                    let original = inst.original.clone();
-                    self.step(&mut st, &stage, &cmd, &original, from_line)
-                        .map_err(self.at(from_line, &format!("ONBUILD {original}")))?;
-                }
+                let original = inst.original.clone();
+                self.step(&mut st, &stage, &cmd, &original, from_line)
+                    .map_err(self.at(from_line, &format!("ONBUILD {original}")))?;
             }
         }
         for step in &stage.steps {
@@ -1377,7 +1375,13 @@ impl Ctx {
             .map(|p| merged.join(p))
             .filter(|p| std::fs::symlink_metadata(p).is_err())
             .collect();
-        let cwd_path = merged.join(cwd.trim_start_matches('/'));
+        // paths inside the image are resolved inside it: an absolute symlink
+        // in the image must not lead to the host's directories
+        let cwd_path = files::inside(&merged, &cwd).ok_or_else(|| BuildError::Flag {
+            flag: "WORKDIR",
+            value: cwd.clone(),
+            reason: "too many symlinks",
+        })?;
         if std::fs::symlink_metadata(&cwd_path).is_err() {
             std::fs::create_dir_all(&cwd_path).map_err(BuildError::io("create", &cwd_path))?;
         }
@@ -1387,11 +1391,13 @@ impl Ctx {
         for m in &run.mounts {
             let (pm, view) = self.run_mount(st, m, &cwd)?;
             // every directory runc will create for the mount point, top down
-            let mut path = merged.clone();
+            let mut prefix = String::new();
             for part in pm.destination.split('/').filter(|p| !p.is_empty()) {
-                path.push(part);
+                prefix.push('/');
+                prefix.push_str(part);
+                let Some(path) = files::inside(&merged, &prefix) else { break };
                 if std::fs::symlink_metadata(&path).is_err() && !mount_stubs.contains(&path) {
-                    mount_stubs.push(path.clone());
+                    mount_stubs.push(path);
                 }
             }
             mounts.push(pm);

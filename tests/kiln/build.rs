@@ -588,3 +588,27 @@ async fn add_downloads_urls_with_checksums() {
     let e = failing(&format!("FROM scratch\nCOPY {url}/f.txt /f.txt\n"), &[]).await;
     assert!(matches!(inner(&e), BuildError::Unsupported { .. }), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_symlinks_in_the_image_never_lead_to_the_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(base) = base_layout(tmp.path()) else { return };
+    let victim = tmp.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!(
+            "FROM {base}\nRUN ln -s {v} /w && ln -s {v} /c\nWORKDIR /w/made-by-workdir\n\
+             RUN --mount=type=cache,target=/c/cache-mount pwd > /pwd.txt\nWORKDIR /c/run-cwd\nRUN true\n",
+            v = victim.display()
+        ),
+    );
+    let out = tmp.path().join("out");
+    build(&ctx, &tmp.path().join("cache")).output(Output::Layout(out.clone())).build().await.unwrap();
+    assert_eq!(fs::read_dir(&victim).unwrap().count(), 0, "the build wrote into the host's directory");
+    let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
+    let inner = root.join(victim.strip_prefix("/").unwrap());
+    assert!(inner.join("made-by-workdir").is_dir() && inner.join("run-cwd").is_dir());
+    assert!(!inner.join("cache-mount").exists(), "the cache mount point leaked into the image");
+}
