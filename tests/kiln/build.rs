@@ -612,3 +612,35 @@ async fn absolute_symlinks_in_the_image_never_lead_to_the_host() {
     assert!(inner.join("made-by-workdir").is_dir() && inner.join("run-cwd").is_dir());
     assert!(!inner.join("cache-mount").exists(), "the cache mount point leaked into the image");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_stages_run_at_the_same_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(base) = base_layout(tmp.path()) else { return };
+    // each stage signals through a shared cache mount and waits for the
+    // other's signal: run one after the other, the first would give up
+    let wait = |me: &str, other: &str| {
+        format!(
+            "RUN --mount=type=cache,id=rendezvous,target=/sync touch /sync/{me} && i=0 && \
+             while [ ! -e /sync/{other} ]; do sleep 0.1; i=$((i+1)); [ $i -lt 300 ] || exit 7; done && echo {me} > /{me}\n"
+        )
+    };
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!(
+            "FROM {base} AS left\n{}FROM {base} AS right\n{}FROM scratch\nCOPY --from=left /left /\nCOPY --from=right /right /\n",
+            wait("left", "right"),
+            wait("right", "left")
+        ),
+    );
+    let out = tmp.path().join("out");
+    build(&ctx, &tmp.path().join("cache"))
+        .output(Output::Layout(out.clone()))
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+    let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
+    assert_eq!(fs::read_to_string(root.join("left")).unwrap(), "left\n");
+    assert_eq!(fs::read_to_string(root.join("right")).unwrap(), "right\n");
+}
