@@ -291,6 +291,8 @@ pub struct Built {
     pub cached_steps: usize,
     /// Steps run.
     pub steps: usize,
+    /// The base image's repository (pushes to its registry mount its layers).
+    base_repo: Option<Repo>,
 }
 
 /// A Dockerfile build (see the [module docs](self)).
@@ -521,6 +523,13 @@ impl Build {
     }
 
     fn prepare(self) -> Result<Ctx, BuildError> {
+        if self.outputs.contains(&Output::Registry) && self.tags.is_empty() {
+            return Err(BuildError::Flag {
+                flag: "--output",
+                value: "registry".into(),
+                reason: "pushing needs at least one -t reference",
+            });
+        }
         let dockerfile_name = self.dockerfile.display().to_string();
         let text = std::fs::read_to_string(&self.dockerfile).map_err(BuildError::io("read", &self.dockerfile))?;
         let df = dockerfile_parse::parse(&text)
@@ -637,6 +646,8 @@ pub(crate) struct Image {
     key: Digest,
     /// Where it came from, for messages.
     name: String,
+    /// The registry repository of the base image, for cross-repository mounts.
+    repo: Option<Repo>,
 }
 
 impl Image {
@@ -649,6 +660,7 @@ impl Image {
             layers: Vec::new(),
             key: Digest::sha256(format!("scratch {}", platform_string(platform)).as_bytes()),
             name: "scratch".into(),
+            repo: None,
         }
     }
 
@@ -1081,6 +1093,10 @@ impl Ctx {
             layers: manifest_value.layers.clone(),
             key: Digest::sha256(format!("image {}", manifest.digest()).as_bytes()),
             name: name.to_owned(),
+            repo: match &source {
+                BlobSource::Registry(r) => Some(r.clone()),
+                BlobSource::Layout(_) => None,
+            },
         };
         if let Ok(mut m) = self.images.lock() {
             m.insert(cache_key, img.clone());
@@ -1555,6 +1571,7 @@ impl Ctx {
             layers: image.layers.clone(),
             cached_steps,
             steps,
+            base_repo: image.repo.clone(),
         })
         .and_then(|b| {
             for l in &image.layers {
@@ -1600,17 +1617,12 @@ impl Ctx {
                 }
                 Output::Registry => {
                     for t in &self.tags {
+                        // base layers already in the target registry are mounted, not uploaded
+                        let mount_from = built.base_repo.as_ref().filter(|r| r.registry == Repo::of(t).registry);
                         self.client
-                            .push_from_layout(&self.store.layout, &built.manifest, t, None)
+                            .push_from_layout(&self.store.layout, &built.manifest, t, mount_from)
                             .await
                             .map_err(|e| fail(e.into()))?;
-                    }
-                    if self.tags.is_empty() {
-                        return Err(BuildError::Flag {
-                            flag: "--output",
-                            value: "registry".into(),
-                            reason: "pushing needs at least one -t reference",
-                        });
                     }
                 }
             }

@@ -293,6 +293,10 @@ async fn bad_input_gets_a_clear_error_with_the_line() {
     assert_eq!(line_of(&e), 3);
 
     let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("ctx/Dockerfile"), "FROM scratch\n");
+    let err =
+        build(&tmp.path().join("ctx"), &tmp.path().join("cache")).output(Output::Registry).build().await.unwrap_err();
+    assert!(matches!(err, BuildError::Flag { flag: "--output", .. }), "{err:?}");
     let err = build(tmp.path(), &tmp.path().join("cache")).target("nope").build().await.unwrap_err();
     assert!(matches!(err, BuildError::Io { .. }), "{err:?}");
     write(&tmp.path().join("Dockerfile"), "FROM scratch\n");
