@@ -117,8 +117,7 @@ fn nanos(d: Option<Duration>) -> Option<i64> {
 }
 
 /// The image config's health check for a `HEALTHCHECK`.
-pub(crate) fn healthcheck(h: &Healthcheck, shell: &[String]) -> oci_image::Healthcheck {
-    let _ = shell;
+pub(crate) fn healthcheck(h: &Healthcheck) -> oci_image::Healthcheck {
     match h {
         Healthcheck::Cmd { command, interval, timeout, start_period, start_interval, retries } => {
             let test = match command {

@@ -883,7 +883,7 @@ impl Ctx {
                     self.push_history(st, created_by.clone(), rec.layer);
                 } else {
                     report(false);
-                    let layer = self.run(st, run, line)?;
+                    let layer = self.run(st, run)?;
                     self.store.cache_put(&key, &CacheRecord { layer: layer.clone() });
                     self.push_history(st, created_by.clone(), layer);
                     self.count(false);
@@ -893,7 +893,7 @@ impl Ctx {
             }
             Command::Copy(c) | Command::Add(c) => {
                 let add = matches!(cmd, Command::Add(_));
-                let (layer, key) = self.copy(st, c, add, &key_text, &created_by, &report)?;
+                let (layer, key) = self.copy(st, c, add, &key_text, &report)?;
                 self.push_history(st, created_by.clone(), layer);
                 st.image.key = key;
                 return Ok(());
@@ -964,7 +964,7 @@ impl Ctx {
             }
             Command::User(u) => st.image.cfg().user = Some(u),
             Command::Stopsignal(s) => st.image.cfg().stop_signal = Some(s),
-            Command::Healthcheck(h) => st.image.cfg().healthcheck = Some(instr::healthcheck(&h, &Self::shell(st))),
+            Command::Healthcheck(h) => st.image.cfg().healthcheck = Some(instr::healthcheck(&h)),
             Command::Shell(sh) => st.image.cfg().shell = Some(sh),
             Command::Cmd(cl) => {
                 let args = instr::command_args(&cl, &Self::shell(st));
@@ -1222,10 +1222,8 @@ impl Ctx {
         c: &dockerfile_parse::command::Copy,
         add: bool,
         key_text: &str,
-        created_by: &str,
         report: &dyn Fn(bool),
     ) -> Result<(Option<(Descriptor, Digest)>, Digest), BuildError> {
-        let _ = created_by;
         // where the files come from
         let (source_view, source_root, source_key, is_context) = match &c.from {
             None => (None, self.context.clone(), String::from("context"), true),
@@ -1331,9 +1329,7 @@ impl Ctx {
         &self,
         st: &mut StageState,
         run: &dockerfile_parse::command::Run,
-        line: usize,
     ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
-        let _ = line;
         let shell = Self::shell(st);
         let args = instr::run_args(run, &shell);
         let network = match run.network.as_deref() {

@@ -648,3 +648,50 @@ async fn independent_stages_run_at_the_same_time() {
     assert_eq!(fs::read_to_string(root.join("left")).unwrap(), "left\n");
     assert_eq!(fs::read_to_string(root.join("right")).unwrap(), "right\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_an_index_picks_the_target_platform() {
+    use kiln::oci_image::{ConfigBuilder, IndexBuilder, ManifestBuilder, Platform, Raw};
+    let tmp = tempfile::tempdir().unwrap();
+    // an index with an amd64 and an arm64 image, each marked by a label
+    let dir = tmp.path().join("multi");
+    let layout = Layout::create(&dir).unwrap();
+    let mut index = IndexBuilder::new();
+    for arch in ["amd64", "arm64"] {
+        let platform: Platform = format!("linux/{arch}").parse().unwrap();
+        let cfg = kiln::oci_image::ContainerConfig {
+            labels: Some([("arch".to_owned(), arch.to_owned())].into()),
+            ..Default::default()
+        };
+        let config = Raw::new(ConfigBuilder::new(&platform).config(cfg).build());
+        layout.write_blob_bytes(config.bytes()).unwrap();
+        let manifest = Raw::new(ManifestBuilder::new(config.descriptor()).build());
+        layout.write_blob_bytes(manifest.bytes()).unwrap();
+        index = index.manifest(manifest.descriptor().with_platform(platform));
+    }
+    let index = Raw::new(index.build());
+    layout.write_blob_bytes(index.bytes()).unwrap();
+    layout.set_tag(&"multi/base:1".parse().unwrap(), index.descriptor()).unwrap();
+
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!("FROM oci:{}:1\nARG TARGETARCH\nLABEL built-for=$TARGETARCH\n", dir.display()),
+    );
+    for arch in ["amd64", "arm64"] {
+        let out = tmp.path().join(format!("out-{arch}"));
+        let built = build(&ctx, &tmp.path().join("cache"))
+            .platform(format!("linux/{arch}").parse().unwrap())
+            .output(Output::Layout(out.clone()))
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+        assert_eq!(built.image.architecture, arch);
+        let labels = built.image.config.clone().unwrap().labels.unwrap();
+        assert_eq!(labels.get("arch").map(String::as_str), Some(arch), "took the wrong platform's image");
+        assert_eq!(labels.get("built-for").map(String::as_str), Some(arch));
+    }
+    let e = failing(&format!("FROM --platform=linux/s390x oci:{}:1\n", dir.display()), &[]).await;
+    assert_eq!(line_of(&e), 1);
+    assert!(kiln::error_chain(&e).contains("s390x"), "{}", kiln::error_chain(&e));
+}
