@@ -695,3 +695,25 @@ async fn from_an_index_picks_the_target_platform() {
     assert_eq!(line_of(&e), 1);
     assert!(kiln::error_chain(&e).contains("s390x"), "{}", kiln::error_chain(&e));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onbuild_triggers_of_a_stage_run_in_each_child_stage_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(base) = base_layout(tmp.path()) else { return };
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!(
+            "FROM {base} AS parent\nONBUILD RUN echo trigger >> /log\n\
+             FROM parent AS one\nRUN echo one >> /log\n\
+             FROM parent AS two\nRUN echo two >> /log\n\
+             FROM one AS grandchild\nRUN echo grandchild >> /log\n\
+             FROM scratch\nCOPY --from=two /log /two.log\nCOPY --from=grandchild /log /grandchild.log\n"
+        ),
+    );
+    let out = tmp.path().join("out");
+    build(&ctx, &tmp.path().join("cache")).output(Output::Layout(out.clone())).build().await.unwrap();
+    let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
+    assert_eq!(fs::read_to_string(root.join("two.log")).unwrap(), "trigger\ntwo\n");
+    assert_eq!(fs::read_to_string(root.join("grandchild.log")).unwrap(), "trigger\none\ngrandchild\n");
+}
