@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release --example build -- CONTEXT [-f FILE] [-t REF]... [--build-arg K=V]...
 //!     [--target STAGE] [--platform P] [--output oci:DIR | docker-archive:FILE | registry]...
-//!     [--label K=V]... [--no-cache] [--cache-dir DIR] [--insecure-host HOST]...
+//!     [--label K=V]... [--secret id=ID,src=FILE]... [--compression gzip|zstd|none] [--level N]
+//!     [--no-cache] [--cache-dir DIR] [--insecure-host HOST]...
 //! ```
 //!
 //! Without `--output` the image goes to the OCI layout `./kiln-out`. The
@@ -43,6 +44,15 @@ struct Args {
     /// `oci:DIR`, `docker-archive:FILE` or `registry` (push to every -t), repeatable.
     #[arg(long = "output")]
     outputs: Vec<String>,
+    /// Secrets for `RUN --mount=type=secret` (`id=ID,src=FILE`), repeatable.
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
+    /// Layer compression: gzip (default), zstd or none.
+    #[arg(long, default_value = "gzip")]
+    compression: String,
+    /// Compression level (gzip 0-9, default 6; zstd 1-22, default 3).
+    #[arg(long)]
+    level: Option<i32>,
     /// Run every step, ignoring the cache.
     #[arg(long)]
     no_cache: bool,
@@ -91,6 +101,28 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         build = build.cache_dir(d);
     }
     build = build.no_cache(args.no_cache);
+    let compression = match args.compression.as_str() {
+        "gzip" => kiln::oci_image::Compression::Gzip,
+        "zstd" => kiln::oci_image::Compression::Zstd,
+        "none" => kiln::oci_image::Compression::None,
+        other => return Err(format!("--compression {other:?}: expected gzip, zstd or none").into()),
+    };
+    build = build.compression(compression, args.level);
+    for s in &args.secrets {
+        let mut id = None;
+        let mut src = None;
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) => id = Some(v.to_owned()),
+                Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+                _ => return Err(format!("--secret {s:?}: expected id=ID,src=FILE").into()),
+            }
+        }
+        let (Some(id), Some(src)) = (id, src) else {
+            return Err(format!("--secret {s:?}: expected id=ID,src=FILE").into());
+        };
+        build = build.secret(id, src);
+    }
     if args.outputs.is_empty() {
         build = build.output(Output::Layout(PathBuf::from("kiln-out")));
     }
