@@ -200,52 +200,94 @@ fn is_git_url(s: &str) -> bool {
         || (s.contains("://") && Path::new(repo).extension().is_some_and(|e| e.eq_ignore_ascii_case("git")))
 }
 
-/// A local archive `ADD` extracts.
+/// The compression of a local file `ADD` may extract.
+#[derive(Clone, Copy)]
 enum Archive {
-    Tar,
+    Plain,
     Gzip,
     Zstd,
+    Bzip2,
+    Xz,
 }
 
-impl Archive {
-    fn compression(&self) -> Option<oci_image::Compression> {
-        match self {
-            Archive::Tar => None,
-            Archive::Gzip => Some(oci_image::Compression::Gzip),
-            Archive::Zstd => Some(oci_image::Compression::Zstd),
-        }
-    }
-}
-
-/// Detects a local archive `ADD` extracts: plain tar, gzip or zstd (xz and
-/// bzip2 are refused rather than copied as a file).
-fn archive_kind(path: &Path) -> Result<Option<Archive>, BuildError> {
-    let mut head = [0u8; 512];
-    let mut f = std::fs::File::open(path).map_err(io_err("open", path))?;
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(head.get_mut(n..).unwrap_or_default()) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) => return Err(io_err("read", path)(e)),
-        }
-    }
-    let head = head.get(..n).unwrap_or_default();
+/// The compression `head` (a file's first bytes) announces.
+fn compression_of(head: &[u8]) -> Archive {
     if head.starts_with(&[0x1f, 0x8b]) {
-        return Ok(Some(Archive::Gzip));
+        Archive::Gzip
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Archive::Zstd
+    } else if head.starts_with(b"BZh") {
+        Archive::Bzip2
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Archive::Xz
+    } else {
+        Archive::Plain
     }
-    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Ok(Some(Archive::Zstd));
+}
+
+/// The decompressed bytes of `path` (xz goes through a temporary file in
+/// `scratch`: its decoder writes rather than reads).
+fn decompressed(path: &Path, kind: Archive, scratch: &Path) -> Result<Box<dyn Read>, BuildError> {
+    let f = std::io::BufReader::new(std::fs::File::open(path).map_err(io_err("open", path))?);
+    Ok(match kind {
+        Archive::Plain => Box::new(f),
+        Archive::Gzip => Box::new(
+            layer_diff::Decompressor::new(f, Some(oci_image::Compression::Gzip)).map_err(io_err("decompress", path))?,
+        ),
+        Archive::Zstd => Box::new(
+            layer_diff::Decompressor::new(f, Some(oci_image::Compression::Zstd)).map_err(io_err("decompress", path))?,
+        ),
+        Archive::Bzip2 => Box::new(bzip2::read::BzDecoder::new(f)),
+        Archive::Xz => {
+            let mut tmp = tempfile::tempfile_in(scratch).map_err(io_err("create a temporary file in", scratch))?;
+            let mut input = f;
+            lzma_rs::xz_decompress(&mut input, &mut tmp).map_err(|e| BuildError::Io {
+                op: "decompress",
+                path: path.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e:?}")),
+            })?;
+            std::io::Seek::rewind(&mut tmp).map_err(io_err("rewind", path))?;
+            Box::new(std::io::BufReader::new(tmp))
+        }
+    })
+}
+
+/// Whether `path` is a tar archive, plain or compressed (gzip, zstd,
+/// bzip2, xz), which `ADD` extracts; other files, compressed or not, are
+/// copied as they are (as Docker does).
+fn archive_kind(path: &Path, scratch: &Path) -> Result<Option<Archive>, BuildError> {
+    let mut head = [0u8; 6];
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).map_err(io_err("read", path))?;
+    let kind = compression_of(head.get(..n).unwrap_or_default());
+    // a file that does not decompress is not an archive: it is copied
+    let Ok(mut r) = decompressed(path, kind, scratch) else { return Ok(None) };
+    Ok(is_tar(&mut r).then_some(kind))
+}
+
+/// Whether a stream starts with a tar header (ustar magic, or a v7 header
+/// whose checksum adds up).
+fn is_tar(r: &mut dyn Read) -> bool {
+    let mut block = [0u8; 512];
+    let mut n = 0;
+    while n < block.len() {
+        match r.read(block.get_mut(n..).unwrap_or_default()) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
     }
-    if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) || head.starts_with(b"BZh") {
-        return Err(BuildError::Unsupported {
-            what: format!("ADD of {}: xz and bzip2 archives are not extracted by this version", path.display()),
-        });
+    if n < block.len() {
+        return false;
     }
-    if head.len() >= 262 && head.get(257..262) == Some(b"ustar") {
-        return Ok(Some(Archive::Tar));
+    if block.get(257..262) == Some(b"ustar") {
+        return true;
     }
-    Ok(None)
+    let stored = block
+        .get(148..156)
+        .and_then(|f| std::str::from_utf8(f).ok())
+        .and_then(|f| u32::from_str_radix(f.trim_matches(|c: char| c == '\0' || c == ' '), 8).ok());
+    let sum: u32 =
+        block.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) }).sum();
+    stored == Some(sum) && block.first().is_some_and(|&b| b != 0)
 }
 
 /// Resolves the sources of `req` into matches.
@@ -301,13 +343,11 @@ fn matches(src: &SourceTree<'_>, req: &CopyRequest<'_>, scratch: &Path) -> Resul
             if req.add
                 && meta.is_file()
                 && req.unpack != Some(false)
-                && let Some(archive) = archive_kind(&full)?
+                && let Some(archive) = archive_kind(&full, scratch)?
             {
                 let dir = scratch.join(format!("archive-{i}-{}", out.len()));
                 std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-                let f = std::fs::File::open(&full).map_err(io_err("open", &full))?;
-                let tar = layer_diff::Decompressor::new(std::io::BufReader::new(f), archive.compression())
-                    .map_err(io_err("decompress", &full))?;
+                let tar = decompressed(&full, archive, scratch)?;
                 layer_diff::apply_tar(tar, &dir, &layer_diff::ApplyOptions::default())?;
                 out.push(Match { full: dir, rel, keep_owner: true, is_dir: true });
                 continue;

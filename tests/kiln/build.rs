@@ -717,3 +717,50 @@ async fn onbuild_triggers_of_a_stage_run_in_each_child_stage_once() {
     assert_eq!(fs::read_to_string(root.join("two.log")).unwrap(), "trigger\ntwo\n");
     assert_eq!(fs::read_to_string(root.join("grandchild.log")).unwrap(), "trigger\none\ngrandchild\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_extracts_tar_archives_in_every_compression_and_copies_other_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    let src = tmp.path().join("src");
+    write(&src.join("pkg/readme"), "inside\n");
+    // archives made by tar and the compressors' own command-line tools
+    for (name, flag) in [
+        ("a.tar", None),
+        ("b.tar.gz", Some("--gzip")),
+        ("c.tar.bz2", Some("--bzip2")),
+        ("d.tar.xz", Some("--xz")),
+        ("e.tar.zst", Some("--zstd")),
+    ] {
+        let mut cmd = Command::new("tar");
+        cmd.arg("-cf").arg(ctx.join(name)).args(flag).arg("-C").arg(&src).arg("pkg");
+        fs::create_dir_all(&ctx).unwrap();
+        run(&mut cmd).unwrap();
+    }
+    // compressed files that are not tar archives are copied as they are
+    write(&ctx.join("notes.txt"), "just text\n");
+    run(Command::new("gzip").arg("-k").arg(ctx.join("notes.txt"))).unwrap();
+    run(Command::new("xz").arg("-k").arg(ctx.join("notes.txt"))).unwrap();
+    write(
+        &ctx.join("Dockerfile"),
+        "FROM scratch\nADD a.tar /a/\nADD b.tar.gz /b/\nADD c.tar.bz2 /c/\nADD d.tar.xz /d/\nADD e.tar.zst /e/\n\
+         ADD notes.txt.gz notes.txt.xz /files/\nCOPY b.tar.gz /copied/\n",
+    );
+    let out = tmp.path().join("out");
+    build(&ctx, &tmp.path().join("cache"))
+        .output(Output::Layout(out.clone()))
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+    let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
+    for d in ["a", "b", "c", "d", "e"] {
+        assert_eq!(
+            fs::read_to_string(root.join(d).join("pkg/readme")).unwrap(),
+            "inside\n",
+            "ADD did not extract /{d}"
+        );
+    }
+    assert_eq!(fs::read(root.join("files/notes.txt.gz")).unwrap(), fs::read(ctx.join("notes.txt.gz")).unwrap());
+    assert_eq!(fs::read(root.join("files/notes.txt.xz")).unwrap(), fs::read(ctx.join("notes.txt.xz")).unwrap());
+    assert!(root.join("copied/b.tar.gz").is_file(), "COPY must not extract");
+}
