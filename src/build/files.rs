@@ -11,7 +11,8 @@
 //! missing parent directories are created (`0755`, owned per `--chown`);
 //! files keep their mode (unless `--chmod`) and times and are owned by root
 //! (unless `--chown`). `ADD` extracts local tar archives (plain, gzip,
-//! zstd) and clones git repositories.
+//! zstd, bzip2, xz; other files are copied as they are), downloads URLs and
+//! clones git repositories.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

@@ -764,3 +764,28 @@ async fn add_extracts_tar_archives_in_every_compression_and_copies_other_files()
     assert_eq!(fs::read(root.join("files/notes.txt.xz")).unwrap(), fs::read(ctx.join("notes.txt.xz")).unwrap());
     assert!(root.join("copied/b.tar.gz").is_file(), "COPY must not extract");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_heredocs_are_scripts_or_shell_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(base) = base_layout(tmp.path()) else { return };
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!(
+            "FROM {base}\nRUN <<EOF\necho one > /h1\necho two >> /h1\nEOF\n\
+             RUN cat <<EOT > /h2\ntext $HOME\nEOT\n\
+             RUN <<'EOF' sh\necho \"$0 quoted $HOME\" > /h3\nEOF\n"
+        ),
+    );
+    let out = tmp.path().join("out");
+    build(&ctx, &tmp.path().join("cache"))
+        .output(Output::Layout(out.clone()))
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+    let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
+    assert_eq!(fs::read_to_string(root.join("h1")).unwrap(), "one\ntwo\n");
+    assert_eq!(fs::read_to_string(root.join("h2")).unwrap(), "text /root\n");
+    assert!(fs::read_to_string(root.join("h3")).unwrap().contains("quoted /root"));
+}
