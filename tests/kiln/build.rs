@@ -204,6 +204,18 @@ async fn every_instruction_from_a_registry_base_round_trips_through_the_peers() 
     assert_eq!(cc.on_build, None, "triggers are consumed by the child");
 }
 
+/// Builds `ctx` (cache and output under `tmp`) and returns the root file
+/// system umoci unpacks from the result.
+async fn build_rootfs(ctx: &Path, tmp: &Path) -> PathBuf {
+    let out = tmp.join("out");
+    build(ctx, &tmp.join("cache"))
+        .output(Output::Layout(out.clone()))
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+    umoci_unpack(&out, "latest", tmp).join("rootfs")
+}
+
 /// Runs a build expected to fail and returns its error; checks the output was not written.
 async fn failing(dockerfile: &str, files: &[(&str, &str)]) -> BuildError {
     let tmp = tempfile::tempdir().unwrap();
@@ -576,9 +588,7 @@ async fn add_downloads_urls_with_checksums() {
         &ctx.join("Dockerfile"),
         &format!("FROM scratch\nADD {url}/files/tool.txt /opt/\nADD --checksum={good} {url}/x/y.txt /checked.txt\n"),
     );
-    let out = tmp.path().join("out");
-    build(&ctx, &tmp.path().join("cache")).output(Output::Layout(out.clone())).build().await.unwrap();
-    let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
+    let root = build_rootfs(&ctx, tmp.path()).await;
     assert_eq!(fs::read_to_string(root.join("opt/tool.txt")).unwrap(), "downloaded\n");
     assert_eq!(fs::read_to_string(root.join("checked.txt")).unwrap(), "downloaded\n");
     let m = fs::metadata(root.join("opt/tool.txt")).unwrap();
@@ -638,13 +648,7 @@ async fn independent_stages_run_at_the_same_time() {
             wait("right", "left")
         ),
     );
-    let out = tmp.path().join("out");
-    build(&ctx, &tmp.path().join("cache"))
-        .output(Output::Layout(out.clone()))
-        .build()
-        .await
-        .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
-    let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
+    let root = build_rootfs(&ctx, tmp.path()).await;
     assert_eq!(fs::read_to_string(root.join("left")).unwrap(), "left\n");
     assert_eq!(fs::read_to_string(root.join("right")).unwrap(), "right\n");
 }
@@ -711,9 +715,7 @@ async fn onbuild_triggers_of_a_stage_run_in_each_child_stage_once() {
              FROM scratch\nCOPY --from=two /log /two.log\nCOPY --from=grandchild /log /grandchild.log\n"
         ),
     );
-    let out = tmp.path().join("out");
-    build(&ctx, &tmp.path().join("cache")).output(Output::Layout(out.clone())).build().await.unwrap();
-    let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
+    let root = build_rootfs(&ctx, tmp.path()).await;
     assert_eq!(fs::read_to_string(root.join("two.log")).unwrap(), "trigger\ntwo\n");
     assert_eq!(fs::read_to_string(root.join("grandchild.log")).unwrap(), "trigger\none\ngrandchild\n");
 }
@@ -746,13 +748,7 @@ async fn add_extracts_tar_archives_in_every_compression_and_copies_other_files()
         "FROM scratch\nADD a.tar /a/\nADD b.tar.gz /b/\nADD c.tar.bz2 /c/\nADD d.tar.xz /d/\nADD e.tar.zst /e/\n\
          ADD notes.txt.gz notes.txt.xz /files/\nCOPY b.tar.gz /copied/\n",
     );
-    let out = tmp.path().join("out");
-    build(&ctx, &tmp.path().join("cache"))
-        .output(Output::Layout(out.clone()))
-        .build()
-        .await
-        .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
-    let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
+    let root = build_rootfs(&ctx, tmp.path()).await;
     for d in ["a", "b", "c", "d", "e"] {
         assert_eq!(
             fs::read_to_string(root.join(d).join("pkg/readme")).unwrap(),
@@ -778,13 +774,7 @@ async fn run_heredocs_are_scripts_or_shell_input() {
              RUN <<'EOF' sh\necho \"$0 quoted $HOME\" > /h3\nEOF\n"
         ),
     );
-    let out = tmp.path().join("out");
-    build(&ctx, &tmp.path().join("cache"))
-        .output(Output::Layout(out.clone()))
-        .build()
-        .await
-        .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
-    let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
+    let root = build_rootfs(&ctx, tmp.path()).await;
     assert_eq!(fs::read_to_string(root.join("h1")).unwrap(), "one\ntwo\n");
     assert_eq!(fs::read_to_string(root.join("h2")).unwrap(), "text /root\n");
     assert!(fs::read_to_string(root.join("h3")).unwrap().contains("quoted /root"));
