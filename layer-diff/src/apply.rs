@@ -21,6 +21,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use oci_image::{Descriptor, Digest, DigestReader, VerifyError, VerifyingReader};
+use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps};
 
 use crate::compress::Decompressor;
@@ -67,6 +68,13 @@ pub enum ApplyError {
     /// A whiteout names nothing (`.wh.` alone).
     #[error("whiteout with an empty name at {path}")]
     EmptyWhiteout {
+        /// The entry name.
+        path: PathBuf,
+    },
+    /// A whiteout names `.` or `..` (`.wh..`, `.wh...`): its own directory or
+    /// the parent, never an entry of the layer.
+    #[error("whiteout of . or .. at {path}")]
+    InvalidWhiteout {
         /// The entry name.
         path: PathBuf,
     },
@@ -225,7 +233,8 @@ struct Applier<'a> {
     opts: &'a ApplyOptions,
     /// Root-relative resolved paths written by this layer, and their ancestors.
     written: HashSet<PathBuf>,
-    /// Directory times to set once the layer is done (children change them).
+    /// Root-relative resolved directories whose times are set once the layer
+    /// is done (children change them).
     dir_times: Vec<(PathBuf, Timespec)>,
     info_entries: u64,
     skipped_devices: u64,
@@ -432,7 +441,7 @@ impl Applier<'_> {
             fs::set_permissions(host, fs::Permissions::from_mode(meta.mode & 0o7777)).map_err(io_at("chmod", rel))?;
         }
         if kind == tar::EntryType::Directory {
-            self.dir_times.push((host.to_owned(), meta.mtime));
+            self.dir_times.push((rel.to_owned(), meta.mtime));
         } else {
             let ts = Timestamps { last_access: meta.mtime, last_modification: meta.mtime };
             rustix::fs::utimensat(CWD, host, &ts, AtFlags::SYMLINK_NOFOLLOW)
@@ -475,9 +484,29 @@ impl Applier<'_> {
             if rest.is_empty() {
                 return Err(ApplyError::EmptyWhiteout { path: name });
             }
+            if rest == b"." || rest == b".." {
+                // would remove the whiteout's own directory or its parent (outside the root at the top)
+                return Err(ApplyError::InvalidWhiteout { path: name });
+            }
             return self.whiteout(&parts, OsStr::from_bytes(rest), &name);
         }
         let meta = Self::meta(&mut entry, &name)?;
+        // refused or skipped entries leave no trace, not even their parent directories
+        match kind {
+            tar::EntryType::Directory
+            | tar::EntryType::Regular
+            | tar::EntryType::Continuous
+            | tar::EntryType::Symlink
+            | tar::EntryType::Link
+            | tar::EntryType::Fifo => {}
+            tar::EntryType::Char | tar::EntryType::Block => {
+                if !self.opts.mknod {
+                    self.skipped_devices += 1;
+                    return Ok(());
+                }
+            }
+            other => return Err(ApplyError::Unsupported { path: name, entry_type: other.as_byte() }),
+        }
         let Some(dir) = self.resolve_dir(&parts, &name, true)? else { return Ok(()) };
         let rel = dir.join(&base);
         let host = self.root.join(&rel);
@@ -507,10 +536,6 @@ impl Applier<'_> {
                     tar::EntryType::Char => FileType::CharacterDevice,
                     _ => FileType::BlockDevice,
                 };
-                if ft != FileType::Fifo && !self.opts.mknod {
-                    self.skipped_devices += 1;
-                    return Ok(());
-                }
                 let h = entry.header();
                 let major = h.device_major().ok().flatten().unwrap_or(0);
                 let minor = h.device_minor().ok().flatten().unwrap_or(0);
@@ -607,12 +632,44 @@ impl Applier<'_> {
         Ok(meta)
     }
 
+    /// Sets the deferred directory times. A later entry may have replaced a
+    /// parent of such a directory with a symlink, so each path is walked again
+    /// from the root one component at a time without following symlinks, and
+    /// a directory that is no longer reachable that way is left alone.
     fn finish_dirs(&mut self) -> Result<(), ApplyError> {
-        for (host, mtime) in self.dir_times.drain(..).rev() {
+        use rustix::fs::OFlags;
+        let walk = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let root = rustix::fs::open(self.root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| io_at("open", self.root)(e.into()))?;
+        for (rel, mtime) in self.dir_times.drain(..).rev() {
             let ts = Timestamps { last_access: mtime, last_modification: mtime };
-            match rustix::fs::utimensat(CWD, &host, &ts, AtFlags::SYMLINK_NOFOLLOW) {
+            let mut parts: Vec<&OsStr> = rel.iter().collect();
+            let Some(last) = parts.pop() else {
+                rustix::fs::utimensat(&root, ".", &ts, AtFlags::empty())
+                    .map_err(|e| io_at("set times of", self.root)(e.into()))?;
+                continue;
+            };
+            let mut dir: Option<OwnedFd> = None;
+            let mut reachable = true;
+            for p in parts {
+                let at = dir.as_ref().map_or(root.as_fd(), AsFd::as_fd);
+                match rustix::fs::openat(at, p, walk, Mode::empty()) {
+                    Ok(fd) => dir = Some(fd),
+                    // gone, or no longer a directory (a symlink now): not ours to touch
+                    Err(rustix::io::Errno::NOENT | rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                        reachable = false;
+                        break;
+                    }
+                    Err(e) => return Err(io_at("open", &rel)(e.into())),
+                }
+            }
+            if !reachable {
+                continue;
+            }
+            let at = dir.as_ref().map_or(root.as_fd(), AsFd::as_fd);
+            match rustix::fs::utimensat(at, last, &ts, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-                Err(e) => return Err(io_at("set times of", &host)(e.into())),
+                Err(e) => return Err(io_at("set times of", &rel)(e.into())),
             }
         }
         Ok(())

@@ -11,6 +11,7 @@
 mod breakout;
 mod changes;
 mod hardlinks;
+mod hostile;
 mod interop;
 mod special;
 mod whiteouts;
