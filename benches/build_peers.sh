@@ -58,18 +58,23 @@ printf 'FROM %s/bench/rootfs:v1\nRUN echo hello > /hello.txt && rm -rf /usr/shar
 # the base image, built and pushed by kiln (untimed)
 "$KILN" "$WORK/ctx-copy" -t "$REG/bench/rootfs:v1" --output registry --cache-dir "$WORK/kiln-base-cache" >/dev/null
 
+# Old outputs are moved aside, not deleted, before a timed run: on ext4,
+# creating files soon after deleting thousands stalls in the inode
+# allocator (see BENCHMARKS.md), which would slow whichever tool runs next.
+mkdir -p "$WORK/trash"
+aside() { local p; for p in "$@"; do [ -e "$p" ] && mv "$p" "$(mktemp -d "$WORK/trash/XXXXXX")/"; done; return 0; }
 buildah_cmd() { buildah --root "$WORK/b/root" --runroot "$WORK/b/runroot" --storage-driver vfs "$@"; }
-buildah_fresh() { rm -rf "$WORK/b"; mkdir -p "$WORK/b"; }
+buildah_fresh() { aside "$WORK/b"; mkdir -p "$WORK/b"; }
 buildah_pull() { buildah_fresh; buildah_cmd pull --tls-verify=false "$REG/bench/rootfs:v1" >/dev/null 2>&1; }
 bud() { buildah_cmd bud --isolation=chroot --format docker --tls-verify=false -t bench/out -f "$1/Dockerfile" "$1"; }
-export -f buildah_cmd bud
+export -f buildah_cmd bud aside
 export WORK
 
-kiln_copy() { rm -rf "$WORK/k-out" "$WORK/k-cache"; }
+kiln_copy() { aside "$WORK/k-out" "$WORK/k-cache"; }
 kiln_run_warm() {
-  rm -rf "$WORK/k-out"
+  aside "$WORK/k-out"
   [ -d "$WORK/k-run-cache" ] || "$KILN" "$WORK/ctx-run" --cache-dir "$WORK/k-run-cache" --output "oci:$WORK/k-warm" >/dev/null
-  rm -rf "$WORK/k-warm"
+  aside "$WORK/k-warm"
 }
 
 # compare NAME SETUP_A A SETUP_B B TARGET: alternates, RUNS times after a warm-up each
@@ -100,9 +105,9 @@ compare "build: FROM image + RUN (warm)" "kiln_run_warm" \
 # fully cached rebuilds (kiln only): same cache, fresh output layout
 "$KILN" "$WORK/ctx-copy" --cache-dir "$WORK/k-cache2" --output "oci:$WORK/k-out" >/dev/null
 tc=()
-for _ in $(seq "$RUNS"); do rm -rf "$WORK/k-out"; tc+=("$(time_of "$KILN" "$WORK/ctx-copy" --cache-dir "$WORK/k-cache2" --output "oci:$WORK/k-out")"); done
+for _ in $(seq "$RUNS"); do aside "$WORK/k-out"; tc+=("$(time_of "$KILN" "$WORK/ctx-copy" --cache-dir "$WORK/k-cache2" --output "oci:$WORK/k-out")"); done
 printf '%-34s kiln %7.3fs  (target < 0.5 s)\n' "build: cached rebuild (COPY rootfs)" "$(printf '%s\n' "${tc[@]}" | median)" | tee -a "$RESULTS"
 tr=()
-for _ in $(seq "$RUNS"); do rm -rf "$WORK/k-out"; tr+=("$(time_of "$KILN" "$WORK/ctx-run" --cache-dir "$WORK/k-run-cache" --output "oci:$WORK/k-out")"); done
+for _ in $(seq "$RUNS"); do aside "$WORK/k-out"; tr+=("$(time_of "$KILN" "$WORK/ctx-run" --cache-dir "$WORK/k-run-cache" --output "oci:$WORK/k-out")"); done
 printf '%-34s kiln %7.3fs  (target < 0.5 s)\n' "build: cached rebuild (FROM + RUN)" "$(printf '%s\n' "${tr[@]}" | median)" | tee -a "$RESULTS"
-rm -rf "$WORK/k-out" "$WORK/k-cache" "$WORK/k-cache2" "$WORK/k-run-cache" "$WORK/kiln-base-cache" "$WORK/b" "$WORK/ctx-copy" "$WORK/ctx-run"
+rm -rf "$WORK/k-out" "$WORK/k-cache" "$WORK/k-cache2" "$WORK/k-run-cache" "$WORK/kiln-base-cache" "$WORK/b" "$WORK/ctx-copy" "$WORK/ctx-run" "$WORK/trash"
