@@ -164,24 +164,7 @@ pub fn pack_changes<W: Write>(
     opts: &PackOptions,
 ) -> Result<(W, LayerInfo), LayerError> {
     let mut lw = LayerWriter::new(w, opts)?;
-    for c in changes {
-        if c.path.as_os_str().is_empty() {
-            if c.opaque {
-                lw.append_opaque(Path::new(""))?;
-                continue;
-            }
-            return Err(LayerError::InvalidPath { path: c.path.clone() });
-        }
-        if c.kind == ChangeKind::Delete {
-            lw.append_whiteout(&c.path)?;
-            continue;
-        }
-        let entry = upper.get(&c.path).ok_or_else(|| LayerError::InvalidPath { path: c.path.clone() })?;
-        lw.append(upper.root(), entry)?;
-        if c.opaque && entry.kind.is_dir() {
-            lw.append_opaque(&c.path)?;
-        }
-    }
+    lw.append_changes(upper, changes)?;
     lw.finish()
 }
 

@@ -359,6 +359,35 @@ impl<W: Write> LayerWriter<W> {
         self.pad(size).map_err(io_at("write layer entry for", path))
     }
 
+    /// Appends `changes`: entries from `upper` for additions and
+    /// modifications, whiteouts for deletions, opaque markers for opaque
+    /// directories (what [`crate::pack_changes`] writes).
+    ///
+    /// # Errors
+    /// [`LayerError::InvalidPath`] for a change with an empty or unknown
+    /// path, and the errors of [`LayerWriter::append`].
+    pub fn append_changes(&mut self, upper: &crate::Snapshot, changes: &[crate::Change]) -> Result<(), LayerError> {
+        for c in changes {
+            if c.path.as_os_str().is_empty() {
+                if c.opaque {
+                    self.append_opaque(Path::new(""))?;
+                    continue;
+                }
+                return Err(LayerError::InvalidPath { path: c.path.clone() });
+            }
+            if c.kind == crate::ChangeKind::Delete {
+                self.append_whiteout(&c.path)?;
+                continue;
+            }
+            let entry = upper.get(&c.path).ok_or_else(|| LayerError::InvalidPath { path: c.path.clone() })?;
+            self.append(upper.root(), entry)?;
+            if c.opaque && entry.kind.is_dir() {
+                self.append_opaque(&c.path)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Appends a whiteout that deletes `path` (relative) in lower layers.
     ///
     /// # Errors

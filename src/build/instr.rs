@@ -4,21 +4,17 @@
 use std::path::Path;
 use std::time::Duration;
 
-use dockerfile_parse::command::{Command, CommandLine, Healthcheck, Run};
+use dockerfile_parse::command::{CommandLine, Healthcheck, Run};
 
 use super::BuildError;
 
-/// The history's `created_by` for a step: the instruction as written, on one line.
-pub(crate) fn created_by(cmd: &Command, original: &str) -> String {
+/// The history's `created_by` for a step: the instruction as written, on
+/// one line, keyword in capitals.
+pub(crate) fn created_by(original: &str) -> String {
     let mut words = original.split_whitespace();
     let keyword = words.next().unwrap_or_default().to_uppercase();
     let rest: Vec<&str> = words.collect();
-    match cmd {
-        Command::Run(_) | Command::Cmd(_) | Command::Entrypoint(_) | Command::Onbuild { .. } => {
-            format!("{keyword} {}", rest.join(" "))
-        }
-        _ => format!("{keyword} {}", rest.join(" ")).trim_end().to_owned(),
-    }
+    format!("{keyword} {}", rest.join(" ")).trim_end().to_owned()
 }
 
 /// `path` resolved against the working directory `cwd`, cleaned (no `.`, `..` or doubled `/`).

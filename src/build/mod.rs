@@ -853,7 +853,7 @@ impl Ctx {
     ) -> Result<(), BuildError> {
         let vars = Self::vars(st);
         let (cmd, _) = command.expand(self.lexer, &vars).map_err(|e| BuildError::Expand(Box::new(e)))?;
-        let created_by = instr::created_by(&cmd, original);
+        let created_by = instr::created_by(original);
         let key_text = format!("{created_by}\n{cmd:?}");
         let stage_index = st.index;
         let report = |cached: bool| {
@@ -878,16 +878,8 @@ impl Ctx {
                     )
                     .as_bytes(),
                 );
-                if let Some(rec) = self.cached(&key) {
-                    report(true);
-                    self.push_history(st, created_by.clone(), rec.layer);
-                } else {
-                    report(false);
-                    let layer = self.run(st, run)?;
-                    self.store.cache_put(&key, &CacheRecord { layer: layer.clone() });
-                    self.push_history(st, created_by.clone(), layer);
-                    self.count(false);
-                }
+                let layer = self.layer_step(&key, &report, || self.run(st, run))?;
+                self.push_history(st, created_by.clone(), layer);
                 st.image.key = key;
                 return Ok(());
             }
@@ -903,16 +895,7 @@ impl Ctx {
                 let path = instr::join_path(&cwd, dir);
                 st.image.cfg().working_dir = Some(path.clone());
                 let key = Digest::sha256(format!("{}\n{key_text}\n{path}", st.image.key).as_bytes());
-                let layer = if let Some(rec) = self.cached(&key) {
-                    report(true);
-                    rec.layer
-                } else {
-                    report(false);
-                    let layer = self.workdir(st, &path)?;
-                    self.store.cache_put(&key, &CacheRecord { layer: layer.clone() });
-                    self.count(false);
-                    layer
-                };
+                let layer = self.layer_step(&key, &report, || self.workdir(st, &path))?;
                 self.push_history(st, created_by, layer);
                 st.image.key = key;
                 return Ok(());
@@ -1001,6 +984,25 @@ impl Ctx {
                 c.1 += 1;
             }
         }
+    }
+
+    /// A step that may make a layer: taken from the cache under `key`, or
+    /// made by `make` and recorded there.
+    fn layer_step(
+        &self,
+        key: &Digest,
+        report: &dyn Fn(bool),
+        make: impl FnOnce() -> Result<Option<(Descriptor, Digest)>, BuildError>,
+    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+        if let Some(rec) = self.cached(key) {
+            report(true);
+            return Ok(rec.layer);
+        }
+        report(false);
+        let layer = make()?;
+        self.store.cache_put(key, &CacheRecord { layer: layer.clone() });
+        self.count(false);
+        Ok(layer)
     }
 
     fn cached(&self, key: &Digest) -> Option<CacheRecord> {
@@ -1287,21 +1289,16 @@ impl Ctx {
             format!("{}\n{key_text}\n{source_key}\n{}", st.image.key, files::items_digest(&items, scratch.path())?)
                 .as_bytes(),
         );
-        if let Some(rec) = self.cached(&key) {
-            report(true);
-            return Ok((rec.layer, key));
-        }
-        report(false);
-        let layer = self.write_layer(|w| {
-            for item in &items {
-                w.append_from(&item.source, &item.entry)?;
-            }
-            Ok(items.len())
+        let layer = self.layer_step(&key, report, || {
+            self.write_layer(|w| {
+                for item in &items {
+                    w.append_from(&item.source, &item.entry)?;
+                }
+                Ok(items.len())
+            })
         })?;
         drop(source_view);
         drop(dest_view);
-        self.store.cache_put(&key, &CacheRecord { layer: layer.clone() });
-        self.count(false);
         Ok((layer, key))
     }
 
@@ -1447,7 +1444,7 @@ impl Ctx {
             None => {
                 let (snap, changes) = layer_diff::overlay_changes(&upper)?;
                 let layer = self.write_layer(|w| {
-                    pack_into(w, &snap, &changes)?;
+                    w.append_changes(&snap, &changes)?;
                     Ok(changes.len())
                 })?;
                 (layer, true)
@@ -1456,7 +1453,7 @@ impl Ctx {
                 let after = layer_diff::Snapshot::walk(&merged)?;
                 let changes = layer_diff::diff(&before, &after)?;
                 let layer = self.write_layer(|w| {
-                    pack_into(w, &after, &changes)?;
+                    w.append_changes(&after, &changes)?;
                     Ok(changes.len())
                 })?;
                 (layer, false)
@@ -1559,21 +1556,19 @@ impl Ctx {
         }
         let manifest = Raw::new(mb.build());
         self.store.layout.write_blob_bytes(manifest.bytes())?;
+        // every blob of the image in the store: outputs copy from there
+        for l in &image.layers {
+            self.ensure_blob(l, &image.name)?;
+        }
         let (cached_steps, steps) = self.counts.lock().map(|c| *c).unwrap_or_default();
         Ok(Built {
             manifest: manifest.descriptor(),
             config: config.descriptor(),
-            image: image.config.clone(),
-            layers: image.layers.clone(),
+            image: image.config,
+            layers: image.layers,
             cached_steps,
             steps,
-            base_repo: image.repo.clone(),
-        })
-        .and_then(|b| {
-            for l in &image.layers {
-                self.ensure_blob(l, &image.name)?;
-            }
-            Ok(b)
+            base_repo: image.repo,
         })
     }
 
@@ -1635,31 +1630,6 @@ impl registry_client::BlobSink for FileSink {
         let r = std::io::Write::write_all(&mut self.0, &chunk).map_err(registry_client::Error::from);
         std::future::ready(r)
     }
-}
-
-fn pack_into(
-    w: &mut layer_diff::LayerWriter<oci_image::BlobWriter>,
-    snap: &layer_diff::Snapshot,
-    changes: &[layer_diff::Change],
-) -> Result<(), BuildError> {
-    for c in changes {
-        if c.kind == layer_diff::ChangeKind::Delete {
-            w.append_whiteout(&c.path)?;
-            continue;
-        }
-        if c.path.as_os_str().is_empty() {
-            if c.opaque {
-                w.append_opaque(Path::new(""))?;
-            }
-            continue;
-        }
-        let Some(entry) = snap.get(&c.path) else { continue };
-        w.append(snap.root(), entry)?;
-        if c.opaque && entry.kind.is_dir() {
-            w.append_opaque(&c.path)?;
-        }
-    }
-    Ok(())
 }
 
 /// `kiln/<context directory name>:latest` (`kiln/image:latest` when the name does not fit).
