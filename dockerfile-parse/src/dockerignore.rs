@@ -25,6 +25,8 @@
 //! # Ok::<(), dockerfile_parse::dockerignore::IgnoreError>(())
 //! ```
 
+use crate::class::{CharClass, Dialect};
+
 /// Why a `.dockerignore` could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -56,6 +58,9 @@ pub fn ignore_file_candidates(dockerfile: &str) -> [String; 2] {
     [format!("{dockerfile}.dockerignore"), ".dockerignore".to_string()]
 }
 
+/// Classes as Go's `filepath.Match` writes them.
+const GO_CLASSES: Dialect = Dialect { escape: '\\', bang: false, strict_ranges: true };
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
     Lit(char),
@@ -68,10 +73,7 @@ enum Token {
     /// `**` at the end after other characters: `.*`.
     Rest,
     /// `[...]`
-    Class {
-        negated: bool,
-        ranges: Vec<(char, char)>,
-    },
+    Class(CharClass),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,12 +296,12 @@ fn classify(pattern: &str, line: usize) -> Result<Kind, IgnoreError> {
                 }
             }
             '[' => {
-                let (tok, next) = parse_class(&chars, i).ok_or_else(|| IgnoreError::BadPattern {
+                let (class, next) = CharClass::parse(&chars, i, GO_CLASSES).ok_or_else(|| IgnoreError::BadPattern {
                     pattern: pattern.to_string(),
                     line,
                     reason: "unterminated or invalid character class",
                 })?;
-                tokens.push(tok);
+                tokens.push(Token::Class(class));
                 i = next;
                 ty = Ty::Regex;
             }
@@ -317,42 +319,6 @@ fn classify(pattern: &str, line: usize) -> Result<Kind, IgnoreError> {
         Ty::Suffix => Kind::Suffix,
         Ty::Regex => Kind::Regex(tokens),
     })
-}
-
-fn parse_class(chars: &[char], mut i: usize) -> Option<(Token, usize)> {
-    let mut negated = false;
-    if chars.get(i) == Some(&'^') {
-        negated = true;
-        i += 1;
-    }
-    let mut ranges = Vec::new();
-    let mut first = true;
-    loop {
-        let mut c = *chars.get(i)?;
-        if c == ']' && !first {
-            return Some((Token::Class { negated, ranges }, i + 1));
-        }
-        first = false;
-        i += 1;
-        if c == '\\' {
-            c = *chars.get(i)?;
-            i += 1;
-        }
-        if chars.get(i) == Some(&'-') && chars.get(i + 1).is_some_and(|&e| e != ']') {
-            let mut end = *chars.get(i + 1)?;
-            i += 2;
-            if end == '\\' {
-                end = *chars.get(i)?;
-                i += 1;
-            }
-            if end < c {
-                return None;
-            }
-            ranges.push((c, end));
-        } else {
-            ranges.push((c, c));
-        }
-    }
 }
 
 impl Pattern {
@@ -392,9 +358,7 @@ fn regex_match(tokens: &[Token], text: &[char]) -> bool {
             let v = match tok {
                 Token::Lit(l) => c == Some(*l) && at_next(x + 1),
                 Token::One => c.is_some_and(|c| c != '/') && at_next(x + 1),
-                Token::Class { negated, ranges } => {
-                    c.is_some_and(|c| ranges.iter().any(|&(a, b)| a <= c && c <= b) != *negated) && at_next(x + 1)
-                }
+                Token::Class(class) => c.is_some_and(|c| class.matches(c)) && at_next(x + 1),
                 Token::Star => at_next(x) || (c.is_some_and(|c| c != '/') && at_cur(x + 1, &cur)),
                 Token::Rest => at_next(x) || (c.is_some() && at_cur(x + 1, &cur)),
                 Token::Dirs => at_next(x) || slash_ahead,

@@ -42,6 +42,7 @@
 //!   that ends in a lone continuation) and drops comments.
 
 mod ast;
+mod class;
 pub mod command;
 pub mod dockerignore;
 mod dump;

@@ -22,6 +22,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
 
+use crate::class::{CharClass, Dialect};
+
 /// Deepest nesting of `${...}` expansions accepted before giving up.
 const MAX_DEPTH: usize = 128;
 /// The most bytes a `${name/pattern/replacement}` may produce: nested
@@ -692,7 +694,7 @@ impl<L: Lookup + ?Sized> State<'_, L> {
 enum GlobToken {
     Star,
     Any,
-    Class { negated: bool, ranges: Vec<(char, char)> },
+    Class(CharClass),
     Lit(char),
 }
 
@@ -722,8 +724,9 @@ impl Glob {
                 '*' => tokens.push(GlobToken::Star),
                 '?' => tokens.push(GlobToken::Any),
                 '[' => {
-                    if let Some((tok, next)) = parse_class(&chars, i, escape) {
-                        tokens.push(tok);
+                    let dialect = Dialect { escape, bang: true, strict_ranges: false };
+                    if let Some((class, next)) = CharClass::parse(&chars, i, dialect) {
+                        tokens.push(GlobToken::Class(class));
                         i = next;
                     } else {
                         tokens.push(GlobToken::Lit('['));
@@ -854,44 +857,11 @@ impl Glob {
     }
 }
 
-fn parse_class(chars: &[char], mut i: usize, escape: char) -> Option<(GlobToken, usize)> {
-    let mut negated = false;
-    if matches!(chars.get(i), Some('!' | '^')) {
-        negated = true;
-        i += 1;
-    }
-    let mut ranges = Vec::new();
-    let mut first = true;
-    loop {
-        let mut c = *chars.get(i)?;
-        if c == ']' && !first {
-            return Some((GlobToken::Class { negated, ranges }, i + 1));
-        }
-        first = false;
-        i += 1;
-        if c == escape {
-            c = *chars.get(i)?;
-            i += 1;
-        }
-        if chars.get(i) == Some(&'-') && chars.get(i + 1).is_some_and(|&e| e != ']') {
-            let mut end = *chars.get(i + 1)?;
-            i += 2;
-            if end == escape {
-                end = *chars.get(i)?;
-                i += 1;
-            }
-            ranges.push((c, end));
-        } else {
-            ranges.push((c, c));
-        }
-    }
-}
-
 fn token_matches(tok: &GlobToken, c: char) -> bool {
     match tok {
         GlobToken::Star | GlobToken::Any => true,
         GlobToken::Lit(l) => *l == c,
-        GlobToken::Class { negated, ranges } => ranges.iter().any(|&(a, b)| a <= c && c <= b) != *negated,
+        GlobToken::Class(class) => class.matches(c),
     }
 }
 
