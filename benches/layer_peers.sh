@@ -49,9 +49,11 @@ compare() {
   if [ -n "${ONLY:-}" ] && [[ "$name" != *"$ONLY"* ]]; then return; fi
   eval "$setup_a"; eval "$a" > /dev/null 2>&1
   eval "$setup_b"; eval "$b" > /dev/null 2>&1
+  # sync after each setup: the setups write hundreds of MB, and their writeback
+  # would otherwise land in whichever timed run comes next
   for _ in $(seq "$RUNS"); do
-    eval "$setup_a"; ta+=("$(time_of bash -c "$a")")
-    eval "$setup_b"; tb+=("$(time_of bash -c "$b")")
+    eval "$setup_a"; sync; ta+=("$(time_of bash -c "$a")")
+    eval "$setup_b"; sync; tb+=("$(time_of bash -c "$b")")
   done
   local ma mb ratio
   ma=$(printf '%s\n' "${ta[@]}" | median); mb=$(printf '%s\n' "${tb[@]}" | median)

@@ -676,14 +676,97 @@ impl Applier<'_> {
     }
 }
 
+/// Chunks of the tar stream handed from the reading thread to the applying one.
+const CHUNK: usize = 256 * 1024;
+
+/// The applying end of the pipe between the two threads of [`apply_stream`].
+struct Chunks {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.cur = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // the reading side is done: end of stream
+                Err(_) => return Ok(0),
+            }
+        }
+        let rest = self.cur.get(self.pos..).unwrap_or_default();
+        let n = rest.len().min(buf.len());
+        buf.get_mut(..n).unwrap_or_default().copy_from_slice(rest.get(..n).unwrap_or_default());
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Applies the tar stream `reader` yields. Two threads share the work: the
+/// caller's reads the stream (decompression, verification, the diff id's
+/// hash) and hands it over in chunks, a scoped helper parses the tar and
+/// writes the tree, so decompressing and writing files overlap.
 fn apply_stream<R: Read>(
     reader: R,
     root: &Path,
     opts: &ApplyOptions,
     digest: Option<&Digest>,
 ) -> Result<ApplyInfo, ApplyError> {
-    let hashed = DigestReader::new(Limited { inner: reader, read: 0, limit: opts.size_limit });
-    let mut archive = tar::Archive::new(hashed);
+    let mut hashed = DigestReader::new(Limited { inner: reader, read: 0, limit: opts.size_limit });
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let applied = std::thread::scope(|s| {
+        let applier = s.spawn(|| apply_entries(Chunks { rx, cur: Vec::new(), pos: 0 }, root, opts, digest));
+        loop {
+            let mut chunk = vec![0u8; CHUNK];
+            let read = match read_full(&mut hashed, &mut chunk) {
+                Ok(n) => n,
+                Err(e) => {
+                    // the applier reports it where the tar reader meets it
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+            };
+            chunk.truncate(read);
+            // a closed pipe: the applier stopped on an error it reports itself
+            if read == 0 || tx.send(Ok(chunk)).is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        applier.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
+    let (entries, skipped_devices) = applied?;
+    let (_, diff_id, tar_size) = hashed.finish();
+    Ok(ApplyInfo { diff_id, tar_size, entries, skipped_devices })
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(buf.get_mut(n..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Parses the tar from `chunks` and applies its entries; returns the
+/// entries applied and the devices skipped.
+fn apply_entries(
+    chunks: Chunks,
+    root: &Path,
+    opts: &ApplyOptions,
+    digest: Option<&Digest>,
+) -> Result<(u64, u64), ApplyError> {
+    let mut archive = tar::Archive::new(chunks);
     let mut ap = Applier {
         root,
         opts,
@@ -712,10 +795,9 @@ fn apply_stream<R: Read>(
     }
     ap.finish_dirs()?;
     // read to the end so the trailing bytes are hashed and the blob is verified
-    let mut hashed = archive.into_inner();
-    io::copy(&mut hashed, &mut io::sink()).map_err(|e| stream_error(e, root, digest))?;
-    let (_, diff_id, tar_size) = hashed.finish();
-    Ok(ApplyInfo { diff_id, tar_size, entries: ap.info_entries, skipped_devices: ap.skipped_devices })
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| stream_error(e, root, digest))?;
+    Ok((ap.info_entries, ap.skipped_devices))
 }
 
 /// Applies an uncompressed tar layer onto `root` (which must exist).

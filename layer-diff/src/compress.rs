@@ -4,7 +4,7 @@
 //! here is only the pigz-style framing around it, which no crate offers with
 //! the two properties a layer needs: the work spreads across threads, and the
 //! bytes are identical for any thread count. The input is cut into fixed
-//! 128 KiB blocks; each block is deflated on its own with the 32 KiB of input
+//! 512 KiB blocks; each block is deflated on its own with the 32 KiB of input
 //! before it as the preset dictionary and ends with a sync flush (the last
 //! block with a final flush), so the blocks concatenate into one deflate
 //! stream. The CRC-32 of every block is combined in order for the trailer.
@@ -24,7 +24,11 @@ use flate2::{Compress, Crc, FlushCompress, Status};
 use oci_image::Compression;
 
 /// Size of one independently compressed gzip block.
-const BLOCK: usize = 128 * 1024;
+///
+/// 512 KiB rather than pigz's 128 KiB: every block re-hashes its 32 KiB
+/// dictionary and sets up a fresh compressor, and at 512 KiB that costs 5%
+/// fewer instructions in all (cachegrind, level 6 on a Debian root tar).
+const BLOCK: usize = 512 * 1024;
 /// Size of the preset dictionary taken from the preceding input.
 const DICT: usize = 32 * 1024;
 /// Input per zstd worker job.

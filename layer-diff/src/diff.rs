@@ -7,7 +7,7 @@
 //! read only when those agree but the change times differ; a deleted
 //! directory is one deletion; parents of a change are part of the layer.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -85,25 +85,123 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// How two entries at the same path compare without reading contents.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Same,
+    Changed,
+    /// Regular files whose metadata agree but whose change times differ:
+    /// only their contents can tell.
+    ReadContents,
+}
+
 /// Is `upper` a changed version of `lower` (same path, both existing)?
 /// Type, mode, owner, xattrs, link target and device numbers decide first,
 /// then size and mtime (a touched file or directory is modified); content
 /// is compared only when those agree but the change times differ.
-fn modified(lower: &Entry, upper: &Entry, lower_root: &Path, upper_root: &Path) -> Result<bool, SnapshotError> {
+fn verdict(lower: &Entry, upper: &Entry) -> Verdict {
     if !same_metadata(lower, upper) || lower.mtime != upper.mtime {
-        return Ok(true);
+        return Verdict::Changed;
     }
     match upper.kind {
-        Kind::File => {
-            if lower.size != upper.size {
-                return Ok(true);
+        Kind::File if lower.size != upper.size => Verdict::Changed,
+        Kind::File if lower.ctime != upper.ctime => Verdict::ReadContents,
+        _ => Verdict::Same,
+    }
+}
+
+/// The content comparisons a merge needs, in merge order, shared by the
+/// merging thread and a helper that works ahead of it: reading both files
+/// is most of a diff's time, and two threads keep two reads going.
+/// The next pair nobody has claimed, and each finished pair's answer.
+type Progress = (usize, Vec<Option<Result<bool, SnapshotError>>>);
+
+struct Compares {
+    pairs: Vec<(PathBuf, PathBuf)>,
+    state: std::sync::Mutex<Progress>,
+    done: std::sync::Condvar,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl Compares {
+    fn new(lower: &Snapshot, upper: &Snapshot) -> Compares {
+        let (lows, ups) = (lower.entries(), upper.entries());
+        let mut pairs = Vec::new();
+        let (mut li, mut ui) = (0, 0);
+        while let (Some(lo), Some(up)) = (lows.get(li), ups.get(ui)) {
+            match lo.path.cmp(&up.path) {
+                std::cmp::Ordering::Less => li += 1,
+                std::cmp::Ordering::Greater => ui += 1,
+                std::cmp::Ordering::Equal => {
+                    if verdict(lo, up) == Verdict::ReadContents {
+                        pairs.push((lower.root().join(&lo.path), upper.root().join(&up.path)));
+                    }
+                    li += 1;
+                    ui += 1;
+                }
             }
-            if lower.ctime == upper.ctime {
-                return Ok(false);
-            }
-            Ok(!same_content(&lower_root.join(&lower.path), &upper_root.join(&upper.path))?)
         }
-        _ => Ok(false),
+        let slots = pairs.iter().map(|_| None).collect();
+        Compares {
+            pairs,
+            state: std::sync::Mutex::new((0, slots)),
+            done: std::sync::Condvar::new(),
+            stop: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Compares pair `k` and records the answer.
+    fn run(&self, k: usize) {
+        let answer = match self.pairs.get(k) {
+            Some((a, b)) => same_content(a, b),
+            None => Ok(true),
+        };
+        if let Some(slot) = self.lock().1.get_mut(k) {
+            *slot = Some(answer);
+        }
+        self.done.notify_all();
+    }
+
+    /// The helper: claims pairs in order until none are left.
+    fn work(&self) {
+        loop {
+            if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            let k = {
+                let mut st = self.lock();
+                if st.0 >= self.pairs.len() {
+                    return;
+                }
+                st.0 += 1;
+                st.0 - 1
+            };
+            self.run(k);
+        }
+    }
+
+    /// Are the files of pair `k` the same? Compares unclaimed pairs up to
+    /// `k` itself rather than wait for the helper to reach them.
+    fn same(&self, k: usize) -> Result<bool, SnapshotError> {
+        let mut st = self.lock();
+        loop {
+            if let Some(answer) = st.1.get_mut(k).and_then(Option::take) {
+                return answer;
+            }
+            if st.0 <= k {
+                let claimed = st.0;
+                st.0 += 1;
+                drop(st);
+                self.run(claimed);
+                st = self.lock();
+            } else {
+                st = self.done.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        }
     }
 }
 
@@ -115,11 +213,84 @@ fn modified(lower: &Entry, upper: &Entry, lower_root: &Path, upper_root: &Path) 
 /// # Errors
 /// [`SnapshotError::Io`] when file contents must be compared and cannot be read.
 pub fn diff(lower: &Snapshot, upper: &Snapshot) -> Result<Vec<Change>, SnapshotError> {
-    let mut out: BTreeMap<PathBuf, ChangeKind> = BTreeMap::new();
+    let mut out = Vec::new();
+    let collected = diff_each(lower, upper, |c| {
+        out.push(c);
+        Ok::<(), std::convert::Infallible>(())
+    });
+    match collected {
+        Ok(()) => Ok(out),
+        Err(EachError::Diff(e)) => Err(e),
+        Err(EachError::Stopped(never)) => match never {},
+    }
+}
+
+/// Why [`diff_each`] stopped.
+#[derive(Debug)]
+pub(crate) enum EachError<E> {
+    /// Comparing the trees failed.
+    Diff(SnapshotError),
+    /// The callback said stop.
+    Stopped(E),
+}
+
+impl<E> From<SnapshotError> for EachError<E> {
+    fn from(e: SnapshotError) -> Self {
+        EachError::Diff(e)
+    }
+}
+
+/// [`diff`], handing each change to `emit` as soon as it is known, in the
+/// same order: a consumer can write the layer while the rest of the trees
+/// is still being compared.
+///
+/// One merge pass over the two sorted snapshots. A parent directory is
+/// emitted (as [`ChangeKind::Modify`]) just before the first change below
+/// it: in path order everything between a directory and one of its
+/// descendants lies inside that directory, so an ancestor not emitted yet
+/// had no earlier change under it, and emitting it late keeps the order.
+pub(crate) fn diff_each<E>(
+    lower: &Snapshot,
+    upper: &Snapshot,
+    mut emit: impl FnMut(Change) -> Result<(), E>,
+) -> Result<(), EachError<E>> {
+    let compares = Compares::new(lower, upper);
+    std::thread::scope(|s| {
+        if compares.pairs.len() > 1 {
+            s.spawn(|| compares.work());
+        }
+        let merged = merge(lower, upper, &compares, &mut emit);
+        // on an early return the helper stops at its next pair
+        compares.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        merged
+    })
+}
+
+/// The merge pass of [`diff_each`].
+fn merge<E>(
+    lower: &Snapshot,
+    upper: &Snapshot,
+    compares: &Compares,
+    mut emit: impl FnMut(Change) -> Result<(), E>,
+) -> Result<(), EachError<E>> {
     let (lows, ups) = (lower.entries(), upper.entries());
     let (mut li, mut ui) = (0, 0);
+    // the next content comparison, in the order Compares::new found them
+    let mut compare = 0;
+    // every path emitted so far (changes and their parents)
+    let mut emitted: HashSet<PathBuf> = HashSet::new();
     // a deleted directory hides everything below it
     let mut deleted_dir: Option<PathBuf> = None;
+    let mut change = |path: &Path, kind: ChangeKind, emitted: &mut HashSet<PathBuf>| -> Result<(), EachError<E>> {
+        let mut missing: Vec<&Path> =
+            path.ancestors().skip(1).take_while(|p| !p.as_os_str().is_empty() && !emitted.contains(*p)).collect();
+        while let Some(parent) = missing.pop() {
+            emitted.insert(parent.to_owned());
+            emit(Change::new(parent, ChangeKind::Modify)).map_err(EachError::Stopped)?;
+        }
+        emitted.insert(path.to_owned());
+        emit(Change::new(path, kind)).map_err(EachError::Stopped)
+    };
     while li < lows.len() || ui < ups.len() {
         let order = match (lows.get(li), ups.get(ui)) {
             (Some(lo), Some(up)) => lo.path.cmp(&up.path),
@@ -135,9 +306,9 @@ pub fn diff(lower: &Snapshot, upper: &Snapshot) -> Result<Vec<Change>, SnapshotE
                     .path
                     .ancestors()
                     .skip(1)
-                    .any(|p| upper.get(p).is_some_and(|e| !e.kind.is_dir()) && out.contains_key(p));
+                    .any(|p| upper.get(p).is_some_and(|e| !e.kind.is_dir()) && emitted.contains(p));
                 if !hidden && !parent_replaced {
-                    out.insert(lo.path.clone(), ChangeKind::Delete);
+                    change(&lo.path, ChangeKind::Delete, &mut emitted)?;
                     if lo.kind.is_dir() {
                         deleted_dir = Some(lo.path.clone());
                     }
@@ -146,31 +317,29 @@ pub fn diff(lower: &Snapshot, upper: &Snapshot) -> Result<Vec<Change>, SnapshotE
             }
             std::cmp::Ordering::Greater => {
                 let Some(up) = ups.get(ui) else { break };
-                out.insert(up.path.clone(), ChangeKind::Add);
+                change(&up.path, ChangeKind::Add, &mut emitted)?;
                 ui += 1;
             }
             std::cmp::Ordering::Equal => {
-                if let (Some(lo), Some(up)) = (lows.get(li), ups.get(ui))
-                    && modified(lo, up, lower.root(), upper.root())?
-                {
-                    out.insert(up.path.clone(), ChangeKind::Modify);
+                if let (Some(lo), Some(up)) = (lows.get(li), ups.get(ui)) {
+                    let modified = match verdict(lo, up) {
+                        Verdict::Same => false,
+                        Verdict::Changed => true,
+                        Verdict::ReadContents => {
+                            compare += 1;
+                            !compares.same(compare - 1)?
+                        }
+                    };
+                    if modified {
+                        change(&up.path, ChangeKind::Modify, &mut emitted)?;
+                    }
                 }
                 li += 1;
                 ui += 1;
             }
         }
     }
-    // parents of every change are part of the layer
-    let paths: Vec<PathBuf> = out.keys().cloned().collect();
-    for p in paths {
-        for parent in p.ancestors().skip(1) {
-            if parent.as_os_str().is_empty() {
-                break;
-            }
-            out.entry(parent.to_owned()).or_insert(ChangeKind::Modify);
-        }
-    }
-    Ok(out.into_iter().map(|(path, kind)| Change::new(path, kind)).collect())
+    Ok(())
 }
 
 /// Bytes a set of changes adds to a layer's content: regular files of added

@@ -36,6 +36,7 @@ mod apply;
 mod compress;
 mod diff;
 mod idmap;
+mod readahead;
 mod snapshot;
 mod writer;
 
@@ -144,6 +145,7 @@ impl LayerInfo {
 pub fn pack_dir<W: Write>(root: &Path, w: W, opts: &PackOptions) -> Result<(W, LayerInfo), LayerError> {
     let snap = Snapshot::walk(root)?;
     let mut lw = LayerWriter::new(w, opts)?;
+    lw.read_ahead(snap.entries().iter().map(|e| (root.join(&e.path), e)));
     for e in snap.entries() {
         lw.append(root, e)?;
     }
@@ -164,6 +166,8 @@ pub fn pack_changes<W: Write>(
     opts: &PackOptions,
 ) -> Result<(W, LayerInfo), LayerError> {
     let mut lw = LayerWriter::new(w, opts)?;
+    let written = changes.iter().filter(|c| c.kind != ChangeKind::Delete).filter_map(|c| upper.get(&c.path));
+    lw.read_ahead(written.map(|e| (upper.root().join(&e.path), e)));
     lw.append_changes(upper, changes)?;
     lw.finish()
 }
@@ -172,11 +176,44 @@ pub fn pack_changes<W: Write>(
 ///
 /// # Errors
 /// As [`pack_changes`].
+///
+/// The two trees are walked at the same time, and the comparison runs on
+/// its own thread, handing changes over as it finds them, so reading files
+/// to compare their contents overlaps with writing the layer.
 pub fn pack_diff<W: Write>(lower: &Path, upper: &Path, w: W, opts: &PackOptions) -> Result<(W, LayerInfo), LayerError> {
-    let lo = Snapshot::walk(lower)?;
-    let up = Snapshot::walk(upper)?;
-    let changes = diff(&lo, &up)?;
-    pack_changes(&up, &changes, w, opts)
+    let (lo, up) = std::thread::scope(|s| {
+        let lo = s.spawn(|| Snapshot::walk(lower));
+        let up = Snapshot::walk(upper);
+        (lo.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), up)
+    });
+    let (lo, up) = (lo?, up?);
+    let mut lw = LayerWriter::new(w, opts)?;
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Change>(256);
+        let upper = &up;
+        let differ = s.spawn(move || {
+            diff::diff_each(&lo, upper, move |c: Change| {
+                // the change is queued; have its file on its way by the time it is written
+                if let Some(e) = upper.get(&c.path)
+                    && c.kind != ChangeKind::Delete
+                    && e.kind == Kind::File
+                {
+                    readahead::hint(&upper.root().join(&c.path), e.size);
+                }
+                tx.send(c)
+            })
+        });
+        let written = rx.iter().try_for_each(|c| lw.append_changes(&up, std::slice::from_ref(&c)));
+        // a failed write drops the receiver, which stops the comparison at its next change
+        drop(rx);
+        let compared = differ.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        written?;
+        match compared {
+            Ok(()) | Err(diff::EachError::Stopped(_)) => Ok(()),
+            Err(diff::EachError::Diff(e)) => Err(LayerError::Snapshot(e)),
+        }
+    })?;
+    lw.finish()
 }
 
 /// Packs an overlayfs upper directory as one layer (see [`overlay_changes`]).

@@ -1291,6 +1291,7 @@ impl Ctx {
         );
         let layer = self.layer_step(&key, report, || {
             self.write_layer(|w| {
+                w.read_ahead(items.iter().map(|item| (item.source.clone(), &item.entry)));
                 for item in &items {
                     w.append_from(&item.source, &item.entry)?;
                 }

@@ -212,3 +212,86 @@ fn repack_with_no_changes_adds_no_layer() {
     assert_eq!(layers, 0);
     let _ = names;
 }
+
+/// Many same-size, same-mtime files in two trees (so every one needs a
+/// content comparison, shared between two threads): exactly the rewritten
+/// ones are changes, in path order, each after its parents.
+#[test]
+fn content_comparisons_find_exactly_the_rewritten_files() {
+    let lo = tempfile::tempdir().unwrap();
+    for d in 0..7 {
+        fs::create_dir(lo.path().join(format!("d{d}"))).unwrap();
+        for f in 0..40 {
+            let p = lo.path().join(format!("d{d}/f{f:02}"));
+            fs::write(&p, format!("{d}-{f:02}-").repeat(100 + f)).unwrap();
+            set_mtime(&p, 100);
+        }
+        set_mtime(&lo.path().join(format!("d{d}")), 100);
+    }
+    set_mtime(lo.path(), 100);
+    let up = tempfile::tempdir().unwrap();
+    let status =
+        Command::new("cp").arg("-a").arg(format!("{}/.", lo.path().display())).arg(up.path()).status().unwrap();
+    assert!(status.success());
+    // same size, same mtime, other bytes: only the contents tell
+    let rewritten = ["d0/f00", "d2/f17", "d2/f18", "d6/f39"];
+    for p in rewritten {
+        let full = up.path().join(p);
+        let mut bytes = fs::read(&full).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&full, bytes).unwrap();
+        set_mtime(&full, 100);
+    }
+    let c = changes(lo.path(), up.path());
+    let want: Vec<(String, ChangeKind)> = ["d0", "d0/f00", "d2", "d2/f17", "d2/f18", "d6", "d6/f39"]
+        .iter()
+        .map(|p| ((*p).to_owned(), ChangeKind::Modify))
+        .collect();
+    assert_eq!(c, want);
+    // and the layer streamed by pack_diff holds the same entries in the same order
+    let (tar, _) = layer_diff::pack_diff(lo.path(), up.path(), Vec::new(), &plain()).unwrap();
+    let in_tar: Vec<String> = crate::tar_names(&tar).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(in_tar, ["d0/", "d0/f00", "d2/", "d2/f17", "d2/f18", "d6/", "d6/f39"]);
+}
+
+/// A file that vanishes between the walk and the content comparison is an
+/// error naming it, not a silent "unchanged".
+#[test]
+fn unreadable_file_during_comparison_is_an_error() {
+    let (lo, up) = pair();
+    let lo_s = Snapshot::walk(lo.path()).unwrap();
+    let up_s = Snapshot::walk(up.path()).unwrap();
+    fs::remove_file(up.path().join("file4")).unwrap();
+    let err = diff(&lo_s, &up_s).unwrap_err();
+    assert!(err.to_string().contains("file4"), "{err}");
+}
+
+/// A layer writer that fails stops `pack_diff` with the write error (the
+/// comparing thread stops too; nothing hangs).
+#[test]
+fn failing_writer_stops_a_streamed_diff() {
+    struct Fails(usize);
+    impl std::io::Write for Fails {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0 < buf.len() {
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.0 -= buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lo = tempfile::tempdir().unwrap();
+    let up = tempfile::tempdir().unwrap();
+    for i in 0..300 {
+        fs::write(up.path().join(format!("f{i:03}")), vec![b'x'; 4096]).unwrap();
+    }
+    let Err(err) = layer_diff::pack_diff(lo.path(), up.path(), Fails(64 * 1024), &plain()) else {
+        panic!("a failing writer must fail the layer");
+    };
+    assert!(matches!(err, layer_diff::LayerError::Io { .. }), "{err:?}");
+    assert!(format!("{err:?}").contains("disk full"), "{err:?}");
+}
