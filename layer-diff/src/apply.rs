@@ -723,7 +723,7 @@ fn apply_stream<R: Read>(
         let applier = s.spawn(|| apply_entries(Chunks { rx, cur: Vec::new(), pos: 0 }, root, opts, digest));
         loop {
             let mut chunk = vec![0u8; CHUNK];
-            let read = match read_full(&mut hashed, &mut chunk) {
+            let read = match crate::snapshot::read_full(&mut hashed, &mut chunk) {
                 Ok(n) => n,
                 Err(e) => {
                     // the applier reports it where the tar reader meets it
@@ -743,19 +743,6 @@ fn apply_stream<R: Read>(
     let (entries, skipped_devices) = applied?;
     let (_, diff_id, tar_size) = hashed.finish();
     Ok(ApplyInfo { diff_id, tar_size, entries, skipped_devices })
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(buf.get_mut(n..).unwrap_or_default()) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Parses the tar from `chunks` and applies its entries; returns the

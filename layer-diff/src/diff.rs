@@ -9,10 +9,9 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use crate::snapshot::{Entry, Kind, Snapshot, SnapshotError, io_err, raw_xattr};
+use crate::snapshot::{Entry, Kind, Snapshot, SnapshotError, io_err, raw_xattr, read_full};
 
 /// What happened to a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,19 +69,6 @@ fn same_content(a: &Path, b: &Path) -> Result<bool, SnapshotError> {
             return Ok(true);
         }
     }
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(buf.get_mut(n..).unwrap_or_default()) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// How two entries at the same path compare without reading contents.

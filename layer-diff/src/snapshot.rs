@@ -188,6 +188,20 @@ pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Er
     move |source| SnapshotError::Io { op, path: path.to_owned(), source }
 }
 
+/// Reads until `buf` is full or the reader ends; returns the bytes read.
+pub(crate) fn read_full(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(buf.get_mut(n..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Is this xattr one a layer may carry?
 pub fn keep_xattr(name: &str) -> bool {
     let overlay = name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.");
