@@ -9,127 +9,147 @@
 //! hints: it never reads content itself, and the writer's own reads stay the
 //! ones that count.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-/// How many files the helper may be ahead of the writer.
-const AHEAD_FILES: usize = 256;
-/// How many bytes the helper may be ahead of the writer.
-const AHEAD_BYTES: u64 = 32 << 20;
+/// How many opened files the helper may hold ahead of the writer.
+const AHEAD_FILES: usize = 128;
+/// How much of each file is hinted; the kernel's own read-ahead follows
+/// the writer's sequential reads through the rest.
+const HINT_BYTES: u64 = 8 << 20;
 
-/// A helper thread hinting the files at and after the writer's position.
+/// One file opened and hinted ahead: its index in the list and its path.
+type Opened = (usize, PathBuf, File);
+
+/// A helper thread that opens and hints the files at and after the writer's
+/// position, and hands the writer the open files: the path lookups leave
+/// the writer's thread too.
 pub(crate) struct ReadAhead {
-    /// Index (into the list given to [`ReadAhead::start`]) of the file the writer is at.
-    at: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
+    rx: Option<Receiver<Opened>>,
+    /// A file received for a later position than the writer asked for.
+    early: Option<Opened>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ReadAhead {
-    /// Starts hinting `files` (path and size, in the order they will be read).
-    /// Returns `None` when there is nothing worth hinting.
+    /// Starts on `files` (path and size, in the order they will be read).
+    /// Returns `None` when there is nothing worth doing.
     pub(crate) fn start(files: Vec<(PathBuf, u64)>) -> Option<ReadAhead> {
         if files.len() < 2 {
             return None;
         }
-        let at = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (at2, stop2) = (Arc::clone(&at), Arc::clone(&stop));
+        // the channel's bound is how far ahead the helper may get
+        let (tx, rx) = sync_channel::<Opened>(AHEAD_FILES);
         let thread = std::thread::Builder::new()
             .name("layer-readahead".into())
-            .spawn(move || hint_all(&files, &at2, &stop2))
+            .spawn(move || {
+                for (i, (path, size)) in files.into_iter().enumerate() {
+                    if let Some(file) = open_and_hint(&path, size)
+                        && tx.send((i, path, file)).is_err()
+                    {
+                        return; // the writer is done
+                    }
+                }
+            })
             .ok()?;
-        Some(ReadAhead { at, stop, thread: Some(thread) })
+        Some(ReadAhead { rx: Some(rx), early: None, thread: Some(thread) })
     }
 
-    /// The writer has reached file `index`.
-    pub(crate) fn advance(&self, index: usize) {
-        self.at.store(index, Ordering::Relaxed);
-        if let Some(t) = &self.thread {
-            t.thread().unpark();
+    /// The file at `index` of the list, if the helper has it open already
+    /// and it is `path`; `None` tells the writer to open it itself. Never waits.
+    pub(crate) fn take(&mut self, index: usize, path: &Path) -> Option<File> {
+        loop {
+            let (i, p, file) = match self.early.take() {
+                Some(opened) => opened,
+                None => match self.rx.as_ref()?.try_recv() {
+                    Ok(opened) => opened,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => return None,
+                },
+            };
+            if i < index {
+                continue; // the writer opened that one itself
+            }
+            if i > index {
+                self.early = Some((i, p, file));
+                return None;
+            }
+            return (p == path).then_some(file);
         }
     }
 }
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        // a closed channel ends the helper at its next file
+        self.rx = None;
+        self.early = None;
         if let Some(t) = self.thread.take() {
-            t.thread().unpark();
             let _ = t.join();
         }
     }
 }
 
-fn hint_all(files: &[(PathBuf, u64)], at: &AtomicUsize, stop: &AtomicBool) {
-    // bytes[i]: total size of the files before i
-    let mut before = Vec::with_capacity(files.len() + 1);
-    let mut sum = 0u64;
-    for (_, size) in files {
-        before.push(sum);
-        sum = sum.saturating_add(*size);
+/// Opens `path` (never following a final symlink, never waiting on a FIFO)
+/// and asks the kernel to start reading its first [`HINT_BYTES`].
+fn open_and_hint(path: &Path, size: u64) -> Option<File> {
+    use rustix::fs::{Advice, Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = rustix::fs::open(path, flags, Mode::empty()).ok()?;
+    // only a regular file is handed over: anything else the writer opens and judges itself
+    if !rustix::fs::fstat(&fd).is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file()) {
+        return None;
     }
-    before.push(sum);
-    for (i, (path, size)) in files.iter().enumerate() {
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let writer = at.load(Ordering::Relaxed);
-            if i < writer {
-                break; // the writer is past it already
-            }
-            let ahead_bytes =
-                before.get(i).copied().unwrap_or(0).saturating_sub(before.get(writer).copied().unwrap_or(0));
-            if i - writer <= AHEAD_FILES && ahead_bytes <= AHEAD_BYTES {
-                hint(path, *size);
-                break;
-            }
-            // the writer unparks on every file; the timeout only guards against a lost wake-up
-            std::thread::park_timeout(Duration::from_millis(50));
-        }
-    }
+    // regular files ignore O_NONBLOCK, but the writer gets a plain descriptor
+    let _ = rustix::fs::fcntl_setfl(&fd, OFlags::empty());
+    let _ = rustix::fs::fadvise(&fd, 0, std::num::NonZeroU64::new(size.min(HINT_BYTES)), Advice::WillNeed);
+    Some(File::from(fd))
 }
 
 /// Asks the kernel to start reading `path` into the page cache.
-pub(crate) fn hint(path: &std::path::Path, size: u64) {
-    use rustix::fs::{Advice, Mode, OFlags};
-    if size == 0 {
-        return;
-    }
-    // O_NOFOLLOW and O_NONBLOCK: never follow a swapped-in symlink, never wait on a FIFO
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
-    if let Ok(fd) = rustix::fs::open(path, flags, Mode::empty()) {
-        let _ = rustix::fs::fadvise(&fd, 0, std::num::NonZeroU64::new(size), Advice::WillNeed);
-    }
+pub(crate) fn hint(path: &Path, size: u64) {
+    drop(open_and_hint(path, size));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
-    /// The helper ends when dropped wherever it is: before starting, while
-    /// waiting for the writer, and with paths that do not exist or are FIFOs.
+    /// The writer gets the helper's open files when they match, opens its
+    /// own otherwise, never waits, and the helper ends when dropped.
     #[test]
-    fn stops_when_dropped_and_tolerates_any_list() {
+    fn hands_over_matching_files_and_stops_when_dropped() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("a"), vec![1u8; 10_000]).unwrap();
+        for i in 0..4 {
+            std::fs::write(d.path().join(format!("f{i}")), format!("content {i}")).unwrap();
+        }
         rustix::fs::mknodat(rustix::fs::CWD, d.path().join("fifo"), rustix::fs::FileType::Fifo, 0o600.into(), 0)
             .unwrap();
-        let mut files = vec![(d.path().join("a"), 10_000), (d.path().join("fifo"), 1)];
-        files.extend((0..10_000).map(|i| (d.path().join(format!("missing{i}")), 1 << 20)));
-        let ahead = ReadAhead::start(files.clone()).unwrap();
-        // it is now waiting for the writer, far ahead of it
-        std::thread::sleep(Duration::from_millis(20));
-        ahead.advance(5);
+        let mut files: Vec<(PathBuf, u64)> = (0..4).map(|i| (d.path().join(format!("f{i}")), 9)).collect();
+        files.insert(2, (d.path().join("fifo"), 1));
+        files.extend((0..1000).map(|i| (d.path().join(format!("missing{i}")), 1 << 20)));
+        let mut ahead = ReadAhead::start(files.clone()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut f0 = ahead.take(0, &d.path().join("f0")).expect("opened ahead");
+        let mut text = String::new();
+        f0.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "content 0");
+        // a path that does not match the list is not handed over
+        assert!(ahead.take(1, &d.path().join("other")).is_none());
+        // a FIFO is never opened for the writer
+        assert!(ahead.take(2, &d.path().join("fifo")).is_none());
+        let mut f3 = ahead.take(4, &d.path().join("f3")).expect("opened ahead");
+        text.clear();
+        f3.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "content 3");
         drop(ahead);
-        // a writer that runs past the end of the list
-        let ahead = ReadAhead::start(files).unwrap();
-        ahead.advance(usize::MAX);
+        // dropped while the helper waits on a full channel
+        let many: Vec<(PathBuf, u64)> = (0..1000).map(|_| (d.path().join("f1"), 9)).collect();
+        let ahead = ReadAhead::start(many).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
         drop(ahead);
-        assert!(ReadAhead::start(vec![(d.path().join("a"), 1)]).is_none());
+        assert!(ReadAhead::start(vec![(d.path().join("f0"), 1)]).is_none());
     }
 }

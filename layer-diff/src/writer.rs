@@ -139,11 +139,12 @@ impl<W: Write> LayerWriter<W> {
     }
 
     /// Announces what the next appends will be, in order: each entry with
-    /// the file its content comes from. A helper thread then asks the kernel
-    /// to start reading each regular file a little before the writer needs
-    /// it, so files that are not in the page cache do not stall the
-    /// pipeline one by one. Only a hint: appends work the same without it,
-    /// and a list that does not match the appends costs nothing but hints.
+    /// the file its content comes from. A helper thread then opens each
+    /// regular file a little before the writer needs it and asks the kernel
+    /// to start reading it, so files that are not in the page cache do not
+    /// stall the pipeline one by one, and the writer's thread skips the path
+    /// lookups. Appends work the same without it: a file is taken from the
+    /// helper only when it is the one the append names at that position.
     pub fn read_ahead<'a>(&mut self, entries: impl IntoIterator<Item = (PathBuf, &'a Entry)>) {
         // the files append_from reads: regular files, a hard-linked inode once
         let mut seen = std::collections::HashSet::new();
@@ -328,16 +329,17 @@ impl<W: Write> LayerWriter<W> {
                 fields.device = Some((*major, *minor));
             }
             Kind::File => {
-                let file = fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
-                    .open(&full)
-                    .map_err(io_at("open", &full))?;
-                fields.size = entry.size;
+                let opened = self.ahead.as_mut().and_then(|a| a.take(self.files_read, &full));
                 self.files_read += 1;
-                if let Some(ahead) = &self.ahead {
-                    ahead.advance(self.files_read);
-                }
+                let file = match opened {
+                    Some(file) => file,
+                    None => fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
+                        .open(&full)
+                        .map_err(io_at("open", &full))?,
+                };
+                fields.size = entry.size;
                 self.write_header(&fields).map_err(write)?;
                 return self.copy_exact(file, entry.size, &full);
             }
