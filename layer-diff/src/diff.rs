@@ -71,6 +71,30 @@ fn same_content(a: &Path, b: &Path) -> Result<bool, SnapshotError> {
     }
 }
 
+/// A path of two snapshots walked side by side: on one side only, or on both.
+enum Side<'a> {
+    Lower(&'a Entry),
+    Upper(&'a Entry),
+    Both(&'a Entry, &'a Entry),
+}
+
+/// The entries of `lower` and `upper` merged in path order (both are sorted).
+fn side_by_side<'a>(lower: &'a Snapshot, upper: &'a Snapshot) -> impl Iterator<Item = Side<'a>> {
+    let (mut lows, mut ups) = (lower.entries().iter().peekable(), upper.entries().iter().peekable());
+    std::iter::from_fn(move || {
+        let order = match (lows.peek(), ups.peek()) {
+            (Some(lo), Some(up)) => lo.path.cmp(&up.path),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, _) => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => lows.next().map(Side::Lower),
+            std::cmp::Ordering::Greater => ups.next().map(Side::Upper),
+            std::cmp::Ordering::Equal => lows.next().zip(ups.next()).map(|(lo, up)| Side::Both(lo, up)),
+        }
+    })
+}
+
 /// How two entries at the same path compare without reading contents.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Verdict {
@@ -96,12 +120,12 @@ fn verdict(lower: &Entry, upper: &Entry) -> Verdict {
     }
 }
 
-/// The content comparisons a merge needs, in merge order, shared by the
-/// merging thread and a helper that works ahead of it: reading both files
-/// is most of a diff's time, and two threads keep two reads going.
 /// The next pair nobody has claimed, and each finished pair's answer.
 type Progress = (usize, Vec<Option<Result<bool, SnapshotError>>>);
 
+/// The content comparisons a merge needs, in merge order, shared by the
+/// merging thread and a helper that works ahead of it: reading both files
+/// is most of a diff's time, and two threads keep two reads going.
 struct Compares {
     pairs: Vec<(PathBuf, PathBuf)>,
     state: std::sync::Mutex<Progress>,
@@ -111,22 +135,14 @@ struct Compares {
 
 impl Compares {
     fn new(lower: &Snapshot, upper: &Snapshot) -> Compares {
-        let (lows, ups) = (lower.entries(), upper.entries());
-        let mut pairs = Vec::new();
-        let (mut li, mut ui) = (0, 0);
-        while let (Some(lo), Some(up)) = (lows.get(li), ups.get(ui)) {
-            match lo.path.cmp(&up.path) {
-                std::cmp::Ordering::Less => li += 1,
-                std::cmp::Ordering::Greater => ui += 1,
-                std::cmp::Ordering::Equal => {
-                    if verdict(lo, up) == Verdict::ReadContents {
-                        pairs.push((lower.root().join(&lo.path), upper.root().join(&up.path)));
-                    }
-                    li += 1;
-                    ui += 1;
+        let pairs: Vec<(PathBuf, PathBuf)> = side_by_side(lower, upper)
+            .filter_map(|side| match side {
+                Side::Both(lo, up) if verdict(lo, up) == Verdict::ReadContents => {
+                    Some((lower.root().join(&lo.path), upper.root().join(&up.path)))
                 }
-            }
-        }
+                _ => None,
+            })
+            .collect();
         let slots = pairs.iter().map(|_| None).collect();
         Compares {
             pairs,
@@ -259,8 +275,6 @@ fn merge<E>(
     compares: &Compares,
     mut emit: impl FnMut(Change) -> Result<(), E>,
 ) -> Result<(), EachError<E>> {
-    let (lows, ups) = (lower.entries(), upper.entries());
-    let (mut li, mut ui) = (0, 0);
     // the next content comparison, in the order Compares::new found them
     let mut compare = 0;
     // every path emitted so far (changes and their parents)
@@ -277,15 +291,9 @@ fn merge<E>(
         emitted.insert(path.to_owned());
         emit(Change::new(path, kind)).map_err(EachError::Stopped)
     };
-    while li < lows.len() || ui < ups.len() {
-        let order = match (lows.get(li), ups.get(ui)) {
-            (Some(lo), Some(up)) => lo.path.cmp(&up.path),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
-        };
-        match order {
-            std::cmp::Ordering::Less => {
-                let Some(lo) = lows.get(li) else { break };
+    for side in side_by_side(lower, upper) {
+        match side {
+            Side::Lower(lo) => {
                 let hidden = deleted_dir.as_ref().is_some_and(|d| lo.path.starts_with(d));
                 // a path under a directory that became a file is covered by that change
                 let parent_replaced = lo
@@ -299,29 +307,20 @@ fn merge<E>(
                         deleted_dir = Some(lo.path.clone());
                     }
                 }
-                li += 1;
             }
-            std::cmp::Ordering::Greater => {
-                let Some(up) = ups.get(ui) else { break };
-                change(&up.path, ChangeKind::Add, &mut emitted)?;
-                ui += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                if let (Some(lo), Some(up)) = (lows.get(li), ups.get(ui)) {
-                    let modified = match verdict(lo, up) {
-                        Verdict::Same => false,
-                        Verdict::Changed => true,
-                        Verdict::ReadContents => {
-                            compare += 1;
-                            !compares.same(compare - 1)?
-                        }
-                    };
-                    if modified {
-                        change(&up.path, ChangeKind::Modify, &mut emitted)?;
+            Side::Upper(up) => change(&up.path, ChangeKind::Add, &mut emitted)?,
+            Side::Both(lo, up) => {
+                let modified = match verdict(lo, up) {
+                    Verdict::Same => false,
+                    Verdict::Changed => true,
+                    Verdict::ReadContents => {
+                        compare += 1;
+                        !compares.same(compare - 1)?
                     }
+                };
+                if modified {
+                    change(&up.path, ChangeKind::Modify, &mut emitted)?;
                 }
-                li += 1;
-                ui += 1;
             }
         }
     }

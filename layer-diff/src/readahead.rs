@@ -3,11 +3,11 @@
 //! The writer reads one file after another on one thread. When the files are
 //! not in the page cache (a fresh checkout, a tree written a while ago) every
 //! small file is a synchronous disk read, and the compressor threads wait for
-//! them. A helper thread therefore walks a bounded distance ahead of the
-//! writer and asks the kernel to start reading each file
-//! (`posix_fadvise(WILLNEED)`), so the reads are in flight together. It only
-//! hints: it never reads content itself, and the writer's own reads stay the
-//! ones that count.
+//! them. A helper thread therefore works a bounded number of files ahead of
+//! the writer: it opens each one, asks the kernel to start reading it
+//! (`posix_fadvise(WILLNEED)`), so the reads are in flight together, and
+//! hands the open file to the writer, which takes it only when it is the
+//! file it is about to read. It never reads content itself.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
