@@ -35,6 +35,7 @@ use oci_image::{Compression, Descriptor, Digest, MediaType};
 mod apply;
 mod compress;
 mod diff;
+mod hashing;
 mod idmap;
 mod readahead;
 mod snapshot;
@@ -142,13 +143,43 @@ impl LayerInfo {
 ///
 /// # Errors
 /// [`LayerError`] for unreadable files, names reserved for whiteouts, or a failing writer.
+///
+/// The walk runs on its own thread and hands entries over as it reads
+/// them, so the first files are compressed while the rest of the tree is
+/// still being walked.
 pub fn pack_dir<W: Write>(root: &Path, w: W, opts: &PackOptions) -> Result<(W, LayerInfo), LayerError> {
-    let snap = Snapshot::walk(root)?;
+    /// Entries handed from the walk to the writer at a time.
+    const BATCH: usize = 64;
     let mut lw = LayerWriter::new(w, opts)?;
-    lw.read_ahead(snap.entries().iter().map(|e| (root.join(&e.path), e)));
-    for e in snap.entries() {
-        lw.append(root, e)?;
-    }
+    std::thread::scope(|s| {
+        // unbounded, as the whole snapshot was before: the walk never waits
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Entry>>();
+        let (files_tx, files_rx) = std::sync::mpsc::channel::<(PathBuf, u64)>();
+        lw.read_ahead_stream(files_rx);
+        let walker = s.spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut reads = writer::ContentReads::default();
+            let walked = snapshot::walk_each(root, &mut |e| {
+                if reads.reads(&e) {
+                    // a closed read-ahead only means no more hints
+                    let _ = files_tx.send((root.join(&e.path), e.size));
+                }
+                batch.push(e);
+                batch.len() < BATCH || tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).is_ok()
+            });
+            if walked.as_ref().is_ok_and(|&all| all) && !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+            walked
+        });
+        let written = rx.iter().flatten().try_for_each(|e| lw.append(root, &e));
+        // a failed write drops the receiver, which stops the walk at its next batch
+        drop(rx);
+        let walked = walker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        written?;
+        walked?;
+        Ok::<_, LayerError>(())
+    })?;
     lw.finish()
 }
 

@@ -11,8 +11,9 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError, sync_channel};
-use std::thread::JoinHandle;
 
 /// How many opened files the helper may hold ahead of the writer.
 const AHEAD_FILES: usize = 128;
@@ -26,35 +27,46 @@ type Opened = (usize, PathBuf, File);
 /// A helper thread that opens and hints the files at and after the writer's
 /// position, and hands the writer the open files: the path lookups leave
 /// the writer's thread too.
+///
+/// Dropping it never waits for the helper, which may be waiting for the
+/// next file of a list still being made: the helper stops on its own
+/// before its next file.
 pub(crate) struct ReadAhead {
-    rx: Option<Receiver<Opened>>,
+    rx: Receiver<Opened>,
     /// A file received for a later position than the writer asked for.
     early: Option<Opened>,
-    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl ReadAhead {
-    /// Starts on `files` (path and size, in the order they will be read).
-    /// Returns `None` when there is nothing worth doing.
-    pub(crate) fn start(files: Vec<(PathBuf, u64)>) -> Option<ReadAhead> {
-        if files.len() < 2 {
-            return None;
-        }
+    /// Starts on `files` (path and size, in the order they will be read; a
+    /// channel's receiver when the list is still being made). `None` when
+    /// no thread can be started.
+    pub(crate) fn start<I>(files: I) -> Option<ReadAhead>
+    where
+        I: IntoIterator<Item = (PathBuf, u64)> + Send + 'static,
+        I::IntoIter: Send,
+    {
         // the channel's bound is how far ahead the helper may get
         let (tx, rx) = sync_channel::<Opened>(AHEAD_FILES);
-        let thread = std::thread::Builder::new()
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        std::thread::Builder::new()
             .name("layer-readahead".into())
             .spawn(move || {
                 for (i, (path, size)) in files.into_iter().enumerate() {
+                    if stopped.load(Ordering::Relaxed) {
+                        return; // the writer is done
+                    }
                     if let Some(file) = open_and_hint(&path, size)
                         && tx.send((i, path, file)).is_err()
                     {
-                        return; // the writer is done
+                        return;
                     }
                 }
             })
             .ok()?;
-        Some(ReadAhead { rx: Some(rx), early: None, thread: Some(thread) })
+        Some(ReadAhead { rx, early: None, stop })
     }
 
     /// The file at `index` of the list, if the helper has it open already
@@ -63,7 +75,7 @@ impl ReadAhead {
         loop {
             let (i, p, file) = match self.early.take() {
                 Some(opened) => opened,
-                None => match self.rx.as_ref()?.try_recv() {
+                None => match self.rx.try_recv() {
                     Ok(opened) => opened,
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => return None,
                 },
@@ -82,12 +94,9 @@ impl ReadAhead {
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
-        // a closed channel ends the helper at its next file
-        self.rx = None;
-        self.early = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // the flag stops the helper before its next file, and the channel
+        // (closed once `rx` goes) stops it from waiting with one in hand
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -145,11 +154,44 @@ mod tests {
         f3.read_to_string(&mut text).unwrap();
         assert_eq!(text, "content 3");
         drop(ahead);
+        // a list still being made: files arrive as they are found
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ahead = ReadAhead::start(rx).unwrap();
+        tx.send((d.path().join("f1"), 9)).unwrap();
+        let mut got = None;
+        for _ in 0..500 {
+            got = ahead.take(0, &d.path().join("f1"));
+            if got.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        text.clear();
+        got.expect("opened ahead").read_to_string(&mut text).unwrap();
+        assert_eq!(text, "content 1");
+        // dropped while the helper waits for the list to go on: the drop
+        // does not wait, and the helper ends (dropping the list's receiver)
+        drop(ahead);
+        assert!(helper_ends(&tx, &d.path().join("f2")));
         // dropped while the helper waits on a full channel
-        let many: Vec<(PathBuf, u64)> = (0..1000).map(|_| (d.path().join("f1"), 9)).collect();
-        let ahead = ReadAhead::start(many).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..2 * AHEAD_FILES {
+            tx.send((d.path().join("f1"), 9)).unwrap();
+        }
+        let ahead = ReadAhead::start(rx).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
         drop(ahead);
-        assert!(ReadAhead::start(vec![(d.path().join("f0"), 1)]).is_none());
+        assert!(helper_ends(&tx, &d.path().join("f1")));
+    }
+
+    /// Whether the helper reading `tx`'s list stops taking files within 10 s.
+    fn helper_ends(tx: &std::sync::mpsc::Sender<(PathBuf, u64)>, file: &Path) -> bool {
+        for _ in 0..1000 {
+            if tx.send((file.to_owned(), 9)).is_err() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
     }
 }

@@ -262,7 +262,10 @@ impl Snapshot {
     /// [`SnapshotError::Io`] naming the path that could not be read.
     pub fn walk(root: &Path) -> Result<Snapshot, SnapshotError> {
         let mut entries = Vec::new();
-        walk_into(root, Path::new(""), &mut entries)?;
+        walk_each(root, &mut |e| {
+            entries.push(e);
+            true
+        })?;
         Ok(Snapshot { root: root.to_owned(), entries })
     }
 
@@ -289,7 +292,14 @@ impl Snapshot {
     }
 }
 
-fn walk_into(root: &Path, rel: &Path, out: &mut Vec<Entry>) -> Result<(), SnapshotError> {
+/// Walks the tree under `root` as [`Snapshot::walk`] does, handing each
+/// entry to `sink` as soon as it is read, in the snapshot's order. The walk
+/// stops early, returning `Ok(false)`, when `sink` returns `false`.
+pub(crate) fn walk_each(root: &Path, sink: &mut dyn FnMut(Entry) -> bool) -> Result<bool, SnapshotError> {
+    walk_into(root, Path::new(""), sink)
+}
+
+fn walk_into(root: &Path, rel: &Path, sink: &mut dyn FnMut(Entry) -> bool) -> Result<bool, SnapshotError> {
     let dir = root.join(rel);
     let mut children: Vec<(OsString, fs::DirEntry)> = Vec::new();
     for entry in fs::read_dir(&dir).map_err(io_err("read directory", &dir))? {
@@ -303,12 +313,11 @@ fn walk_into(root: &Path, rel: &Path, out: &mut Vec<Entry>) -> Result<(), Snapsh
         let meta = dirent.metadata().map_err(io_err("stat", &full))?;
         let Some(entry) = Entry::from_metadata(&full, rel_path.clone(), &meta)? else { continue };
         let is_dir = entry.kind.is_dir();
-        out.push(entry);
-        if is_dir {
-            walk_into(root, &rel_path, out)?;
+        if !sink(entry) || (is_dir && !walk_into(root, &rel_path, sink)?) {
+            return Ok(false);
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

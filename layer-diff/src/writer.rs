@@ -14,9 +14,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use oci_image::{Compression, DigestWriter, MediaType};
+use oci_image::{Compression, MediaType};
 
 use crate::compress::Compressor;
+use crate::hashing::{CHUNK, HashingWriter, OffloadHash};
 use crate::readahead::ReadAhead;
 use crate::snapshot::{Entry, Kind};
 use crate::{LayerError, LayerInfo, PackOptions};
@@ -26,18 +27,34 @@ pub const WHITEOUT_PREFIX: &str = ".wh.";
 /// The name of the opaque-directory marker.
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
-const STAGE: usize = 256 * 1024;
+/// The staging buffer: filled, compressed, then handed whole to the hashing thread.
+const STAGE: usize = CHUNK;
 /// Largest value of a 7-digit octal header field (uid, gid).
 const MAX7: u64 = 0o777_7777;
 /// Largest value of an 11-digit octal header field (size, mtime).
 const MAX11: u64 = 0o777_7777_7777;
+
+/// Which appended entries read content: regular files, each hard-linked
+/// inode once (later paths become link entries). The read-ahead list must
+/// name exactly those, in order.
+#[derive(Default)]
+pub(crate) struct ContentReads(std::collections::HashSet<(u64, u64)>);
+
+impl ContentReads {
+    /// Whether appending `e` (the next entry) reads its file.
+    pub(crate) fn reads(&mut self, e: &Entry) -> bool {
+        e.kind == Kind::File && (e.nlink <= 1 || self.0.insert((e.dev, e.ino)))
+    }
+}
 
 /// Streams tar entries into a layer blob, hashing both sides on the way.
 ///
 /// Entries must be appended in order (parents before children); the writer
 /// turns later paths of a hard-linked inode into link entries to the first.
 pub struct LayerWriter<W: Write> {
-    out: DigestWriter<Compressor<DigestWriter<W>>>,
+    out: Compressor<HashingWriter<W>>,
+    /// The tar's hash (the diff id); `None` when uncompressed, where it is the blob's.
+    tar_hash: Option<OffloadHash>,
     stage: Vec<u8>,
     opts: PackOptions,
     media_type: MediaType,
@@ -125,10 +142,14 @@ impl<W: Write> LayerWriter<W> {
             Compression::Zstd => MediaType::OciLayerZstd,
             _ => MediaType::OciLayer,
         };
-        let compressor = Compressor::new(DigestWriter::new(w), opts.compression, opts.level, opts.threads)
+        // with threads to spare, both hashes run on threads of their own
+        let threaded = opts.threads > 1;
+        let out = Compressor::new(HashingWriter::new(w, threaded), opts.compression, opts.level, opts.threads)
             .map_err(io_at("set up compression of", Path::new("layer")))?;
+        let tar_hash = (opts.compression != Compression::None).then(|| OffloadHash::new(threaded));
         Ok(LayerWriter {
-            out: DigestWriter::new(compressor),
+            out,
+            tar_hash,
             stage: Vec::with_capacity(STAGE),
             opts: opts.clone(),
             media_type,
@@ -146,24 +167,51 @@ impl<W: Write> LayerWriter<W> {
     /// lookups. Appends work the same without it: a file is taken from the
     /// helper only when it is the one the append names at that position.
     pub fn read_ahead<'a>(&mut self, entries: impl IntoIterator<Item = (PathBuf, &'a Entry)>) {
-        // the files append_from reads: regular files, a hard-linked inode once
-        let mut seen = std::collections::HashSet::new();
-        let files = entries
-            .into_iter()
-            .filter(|(_, e)| e.kind == Kind::File && (e.nlink <= 1 || seen.insert((e.dev, e.ino))))
-            .map(|(source, e)| (source, e.size))
-            .collect();
+        let mut seen = ContentReads::default();
+        let files: Vec<_> =
+            entries.into_iter().filter(|(_, e)| seen.reads(e)).map(|(source, e)| (source, e.size)).collect();
+        self.ahead = None;
+        self.files_read = 0;
+        if files.len() > 1 {
+            self.read_ahead_stream(files);
+        }
+    }
+
+    /// As [`LayerWriter::read_ahead`], for files (source path and size,
+    /// filtered by [`ContentReads`]) that arrive while the layer is being
+    /// written.
+    pub(crate) fn read_ahead_stream<I>(&mut self, files: I)
+    where
+        I: IntoIterator<Item = (PathBuf, u64)> + Send + 'static,
+        I::IntoIter: Send,
+    {
         self.ahead = ReadAhead::start(files);
         self.files_read = 0;
     }
 
+    /// Compresses the staged bytes and hands them to the tar's hash.
+    fn flush_stage(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.stage)?;
+        match &mut self.tar_hash {
+            Some(h) => {
+                let full = std::mem::take(&mut self.stage);
+                self.stage = h.update_owned(full)?;
+            }
+            None => self.stage.clear(),
+        }
+        Ok(())
+    }
+
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.stage.len() + bytes.len() > STAGE {
-            self.out.write_all(&self.stage)?;
-            self.stage.clear();
+            self.flush_stage()?;
         }
         if bytes.len() >= STAGE {
-            self.out.write_all(bytes)
+            self.out.write_all(bytes)?;
+            match &mut self.tar_hash {
+                Some(h) => h.update(bytes),
+                None => Ok(()),
+            }
         } else {
             self.stage.extend_from_slice(bytes);
             Ok(())
@@ -353,8 +401,7 @@ impl<W: Write> LayerWriter<W> {
         let mut left = size;
         loop {
             if self.stage.len() == STAGE {
-                self.out.write_all(&self.stage).map_err(io_at("write layer entry for", path))?;
-                self.stage.clear();
+                self.flush_stage().map_err(io_at("write layer entry for", path))?;
             }
             let start = self.stage.len();
             let want = usize::try_from(left).unwrap_or(usize::MAX).min(STAGE - start);
@@ -466,15 +513,14 @@ impl<W: Write> LayerWriter<W> {
         let media_type = self.media_type.clone();
         let end = (|| {
             self.put(&[0u8; 1024])?;
-            self.out.write_all(&self.stage)?;
-            self.stage.clear();
-            let (compressor, diff_id, _) = self.out.finish();
-            let blob = compressor.finish()?;
-            Ok::<_, io::Error>((blob, diff_id))
+            self.flush_stage()?;
+            let tar = self.tar_hash.take().map(OffloadHash::finish).transpose()?;
+            let (w, digest, size) = self.out.finish()?.finish()?;
+            // uncompressed, the tar is the blob
+            let diff_id = tar.map_or_else(|| digest.clone(), |(d, _)| d);
+            Ok::<_, io::Error>((w, LayerInfo { digest, diff_id, size, media_type }))
         })();
-        let (blob, diff_id) = end.map_err(io)?;
-        let (w, digest, size) = blob.finish();
-        Ok((w, LayerInfo { digest, diff_id, size, media_type }))
+        end.map_err(io)
     }
 }
 

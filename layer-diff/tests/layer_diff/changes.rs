@@ -5,7 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use layer_diff::{Change, ChangeKind, Snapshot, changes_size, diff};
+use layer_diff::{Change, ChangeKind, PackOptions, Snapshot, changes_size, diff};
+use oci_image::Compression;
 
 use crate::{make_tree, names, pack, plain};
 
@@ -267,31 +268,96 @@ fn unreadable_file_during_comparison_is_an_error() {
     assert!(err.to_string().contains("file4"), "{err}");
 }
 
-/// A layer writer that fails stops `pack_diff` with the write error (the
-/// comparing thread stops too; nothing hangs).
-#[test]
-fn failing_writer_stops_a_streamed_diff() {
-    struct Fails(usize);
-    impl std::io::Write for Fails {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if self.0 < buf.len() {
-                return Err(std::io::Error::other("disk full"));
-            }
-            self.0 -= buf.len();
-            Ok(buf.len())
+/// A writer that fails once it has taken its budget of bytes.
+struct Fails(usize);
+
+impl std::io::Write for Fails {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0 < buf.len() {
+            return Err(std::io::Error::other("disk full"));
         }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+        self.0 -= buf.len();
+        Ok(buf.len())
     }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A layer writer that fails stops `pack_diff` and `pack_dir` with the
+/// write error (the comparing or walking thread stops too; nothing hangs).
+#[test]
+fn failing_writer_stops_a_streamed_diff_or_walk() {
     let lo = tempfile::tempdir().unwrap();
     let up = tempfile::tempdir().unwrap();
     for i in 0..300 {
         fs::write(up.path().join(format!("f{i:03}")), vec![b'x'; 4096]).unwrap();
     }
-    let Err(err) = layer_diff::pack_diff(lo.path(), up.path(), Fails(64 * 1024), &plain()) else {
-        panic!("a failing writer must fail the layer");
-    };
-    assert!(matches!(err, layer_diff::LayerError::Io { .. }), "{err:?}");
-    assert!(format!("{err:?}").contains("disk full"), "{err:?}");
+    for result in [
+        layer_diff::pack_diff(lo.path(), up.path(), Fails(64 * 1024), &plain()),
+        layer_diff::pack_dir(up.path(), Fails(64 * 1024), &plain()),
+    ] {
+        let Err(err) = result else {
+            panic!("a failing writer must fail the layer");
+        };
+        assert!(matches!(err, layer_diff::LayerError::Io { .. }), "{err:?}");
+        assert!(format!("{err:?}").contains("disk full"), "{err:?}");
+    }
+}
+
+/// `pack_dir` writes entries while the walk goes on: the layer is the same
+/// as one written from a finished snapshot, for any compression and thread
+/// count (several batches of entries, hard links, symlinks, nested dirs).
+#[test]
+fn whole_tree_streamed_from_the_walk_matches_the_snapshot() {
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..150 {
+        let p = d.path().join(format!("d{}/s{}/f{i:03}", i % 7, i % 3));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, vec![u8::try_from(i).unwrap(); i * 97]).unwrap();
+    }
+    fs::hard_link(d.path().join("d0/s0/f000"), d.path().join("d6/link")).unwrap();
+    fs::hard_link(d.path().join("d0/s0/f000"), d.path().join("a-link")).unwrap();
+    std::os::unix::fs::symlink("d1", d.path().join("sym")).unwrap();
+    for (compression, threads) in [(Compression::None, 1), (Compression::Gzip, 2), (Compression::Zstd, 3)] {
+        let opts = PackOptions { compression, threads, ..plain() };
+        let snap = Snapshot::walk(d.path()).unwrap();
+        let mut lw = layer_diff::LayerWriter::new(Vec::new(), &opts).unwrap();
+        for e in snap.entries() {
+            lw.append(d.path(), e).unwrap();
+        }
+        let (want, want_info) = lw.finish().unwrap();
+        let (got, info) = pack(d.path(), &opts);
+        assert_eq!(info, want_info, "{compression:?} on {threads} threads");
+        assert!(got == want, "{compression:?} on {threads} threads: same bytes");
+    }
+    let (tar, _) = pack(d.path(), &plain());
+    let links: Vec<_> = crate::tar_names(&tar).into_iter().filter(|(_, t, _)| *t == tar::EntryType::Link).collect();
+    assert_eq!(links.len(), 2, "{links:?}");
+}
+
+/// A walk that fails part way through a tree fails the layer with the
+/// walk's error, naming the directory (here: a path longer than the kernel
+/// takes, below entries already written).
+#[test]
+fn walk_error_after_entries_were_written_fails_the_layer() {
+    use rustix::fs::{Mode, OFlags};
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..200 {
+        fs::write(d.path().join(format!("a{i:03}")), "x").unwrap();
+    }
+    // z/nnn.../nnn... 20 levels deep: over PATH_MAX from the root, made one level at a time
+    let name = "n".repeat(250);
+    fs::create_dir(d.path().join("z")).unwrap();
+    let mut dir = rustix::fs::open(d.path().join("z"), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+    for _ in 0..20 {
+        rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+        dir = rustix::fs::openat(&dir, name.as_str(), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+    }
+    for (compression, threads) in [(Compression::None, 1), (Compression::Zstd, 2)] {
+        let err =
+            layer_diff::pack_dir(d.path(), Vec::new(), &PackOptions { compression, threads, ..plain() }).unwrap_err();
+        assert!(matches!(err, layer_diff::LayerError::Snapshot(_)), "{err:?}");
+        assert!(err.to_string().contains("nnnnnnnn"), "{err}");
+    }
 }

@@ -284,16 +284,22 @@ fn compression_gzip_zstd_none_auto_and_mixed() {
     let (plain_tar, plain_info) = pack(src.path(), &plain());
     assert_eq!(plain_info.media_type, MediaType::OciLayer);
     assert_eq!(plain_info.digest, plain_info.diff_id);
+    // with more than one thread, both hashes run on threads of their own
+    let (threaded_tar, threaded_info) = pack(src.path(), &PackOptions { threads: 3, ..plain() });
+    assert_eq!((threaded_tar, threaded_info), (plain_tar.clone(), plain_info.clone()));
     for (c, mt, tool) in
         [(Compression::Gzip, MediaType::OciLayerGzip, "gzip"), (Compression::Zstd, MediaType::OciLayerZstd, "zstd")]
     {
-        let (blob, info) = pack(src.path(), &PackOptions { compression: c, ..plain() });
-        assert_eq!(info.media_type, mt);
-        assert_eq!(info.diff_id, plain_info.diff_id, "the diff id is the tar's");
-        assert_eq!(info.digest, Digest::sha256(&blob));
-        assert_eq!(untar_bytes(&blob), plain_tar, "auto-detected decode");
-        if let Some(decoded) = cli_decode(tool, &blob) {
-            assert_eq!(decoded, plain_tar, "{tool} -dc");
+        for threads in [1, 3] {
+            let (blob, info) = pack(src.path(), &PackOptions { compression: c, threads, ..plain() });
+            assert_eq!(info.media_type, mt);
+            assert_eq!(info.diff_id, plain_info.diff_id, "the diff id is the tar's");
+            assert_eq!(info.digest, Digest::sha256(&blob));
+            assert_eq!(info.size, blob.len() as u64);
+            assert_eq!(untar_bytes(&blob), plain_tar, "auto-detected decode");
+            if let Some(decoded) = cli_decode(tool, &blob) {
+                assert_eq!(decoded, plain_tar, "{tool} -dc");
+            }
         }
     }
     // mixed compression across the layers of one image
