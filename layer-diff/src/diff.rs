@@ -186,15 +186,18 @@ impl Compares {
         }
     }
 
-    /// Are the files of pair `k` the same? Compares unclaimed pairs up to
-    /// `k` itself rather than wait for the helper to reach them.
+    /// Are the files of pair `k` the same? While the answer is not there,
+    /// compares the next unclaimed pair itself (up to `k`, or past it while
+    /// the helper is on `k`) rather than wait: both threads then keep
+    /// comparing, which is what sets the pace while unchanged files are
+    /// being read and there is nothing to compress yet.
     fn same(&self, k: usize) -> Result<bool, SnapshotError> {
         let mut st = self.lock();
         loop {
             if let Some(answer) = st.1.get_mut(k).and_then(Option::take) {
                 return answer;
             }
-            if st.0 <= k {
+            if st.0 < self.pairs.len() || st.0 <= k {
                 let claimed = st.0;
                 st.0 += 1;
                 drop(st);
