@@ -94,7 +94,9 @@ pub struct PackOptions {
     pub compression: Compression,
     /// Compression level (gzip 0-9, default 6; zstd 1-22, default 3).
     pub level: Option<i32>,
-    /// Compression threads; the output is the same for any count.
+    /// Compression threads; the output is the same for any count. Above
+    /// one, the blob's and the tar's sha256 also run on a thread each;
+    /// with one they run on the caller's thread.
     pub threads: usize,
     /// Put every entry under this directory in the tar (rebasing).
     pub prefix: Option<PathBuf>,
