@@ -191,7 +191,13 @@ impl Compares {
     /// the helper is on `k`) rather than wait: both threads then keep
     /// comparing, which is what sets the pace while unchanged files are
     /// being read and there is nothing to compress yet.
-    fn same(&self, k: usize) -> Result<bool, SnapshotError> {
+    ///
+    /// `direct` compares the two files itself; it is used only for a pair
+    /// the pre-pass did not list, whose answer would otherwise never come.
+    fn same(&self, k: usize, direct: impl FnOnce() -> Result<bool, SnapshotError>) -> Result<bool, SnapshotError> {
+        if k >= self.pairs.len() {
+            return direct();
+        }
         let mut st = self.lock();
         loop {
             if let Some(answer) = st.1.get_mut(k).and_then(Option::take) {
@@ -318,7 +324,8 @@ fn merge<E>(
                     Verdict::Changed => true,
                     Verdict::ReadContents => {
                         compare += 1;
-                        !compares.same(compare - 1)?
+                        let direct = || same_content(&lower.root().join(&lo.path), &upper.root().join(&up.path));
+                        !compares.same(compare - 1, direct)?
                     }
                 };
                 if modified {
@@ -404,5 +411,17 @@ mod tests {
         assert_eq!(changes_size(&snap, &changes), 7);
         let deletes = vec![Change::new("a", ChangeKind::Delete)];
         assert_eq!(changes_size(&snap, &deletes), 0);
+    }
+
+    /// A pair the pre-pass did not list is compared directly, not waited for.
+    #[test]
+    fn unlisted_pair_is_compared_directly() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a"), "x").unwrap();
+        let snap = Snapshot::walk(d.path()).unwrap();
+        let compares = Compares::new(&snap, &snap);
+        assert!(compares.pairs.is_empty());
+        assert!(!compares.same(0, || Ok(false)).unwrap());
+        assert!(compares.same(5, || Ok(true)).unwrap());
     }
 }
