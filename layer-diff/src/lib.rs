@@ -223,15 +223,19 @@ pub fn pack_diff<W: Write>(lower: &Path, upper: &Path, w: W, opts: &PackOptions)
     let mut lw = LayerWriter::new(w, opts)?;
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Change>(256);
+        // the files the writer will read, listed as the comparison finds them
+        let (files_tx, files_rx) = std::sync::mpsc::channel::<(PathBuf, u64)>();
+        lw.read_ahead_stream(files_rx);
         let upper = &up;
         let differ = s.spawn(move || {
+            let mut reads = writer::ContentReads::default();
             diff::diff_each(&lo, upper, move |c: Change| {
-                // the change is queued; have its file on its way by the time it is written
-                if let Some(e) = upper.get(&c.path)
-                    && c.kind != ChangeKind::Delete
-                    && e.kind == Kind::File
+                if c.kind != ChangeKind::Delete
+                    && let Some(e) = upper.get(&c.path)
+                    && reads.reads(e)
                 {
-                    readahead::hint(&upper.root().join(&c.path), e.size);
+                    // a closed read-ahead only means no more hints
+                    let _ = files_tx.send((upper.root().join(&c.path), e.size));
                 }
                 tx.send(c)
             })

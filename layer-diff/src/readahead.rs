@@ -116,11 +116,6 @@ fn open_and_hint(path: &Path, size: u64) -> Option<File> {
     Some(File::from(fd))
 }
 
-/// Asks the kernel to start reading `path` into the page cache.
-pub(crate) fn hint(path: &Path, size: u64) {
-    drop(open_and_hint(path, size));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
