@@ -48,9 +48,9 @@ impl Helper {
             .name("layer-hash".into())
             .spawn(move || {
                 let mut hasher = Hasher::sha256();
-                for mut buf in rx {
+                for buf in rx {
                     hasher.update(&buf);
-                    buf.clear();
+                    // handed back as it is: its bytes stay initialised for the next fill
                     // the owner may have stopped taking buffers back; then drop it
                     let _ = back.try_send(buf);
                 }
@@ -60,7 +60,7 @@ impl Helper {
         Some(Helper { tx, spare, worker, pending: Vec::with_capacity(CHUNK) })
     }
 
-    /// An empty buffer of at least `CHUNK` bytes' capacity.
+    /// A buffer of at least `CHUNK` bytes' capacity, holding stale bytes.
     fn buffer(&self) -> Vec<u8> {
         match self.spare.try_recv() {
             Ok(buf) if buf.capacity() >= CHUNK => buf,
@@ -74,7 +74,8 @@ impl Helper {
 
     fn send_pending(&mut self) -> io::Result<()> {
         if !self.pending.is_empty() {
-            let next = self.buffer();
+            let mut next = self.buffer();
+            next.clear();
             let full = std::mem::replace(&mut self.pending, next);
             self.send(full)?;
         }
@@ -108,13 +109,14 @@ impl OffloadHash {
         Ok(())
     }
 
-    /// Feeds `buf` without copying it and returns an empty buffer (of
-    /// `CHUNK` bytes' capacity or more) to fill next.
-    pub(crate) fn update_owned(&mut self, mut buf: Vec<u8>) -> io::Result<Vec<u8>> {
+    /// Feeds `buf` without copying it and returns a buffer (of `CHUNK`
+    /// bytes' capacity or more) to fill next. That buffer is handed back
+    /// with the stale bytes it held, not cleared: a caller that overwrites
+    /// them in place need not zero it first.
+    pub(crate) fn update_owned(&mut self, buf: Vec<u8>) -> io::Result<Vec<u8>> {
         self.size += buf.len() as u64;
         let Some(h) = &mut self.helper else {
             self.inline.update(&buf);
-            buf.clear();
             return Ok(buf);
         };
         h.send_pending()?;
@@ -188,7 +190,7 @@ mod tests {
             h.update(a).unwrap();
             let (b, rest) = rest.split_at(CHUNK + 5);
             let back = h.update_owned(b.to_vec()).unwrap();
-            assert!(back.is_empty() && back.capacity() >= CHUNK);
+            assert!(back.capacity() >= CHUNK);
             let (c, rest) = rest.split_at(2 * CHUNK);
             h.update(c).unwrap();
             h.update(rest).unwrap();

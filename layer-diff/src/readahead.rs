@@ -9,20 +9,60 @@
 //! hands the open file to the writer, which takes it only when it is the
 //! file it is about to read. It never reads content itself.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 /// How many opened files the helper may hold ahead of the writer.
 const AHEAD_FILES: usize = 128;
+/// A helper waiting for room is woken only once the writer has taken the
+/// queue down to this many files: one wake-up per batch of files rather
+/// than per file. Each wake-up lands on a core a compressor is using.
+const REFILL_AT: usize = AHEAD_FILES / 2;
 /// How much of each file is hinted; the kernel's own read-ahead follows
 /// the writer's sequential reads through the rest.
 const HINT_BYTES: u64 = 8 << 20;
 
 /// One file opened and hinted ahead: its index in the list and its path.
 type Opened = (usize, PathBuf, File);
+
+/// The files opened ahead, shared by the helper and the writer.
+#[derive(Default)]
+struct Queue {
+    opened: VecDeque<Opened>,
+    /// The helper waits for room.
+    waiting: bool,
+    /// The writer is gone: the helper stops.
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    room: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The helper: queues `opened`, first waiting for room; `false` once
+    /// the writer is gone.
+    fn push(&self, opened: Opened) -> bool {
+        let mut q = self.lock();
+        while q.opened.len() >= AHEAD_FILES && !q.closed {
+            q.waiting = true;
+            q = self.room.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
+        if q.closed {
+            return false;
+        }
+        q.opened.push_back(opened);
+        true
+    }
+}
 
 /// A helper thread that opens and hints the files at and after the writer's
 /// position, and hands the writer the open files: the path lookups leave
@@ -32,10 +72,7 @@ type Opened = (usize, PathBuf, File);
 /// next file of a list still being made: the helper stops on its own
 /// before its next file.
 pub(crate) struct ReadAhead {
-    rx: Receiver<Opened>,
-    /// A file received for a later position than the writer asked for.
-    early: Option<Opened>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
 impl ReadAhead {
@@ -47,56 +84,61 @@ impl ReadAhead {
         I: IntoIterator<Item = (PathBuf, u64)> + Send + 'static,
         I::IntoIter: Send,
     {
-        // the channel's bound is how far ahead the helper may get
-        let (tx, rx) = sync_channel::<Opened>(AHEAD_FILES);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
+        let shared = Arc::new(Shared::default());
+        let helper = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("layer-readahead".into())
             .spawn(move || {
                 for (i, (path, size)) in files.into_iter().enumerate() {
-                    if stopped.load(Ordering::Relaxed) {
+                    if helper.lock().closed {
                         return; // the writer is done
                     }
                     if let Some(file) = open_and_hint(&path, size)
-                        && tx.send((i, path, file)).is_err()
+                        && !helper.push((i, path, file))
                     {
                         return;
                     }
                 }
             })
             .ok()?;
-        Some(ReadAhead { rx, early: None, stop })
+        Some(ReadAhead { shared })
     }
 
     /// The file at `index` of the list, if the helper has it open already
     /// and it is `path`; `None` tells the writer to open it itself. Never waits.
     pub(crate) fn take(&mut self, index: usize, path: &Path) -> Option<File> {
-        loop {
-            let (i, p, file) = match self.early.take() {
-                Some(opened) => opened,
-                None => match self.rx.try_recv() {
-                    Ok(opened) => opened,
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => return None,
-                },
-            };
+        let mut q = self.shared.lock();
+        // files before `index` the writer opened itself; closed once the lock is let go
+        let mut passed = Vec::new();
+        let mut found = None;
+        while let Some((i, _, _)) = q.opened.front() {
+            if *i > index {
+                break; // the helper is ahead: this one is for later
+            }
+            let Some((i, p, file)) = q.opened.pop_front() else { break };
             if i < index {
-                continue; // the writer opened that one itself
+                passed.push(file);
+            } else {
+                found = (p == path).then_some(file);
+                break;
             }
-            if i > index {
-                self.early = Some((i, p, file));
-                return None;
-            }
-            return (p == path).then_some(file);
         }
+        if q.waiting && q.opened.len() <= REFILL_AT {
+            q.waiting = false;
+            self.shared.room.notify_one();
+        }
+        drop(q);
+        drop(passed);
+        found
     }
 }
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
-        // the flag stops the helper before its next file, and the channel
-        // (closed once `rx` goes) stops it from waiting with one in hand
-        self.stop.store(true, Ordering::Relaxed);
+        // the flag stops the helper before its next file, and wakes it if
+        // it waits for room with one in hand
+        self.shared.lock().closed = true;
+        self.shared.room.notify_all();
     }
 }
 
@@ -168,7 +210,7 @@ mod tests {
         // does not wait, and the helper ends (dropping the list's receiver)
         drop(ahead);
         assert!(helper_ends(&tx, &d.path().join("f2")));
-        // dropped while the helper waits on a full channel
+        // dropped while the helper waits for room
         let (tx, rx) = std::sync::mpsc::channel();
         for _ in 0..2 * AHEAD_FILES {
             tx.send((d.path().join("f1"), 9)).unwrap();
@@ -177,6 +219,38 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         drop(ahead);
         assert!(helper_ends(&tx, &d.path().join("f1")));
+    }
+
+    /// A list longer than the helper may hold: the helper, waiting for
+    /// room, is woken as the writer takes files, so every file is handed
+    /// over in turn.
+    #[test]
+    fn refills_as_the_writer_takes() {
+        let d = tempfile::tempdir().unwrap();
+        let n = 3 * AHEAD_FILES + 7;
+        let files: Vec<(PathBuf, u64)> = (0..n)
+            .map(|i| {
+                let path = d.path().join(format!("f{i}"));
+                std::fs::write(&path, i.to_string()).unwrap();
+                (path, 4)
+            })
+            .collect();
+        let mut ahead = ReadAhead::start(files.clone()).unwrap();
+        for (i, (path, _)) in files.iter().enumerate() {
+            let mut file = None;
+            for _ in 0..5000 {
+                file = ahead.take(i, path);
+                if file.is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            let mut text = String::new();
+            file.unwrap_or_else(|| panic!("file {i} never handed over")).read_to_string(&mut text).unwrap();
+            assert_eq!(text, i.to_string());
+            // the helper never holds more than its bound
+            assert!(ahead.shared.lock().opened.len() <= AHEAD_FILES);
+        }
     }
 
     /// Whether the helper reading `tx`'s list stops taking files within 10 s.

@@ -55,7 +55,11 @@ pub struct LayerWriter<W: Write> {
     out: Compressor<HashingWriter<W>>,
     /// The tar's hash (the diff id); `None` when uncompressed, where it is the blob's.
     tar_hash: Option<OffloadHash>,
+    /// The staging buffer, always `STAGE` initialised bytes long: files are
+    /// read straight into it, with no zeroing first.
     stage: Vec<u8>,
+    /// How much of `stage` holds tar bytes.
+    filled: usize,
     opts: PackOptions,
     media_type: MediaType,
     links: HashMap<(u64, u64), Vec<u8>>,
@@ -150,7 +154,8 @@ impl<W: Write> LayerWriter<W> {
         Ok(LayerWriter {
             out,
             tar_hash,
-            stage: Vec::with_capacity(STAGE),
+            stage: vec![0; STAGE],
+            filled: 0,
             opts: opts.clone(),
             media_type,
             links: HashMap::new(),
@@ -191,19 +196,27 @@ impl<W: Write> LayerWriter<W> {
 
     /// Compresses the staged bytes and hands them to the tar's hash.
     fn flush_stage(&mut self) -> io::Result<()> {
-        self.out.write_all(&self.stage)?;
-        match &mut self.tar_hash {
-            Some(h) => {
-                let full = std::mem::take(&mut self.stage);
-                self.stage = h.update_owned(full)?;
-            }
-            None => self.stage.clear(),
+        self.out.write_all(self.stage.get(..self.filled).unwrap_or_default())?;
+        if let Some(h) = &mut self.tar_hash {
+            let mut full = std::mem::take(&mut self.stage);
+            full.truncate(self.filled);
+            // the buffer to fill next comes back with its old bytes: only
+            // a shorter one has a tail to zero
+            self.stage = h.update_owned(full)?;
+            self.stage.resize(STAGE, 0);
         }
+        self.filled = 0;
         Ok(())
     }
 
+    /// The unfilled part of the stage, at most `max` bytes of it.
+    fn stage_room(&mut self, max: usize) -> &mut [u8] {
+        let end = STAGE.min(self.filled.saturating_add(max));
+        self.stage.get_mut(self.filled..end).unwrap_or_default()
+    }
+
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.stage.len() + bytes.len() > STAGE {
+        if self.filled + bytes.len() > STAGE {
             self.flush_stage()?;
         }
         if bytes.len() >= STAGE {
@@ -213,7 +226,8 @@ impl<W: Write> LayerWriter<W> {
                 None => Ok(()),
             }
         } else {
-            self.stage.extend_from_slice(bytes);
+            self.stage_room(bytes.len()).copy_from_slice(bytes);
+            self.filled += bytes.len();
             Ok(())
         }
     }
@@ -399,31 +413,19 @@ impl<W: Write> LayerWriter<W> {
     fn copy_exact(&mut self, file: fs::File, size: u64, path: &Path) -> Result<(), LayerError> {
         let mut reader = file.take(size);
         let mut left = size;
-        loop {
-            if self.stage.len() == STAGE {
+        while left > 0 {
+            if self.filled == STAGE {
                 self.flush_stage().map_err(io_at("write layer entry for", path))?;
             }
-            let start = self.stage.len();
-            let want = usize::try_from(left).unwrap_or(usize::MAX).min(STAGE - start);
-            if want == 0 {
-                break;
-            }
-            self.stage.resize(start + want, 0);
-            let n = match reader.read(self.stage.get_mut(start..).unwrap_or_default()) {
+            let want = usize::try_from(left).unwrap_or(usize::MAX);
+            let n = match reader.read(self.stage_room(want)) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    self.stage.truncate(start);
-                    continue;
-                }
-                Err(e) => {
-                    self.stage.truncate(start);
-                    return Err(io_at("read", path)(e));
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_at("read", path)(e)),
             };
             if n == 0 {
                 // the file shrank after it was measured: keep the archive well-formed
-                self.stage.truncate(start);
-                let zeros = vec![0u8; usize::try_from(left).unwrap_or(0).min(STAGE)];
+                let zeros = vec![0u8; want.min(STAGE)];
                 while left > 0 {
                     let k = usize::try_from(left).unwrap_or(usize::MAX).min(zeros.len());
                     self.put(zeros.get(..k).unwrap_or_default()).map_err(io_at("write layer entry for", path))?;
@@ -431,7 +433,7 @@ impl<W: Write> LayerWriter<W> {
                 }
                 break;
             }
-            self.stage.truncate(start + n);
+            self.filled += n;
             left -= n as u64;
         }
         self.pad(size).map_err(io_at("write layer entry for", path))
@@ -559,7 +561,7 @@ mod tests {
             xattrs: None,
         };
         lw.write_header(&fields).unwrap();
-        let bytes = lw.stage.clone();
+        let bytes = lw.stage.get(..lw.filled).unwrap().to_vec();
         let pax_header = tar::Header::from_byte_slice(&bytes[..512]);
         assert_eq!(pax_header.entry_type(), tar::EntryType::XHeader);
         let len = usize::try_from(pax_header.size().unwrap()).unwrap();

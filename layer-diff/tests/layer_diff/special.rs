@@ -367,3 +367,45 @@ fn decompression_bomb_bounded_by_limit() {
         assert!(matches!(err, ApplyError::TooLarge { limit } if limit == 1 << 20), "{err}");
     }
 }
+
+/// A file that shrinks or grows between the walk and the write still gives
+/// a well-formed tar: each entry has exactly the size the walk measured
+/// (the missing tail zero-filled, the extra bytes left out), and the
+/// entries after it are intact. The shrinking file spans several of the
+/// writer's 256 KiB read chunks.
+#[test]
+fn files_changed_after_the_walk_keep_the_tar_well_formed() {
+    let d = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..700_000u32).map(|i| u8::try_from(i % 251).unwrap()).collect();
+    fs::write(d.path().join("grows"), b"abc").unwrap();
+    fs::write(d.path().join("shrinks"), &big).unwrap();
+    fs::write(d.path().join("z"), b"after").unwrap();
+    let snap = layer_diff::Snapshot::walk(d.path()).unwrap();
+    fs::write(d.path().join("grows"), b"abcdefgh").unwrap();
+    fs::write(d.path().join("shrinks"), big.get(..300_000).unwrap()).unwrap();
+    for threads in [1, 2] {
+        let mut w = layer_diff::LayerWriter::new(Vec::new(), &PackOptions { threads, ..plain() }).unwrap();
+        for e in snap.entries() {
+            w.append(d.path(), e).unwrap();
+        }
+        let (tar, info) = w.finish().unwrap();
+        assert_eq!(info.diff_id, Digest::sha256(&tar));
+        let mut ar = tar::Archive::new(&tar[..]);
+        let mut got = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut content).unwrap();
+            got.push((name, content));
+        }
+        let mut shrunk = big.get(..300_000).unwrap().to_vec();
+        shrunk.resize(big.len(), 0);
+        let want = vec![
+            ("grows".to_owned(), b"abc".to_vec()),
+            ("shrinks".to_owned(), shrunk),
+            ("z".to_owned(), b"after".to_vec()),
+        ];
+        assert_eq!(got, want, "threads {threads}");
+    }
+}
