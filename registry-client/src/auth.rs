@@ -177,6 +177,18 @@ impl TokenCache {
             map.remove(&(registry.to_owned(), scopes.to_owned()));
         }
     }
+
+    /// Forgets `token` if it is still the one cached: a request refused
+    /// with an old token must not throw away the fresh one another
+    /// request has fetched meanwhile.
+    pub(crate) fn forget_token(&self, registry: &str, scopes: &str, token: &str) {
+        if let Ok(mut map) = self.tokens.lock() {
+            let key = (registry.to_owned(), scopes.to_owned());
+            if map.get(&key).is_some_and(|(cached, _)| cached == token) {
+                map.remove(&key);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for TokenCache {
@@ -242,6 +254,12 @@ mod tests {
         cache.put("r", "s2", "t2".into(), Duration::from_millis(1));
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(cache.get("r", "s2"), None);
+        // a refused token that is no longer the cached one leaves the cache alone
+        cache.forget_token("r", "s", "old");
+        assert_eq!(cache.get("r", "s").as_deref(), Some("t"));
+        cache.forget_token("r", "s", "t");
+        assert_eq!(cache.get("r", "s"), None);
+        cache.put("r", "s", "t".into(), Duration::from_secs(60));
         cache.forget("r", "s");
         assert_eq!(cache.get("r", "s"), None);
     }

@@ -489,17 +489,26 @@ impl Client {
     }
 
     /// Handles a 401: learns the scheme, fetches a token when needed.
-    /// Returns whether a retry with new credentials makes sense.
-    async fn authenticate(&self, repo: &Repo, scopes: &[String], challenge: Option<&str>) -> Result<bool> {
+    /// Returns the `Authorization` value to send next, or `None` when the
+    /// challenge cannot be answered.
+    async fn authenticate(
+        &self,
+        repo: &Repo,
+        scopes: &[String],
+        challenge: Option<&str>,
+    ) -> Result<Option<HeaderValue>> {
         let registry = repo.registry.as_str();
-        let Some(challenge) = challenge.and_then(parse_challenge) else { return Ok(false) };
+        let Some(challenge) = challenge.and_then(parse_challenge) else { return Ok(None) };
         let credential = self.inner.credentials.credential(registry, &repo.path);
         match challenge {
             Challenge::Basic => {
                 if let Ok(mut h) = self.inner.basic_hosts.lock() {
                     h.insert(registry.to_owned());
                 }
-                Ok(matches!(credential, Some(Credential::Basic { .. })))
+                Ok(match credential {
+                    Some(Credential::Basic { username, password }) => basic(&username, &password),
+                    _ => None,
+                })
             }
             Challenge::Bearer { realm, service, scope, error } => {
                 let mut wanted: Vec<String> = scopes.to_vec();
@@ -516,8 +525,9 @@ impl Client {
                 }
                 let (token, lifetime) =
                     self.fetch_token(&realm, service.as_deref(), &wanted, credential.as_ref()).await?;
+                let header = bearer(&token);
                 self.inner.tokens.put(registry, &key, token, lifetime);
-                Ok(true)
+                Ok(header)
             }
         }
     }
@@ -596,15 +606,24 @@ impl Client {
     pub(crate) async fn send(&self, repo: &Repo, req: &Request) -> Result<reqwest::Response> {
         let policy = &self.inner.retry;
         let mut attempt = 0u32;
-        let mut auth_retries = 0u32;
+        // refusals of credentials this call had just obtained
+        let mut fresh_refused = 0u32;
+        // credentials this call obtained after a 401, sent on the next attempt
+        let mut fresh: Option<HeaderValue> = None;
         loop {
             attempt += 1;
             let mut builder = self.inner.http.request(req.method.clone(), req.url.clone()).headers(req.headers.clone());
             // credentials go only to the registry itself, never to another host
-            if same_host(&req.url, repo.api_host())
-                && let Some(h) = self.auth_header(repo, &req.scopes)
-            {
-                builder = builder.header(AUTHORIZATION, h);
+            let (sent, sent_fresh) = if same_host(&req.url, repo.api_host()) {
+                match fresh.take() {
+                    Some(h) => (Some(h), true),
+                    None => (self.auth_header(repo, &req.scopes), false),
+                }
+            } else {
+                (None, false)
+            };
+            if let Some(h) = &sent {
+                builder = builder.header(AUTHORIZATION, h.clone());
             }
             builder = match &req.body {
                 Body::Empty => builder,
@@ -633,17 +652,29 @@ impl Client {
                 }
                 Ok(resp) => {
                     let status = resp.status();
-                    if status == StatusCode::UNAUTHORIZED && auth_retries < 2 {
-                        auth_retries += 1;
+                    // A 401 without credentials is the registry's challenge, and one
+                    // for credentials obtained earlier (a cached token, perhaps
+                    // expired mid-push) asks for new ones; neither is a verdict. A
+                    // refusal of credentials this call had just obtained is, the
+                    // second time. Every 401 answered here is followed by an
+                    // attempt with fresh credentials, so the loop ends: in a
+                    // verdict, or in an attempt that counts.
+                    let verdict = sent_fresh && fresh_refused >= 1;
+                    if status == StatusCode::UNAUTHORIZED && !verdict {
+                        fresh_refused += u32::from(sent_fresh);
                         let challenge =
                             resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                        // a cached token that is refused is stale (expired mid-push)
-                        self.inner.tokens.forget(&repo.registry, &Self::scope_key(&req.scopes));
-                        if self.authenticate(repo, &req.scopes, challenge.as_deref()).await? {
-                            attempt -= 1;
-                            continue;
+                        // the refused token is stale, unless another request has replaced it already
+                        if let Some(token) = sent.as_ref().and_then(|h| h.to_str().ok()?.strip_prefix("Bearer ")) {
+                            self.inner.tokens.forget_token(&repo.registry, &Self::scope_key(&req.scopes), token);
                         }
-                        return Ok(resp);
+                        let Some(next) = self.authenticate(repo, &req.scopes, challenge.as_deref()).await? else {
+                            return Ok(resp);
+                        };
+                        fresh = Some(next);
+                        // answering a challenge is not a retry
+                        attempt -= 1;
+                        continue;
                     }
                     let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
                     if !retryable || attempt >= policy.max_attempts {

@@ -2,8 +2,9 @@
 //! registry. Each request is forwarded on a fresh upstream connection (the
 //! client side is closed after each answer); with a seeded random choice it
 //! instead drops the connection mid-body, answers 500/503, 429 with
-//! `Retry-After`, or 401 with the registry's own challenge (as an expired
-//! token would). Counts every request and fault.
+//! `Retry-After`, or 401 with the registry's own challenge: to any request,
+//! or as an expired token gets it (a token used before, refused from then
+//! on). Counts every request and fault.
 //!
 //! Hostile answers rewrite what the registry sent: bodies longer or shorter
 //! than their `Content-Length`, a flipped byte, a body padded past 4 MiB or
@@ -31,8 +32,18 @@ pub enum Fault {
     Status503,
     /// Answer 429 with `Retry-After: 1`.
     TooManyRequests,
-    /// Answer 401 with the registry's challenge.
+    /// Answer 401 with the registry's challenge, whatever the request
+    /// carries (a registry that refuses every token, fresh ones too).
     Unauthorized,
+    /// Expire the request's bearer token, as a token past its lifetime is:
+    /// answer 401 with the registry's challenge, and to every later request
+    /// with that token too. Only a token first seen [`TOKEN_LIFETIME`]
+    /// requests ago or earlier can expire, so the fresh token a client
+    /// fetches after a refusal is not refused on its first uses (lifetimes
+    /// are counted in requests rather than seconds, to keep the faults
+    /// independent of the machine's speed). A request without a bearer
+    /// token is not faulted.
+    ExpiredToken,
     /// Send the registry's `Content-Length` but only half the body, then
     /// close (a body shorter than its `Content-Length`).
     ShortBody,
@@ -75,6 +86,11 @@ impl Fault {
     }
 }
 
+/// How many proxied requests a bearer token lives at least before
+/// [`Fault::ExpiredToken`] can expire it: more than a client has in flight
+/// between fetching a token and sending it.
+pub const TOKEN_LIFETIME: usize = 16;
+
 /// What the proxy injects.
 #[derive(Debug, Clone)]
 pub struct FaultPlan {
@@ -114,6 +130,17 @@ struct Shared {
     other_host: Mutex<Option<String>>,
     /// Counter making every endless `Link` unique.
     pages: std::sync::atomic::AtomicU64,
+    /// `Authorization` values seen so far, and those expired ([`Fault::ExpiredToken`]).
+    tokens: Mutex<Tokens>,
+}
+
+struct Tokens {
+    /// Each token and the number of the request it was first seen in.
+    seen: std::collections::HashMap<String, usize>,
+    expired: std::collections::HashSet<String>,
+    requests: usize,
+    /// How many requests a token lives at least.
+    lifetime: usize,
 }
 
 /// A running fault proxy; stops when dropped.
@@ -191,31 +218,65 @@ fn reply(client: &mut TcpStream, status: &str, extra: &str) -> io::Result<()> {
     )
 }
 
+/// The fault for one request (or none), counted.
+fn choose(head: &Head, sh: &Shared) -> io::Result<Option<Fault>> {
+    let plan = sh.plan.lock().map_err(|_| io::Error::other("poisoned"))?.clone();
+    let mut rng = sh.rng.lock().map_err(|_| io::Error::other("poisoned"))?;
+    let hit = rng.random_bool(plan.rate.clamp(0.0, 1.0));
+    let pick = rng.random_range(0..plan.faults.len().max(1));
+    let f = if hit { plan.faults.get(pick).copied() } else { None };
+    // a fault on the token-less ping would only test the ping; keep /v2/ clean
+    let is_ping = head.lines.first().is_some_and(|l| l.split_whitespace().nth(1) == Some("/v2/"));
+    let aimed = match &*sh.only.lock().map_err(|_| io::Error::other("poisoned"))? {
+        Some(filter) => head.lines.first().is_some_and(|l| l.contains(filter.as_str())),
+        None => true,
+    };
+    // a bearer token expires once it is old enough, and stays expired
+    let bearer = head
+        .lines
+        .iter()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.trim().to_owned())
+        .filter(|v| v.starts_with("Bearer "));
+    let mut tokens = sh.tokens.lock().map_err(|_| io::Error::other("poisoned"))?;
+    tokens.requests += 1;
+    let now = tokens.requests;
+    let expired = bearer.as_ref().is_some_and(|b| tokens.expired.contains(b));
+    let f = match f {
+        Some(Fault::ExpiredToken) => {
+            let old =
+                bearer.as_ref().and_then(|b| tokens.seen.get(b)).is_some_and(|&first| now - first >= tokens.lifetime);
+            (old && aimed && !is_ping).then_some(Fault::ExpiredToken)
+        }
+        _ if expired => Some(Fault::ExpiredToken),
+        other => other,
+    };
+    if let Some(b) = bearer {
+        if f == Some(Fault::ExpiredToken) {
+            tokens.expired.insert(b.clone());
+        }
+        tokens.seen.entry(b).or_insert(now);
+    }
+    drop(tokens);
+    let mut counts = sh.counts.lock().map_err(|_| io::Error::other("poisoned"))?;
+    counts.requests += 1;
+    let f = f.filter(|f| *f == Fault::ExpiredToken || (!is_ping && aimed));
+    if let Some(f) = f {
+        *counts.faults.entry(format!("{f:?}")).or_default() += 1;
+    }
+    Ok(f)
+}
+
 fn handle(client: TcpStream, sh: &Shared) -> io::Result<()> {
     let mut client_r = BufReader::new(client.try_clone()?);
     let mut client_w = client;
     let Some(head) = read_head(&mut client_r)? else { return Ok(()) };
-    let fault = {
-        let plan = sh.plan.lock().map_err(|_| io::Error::other("poisoned"))?.clone();
-        let mut rng = sh.rng.lock().map_err(|_| io::Error::other("poisoned"))?;
-        let hit = rng.random_bool(plan.rate.clamp(0.0, 1.0));
-        let pick = rng.random_range(0..plan.faults.len().max(1));
-        let f = if hit { plan.faults.get(pick).copied() } else { None };
-        // a fault on the token-less ping would only test the ping; keep /v2/ clean
-        let is_ping = head.lines.first().is_some_and(|l| l.split_whitespace().nth(1) == Some("/v2/"));
-        let aimed = match &*sh.only.lock().map_err(|_| io::Error::other("poisoned"))? {
-            Some(filter) => head.lines.first().is_some_and(|l| l.contains(filter.as_str())),
-            None => true,
-        };
-        let mut counts = sh.counts.lock().map_err(|_| io::Error::other("poisoned"))?;
-        counts.requests += 1;
-        let f = f.filter(|_| !is_ping && aimed);
-        if let Some(f) = f {
-            *counts.faults.entry(format!("{f:?}")).or_default() += 1;
-        }
-        f
-    };
-    if let Some(Fault::Status500 | Fault::Status503 | Fault::TooManyRequests | Fault::Unauthorized) = fault {
+    let fault = choose(&head, sh)?;
+    if let Some(
+        Fault::Status500 | Fault::Status503 | Fault::TooManyRequests | Fault::Unauthorized | Fault::ExpiredToken,
+    ) = fault
+    {
         copy_body(&mut client_r, &mut io::sink(), &head, None)?;
         let challenge = sh.challenge.lock().ok().and_then(|c| c.clone()).unwrap_or_default();
         match fault {
@@ -418,6 +479,12 @@ impl FaultProxy {
             only: Mutex::new(None),
             other_host: Mutex::new(None),
             pages: std::sync::atomic::AtomicU64::new(0),
+            tokens: Mutex::new(Tokens {
+                seen: std::collections::HashMap::new(),
+                expired: std::collections::HashSet::new(),
+                requests: 0,
+                lifetime: TOKEN_LIFETIME,
+            }),
         });
         // learn the registry's challenge so an injected 401 looks like its own
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", upstream_port)) {
@@ -440,6 +507,15 @@ impl FaultProxy {
     /// `127.0.0.1:PORT` of the proxy.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.server.port())
+    }
+
+    /// Sets how many requests a bearer token lives at least before
+    /// [`Fault::ExpiredToken`] can expire it ([`TOKEN_LIFETIME`] unless set).
+    /// Safe as long as it exceeds the requests a client has in flight.
+    pub fn set_token_lifetime(&self, requests: usize) {
+        if let Ok(mut t) = self.shared.tokens.lock() {
+            t.lifetime = requests;
+        }
     }
 
     /// Replaces the plan (the random sequence continues).

@@ -18,7 +18,7 @@ mod scripted;
 mod server;
 mod token;
 
-pub use fault::{Fault, FaultCounts, FaultPlan, FaultProxy};
+pub use fault::{Fault, FaultCounts, FaultPlan, FaultProxy, TOKEN_LIFETIME};
 pub use image::{GROUP, PASSWD, busybox_image};
 pub use pki::{CertPair, Pki};
 pub use proxy::HttpProxy;

@@ -1,6 +1,6 @@
 //! Fault tolerance through testkit's fault proxy in front of the real
 //! registry (token auth): dropped connections mid-body, 500/503 bursts, 429
-//! with Retry-After and 401s as an expired token gives. With a fixed seed,
+//! with Retry-After and 401s as an expired token gets them. With a fixed seed,
 //! every push and pull completes byte-identical; with retries exhausted the
 //! error has the right kind.
 
@@ -55,7 +55,7 @@ async fn pushes_and_pulls_survive_a_thousand_faulty_requests() {
                 Fault::Status500,
                 Fault::Status503,
                 Fault::TooManyRequests,
-                Fault::Unauthorized,
+                Fault::ExpiredToken,
             ],
         },
     )
@@ -99,9 +99,39 @@ async fn pushes_and_pulls_survive_a_thousand_faulty_requests() {
     );
     assert!(counts.requests >= 1000, "at least 1000 requests: {counts:?}");
     assert!(counts.faulted() * 10 >= counts.requests, "at least 10% faulted: {counts:?}");
-    for kind in ["Drop", "Status500", "Status503", "TooManyRequests", "Unauthorized"] {
+    for kind in ["Drop", "Status500", "Status503", "TooManyRequests", "ExpiredToken"] {
         assert!(counts.faults.get(kind).copied().unwrap_or(0) > 0, "{kind} was injected: {counts:?}");
     }
+}
+
+/// Every token expires as soon as it is old enough
+/// ([`testkit::TOKEN_LIFETIME`] requests): each request that carries it is
+/// refused from then on, and must be sent again with a token fetched anew,
+/// however many requests run at once and replace the cached token
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_reused_token_expiring_is_survived() {
+    let Some(reg) = token_registry() else { return };
+    let proxy =
+        FaultProxy::start(reg.port(), FaultPlan { seed: 9, rate: 1.0, faults: vec![Fault::ExpiredToken] }).unwrap();
+    let host = proxy.host();
+    let c = client(&host, quick_retries());
+    let dir = tempfile::tempdir().unwrap();
+    let src = Layout::create(dir.path().join("src")).unwrap();
+    let dst = Layout::create(dir.path().join("dst")).unwrap();
+    for i in 0..4usize {
+        // many blobs, so that many requests run at once with the same cached token
+        let sizes: Vec<usize> = (0..16).map(|k| 3000 + 997 * k + i).collect();
+        let desc = image(&src, &format!("e{i}"), 2000 + i as u64, &sizes, "linux/amd64");
+        let target: Reference = format!("{host}/kiln/expiring:e{i}").parse().unwrap();
+        let report = c.push_from_layout(&src, &desc, &target, None).await.unwrap_or_else(|e| panic!("push {i}: {e:?}"));
+        assert_eq!(report.digest.as_ref(), Some(&desc.digest));
+        let got = c.pull_to_layout(&target, &dst, None, None).await.unwrap_or_else(|e| panic!("pull {i}: {e:?}"));
+        assert_eq!(got.digest, desc.digest);
+    }
+    dst.verify().unwrap();
+    let counts = proxy.counts();
+    assert!(counts.faults.get("ExpiredToken").copied().unwrap_or(0) >= 10, "{counts:?}");
 }
 
 #[tokio::test]

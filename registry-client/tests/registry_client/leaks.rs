@@ -245,13 +245,17 @@ impl Fixture {
     /// registry that refuses every fresh token. Returns the proxy's host.
     async fn token_auth_behind_faults(&mut self) -> String {
         let plain = token_registry(false);
-        let plan = FaultPlan { seed: 5, rate: 0.2, faults: vec![Fault::Unauthorized, Fault::Status503] };
+        // one request at a time, so a token may expire from its second use
+        // on: over a third of those expire it, whatever the order
+        let faults = vec![Fault::ExpiredToken, Fault::ExpiredToken, Fault::ExpiredToken, Fault::Status503];
+        let plan = FaultPlan { seed: 5, rate: 0.5, faults };
         let proxy = FaultProxy::start(plain.port(), plan).unwrap();
+        proxy.set_token_lifetime(1);
         let creds = StaticCredentials::new().with(proxy.host(), Credential::basic(TOKEN_USER, TOKEN_PASSWORD));
-        let client = self.client(Client::builder().credentials(creds));
+        let client = self.client(Client::builder().credentials(creds).concurrency(1));
         flows(&client, &proxy.host(), &self.src, &self.img, &self.dir.path().join("faulty")).await;
         let counts = proxy.counts();
-        assert!(counts.faults.get("Unauthorized").copied().unwrap_or(0) > 0, "{counts:?}");
+        assert!(counts.faults.get("ExpiredToken").copied().unwrap_or(0) > 0, "{counts:?}");
         proxy.set_plan(FaultPlan { seed: 6, rate: 1.0, faults: vec![Fault::Unauthorized] });
         let source: Reference = format!("{}/kiln/leak-a:v1", proxy.host()).parse().unwrap();
         let result = client.pull_to_layout(&source, &self.layout("refused-faulty"), None, None).await;
