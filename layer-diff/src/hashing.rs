@@ -50,8 +50,8 @@ impl Helper {
                 let mut hasher = Hasher::sha256();
                 for buf in rx {
                     hasher.update(&buf);
-                    // handed back as it is: its bytes stay initialised for the next fill
-                    // the owner may have stopped taking buffers back; then drop it
+                    // handed back uncleared, so its bytes stay initialised for the
+                    // next fill; dropped if the owner has stopped taking buffers back
                     let _ = back.try_send(buf);
                 }
                 hasher

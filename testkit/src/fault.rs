@@ -3,7 +3,7 @@
 //! client side is closed after each answer); with a seeded random choice it
 //! instead drops the connection mid-body, answers 500/503, 429 with
 //! `Retry-After`, or 401 with the registry's own challenge: to any request,
-//! or as an expired token gets it (a token used before, refused from then
+//! or as an expired token gets it (a token old enough, refused from then
 //! on). Counts every request and fault.
 //!
 //! Hostile answers rewrite what the registry sent: bodies longer or shorter
@@ -138,7 +138,6 @@ struct Tokens {
     /// Each token and the number of the request it was first seen in.
     seen: std::collections::HashMap<String, usize>,
     expired: std::collections::HashSet<String>,
-    requests: usize,
     /// How many requests a token lives at least.
     lifetime: usize,
 }
@@ -224,13 +223,15 @@ fn choose(head: &Head, sh: &Shared) -> io::Result<Option<Fault>> {
     let mut rng = sh.rng.lock().map_err(|_| io::Error::other("poisoned"))?;
     let hit = rng.random_bool(plan.rate.clamp(0.0, 1.0));
     let pick = rng.random_range(0..plan.faults.len().max(1));
-    let f = if hit { plan.faults.get(pick).copied() } else { None };
     // a fault on the token-less ping would only test the ping; keep /v2/ clean
     let is_ping = head.lines.first().is_some_and(|l| l.split_whitespace().nth(1) == Some("/v2/"));
     let aimed = match &*sh.only.lock().map_err(|_| io::Error::other("poisoned"))? {
         Some(filter) => head.lines.first().is_some_and(|l| l.contains(filter.as_str())),
         None => true,
     };
+    let f = if hit && !is_ping && aimed { plan.faults.get(pick).copied() } else { None };
+    let mut counts = sh.counts.lock().map_err(|_| io::Error::other("poisoned"))?;
+    counts.requests += 1;
     // a bearer token expires once it is old enough, and stays expired
     let bearer = head
         .lines
@@ -240,16 +241,13 @@ fn choose(head: &Head, sh: &Shared) -> io::Result<Option<Fault>> {
         .map(|(_, v)| v.trim().to_owned())
         .filter(|v| v.starts_with("Bearer "));
     let mut tokens = sh.tokens.lock().map_err(|_| io::Error::other("poisoned"))?;
-    tokens.requests += 1;
-    let now = tokens.requests;
-    let expired = bearer.as_ref().is_some_and(|b| tokens.expired.contains(b));
+    let now = counts.requests;
     let f = match f {
+        _ if bearer.as_ref().is_some_and(|b| tokens.expired.contains(b)) => Some(Fault::ExpiredToken),
         Some(Fault::ExpiredToken) => {
-            let old =
-                bearer.as_ref().and_then(|b| tokens.seen.get(b)).is_some_and(|&first| now - first >= tokens.lifetime);
-            (old && aimed && !is_ping).then_some(Fault::ExpiredToken)
+            let first_seen = bearer.as_ref().and_then(|b| tokens.seen.get(b));
+            first_seen.is_some_and(|&first| now - first >= tokens.lifetime).then_some(Fault::ExpiredToken)
         }
-        _ if expired => Some(Fault::ExpiredToken),
         other => other,
     };
     if let Some(b) = bearer {
@@ -259,9 +257,6 @@ fn choose(head: &Head, sh: &Shared) -> io::Result<Option<Fault>> {
         tokens.seen.entry(b).or_insert(now);
     }
     drop(tokens);
-    let mut counts = sh.counts.lock().map_err(|_| io::Error::other("poisoned"))?;
-    counts.requests += 1;
-    let f = f.filter(|f| *f == Fault::ExpiredToken || (!is_ping && aimed));
     if let Some(f) = f {
         *counts.faults.entry(format!("{f:?}")).or_default() += 1;
     }
@@ -482,7 +477,6 @@ impl FaultProxy {
             tokens: Mutex::new(Tokens {
                 seen: std::collections::HashMap::new(),
                 expired: std::collections::HashSet::new(),
-                requests: 0,
                 lifetime: TOKEN_LIFETIME,
             }),
         });
