@@ -25,6 +25,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The unprivileged user the safety tests use as the attacker (a local user
+# squatting or reading kiln's cache). Made here, once, before any test runs,
+# so parallel tests never race to create it (testkit::test_user also makes
+# it when missing, and takes useradd's "already exists" as success).
+if [ "$(id -u)" -eq 0 ] && ! id -u kiln-test >/dev/null 2>&1; then
+  log "creating the test user kiln-test"
+  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin kiln-test \
+    || id -u kiln-test >/dev/null
+fi
+
 # Rust components the checks need (present on a rustup toolchain; quiet when so)
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   log "adding rustfmt and clippy"

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example build -- CONTEXT [-f FILE] [-t REF]... [--build-arg K=V]...
-//!     [--target STAGE] [--platform P] [--output oci:DIR | docker-archive:FILE | registry]...
+//!     [--build-context NAME=oci-layout://DIR[:TAG] | NAME=docker-image://REF | NAME=DIR]... [--target STAGE] [--platform P] [--output oci:DIR | docker-archive:FILE | registry]...
 //!     [--label K=V]... [--secret id=ID,src=FILE]... [--compression gzip|zstd|none] [--level N]
 //!     [--no-cache] [--cache-dir DIR] [--insecure-host HOST]...
 //! ```
@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kiln::build::{Build, Output, Progress};
+use kiln::build::{Build, BuildContext, Output, Progress};
 
 #[derive(Parser)]
 #[command(about = "Build an image from a Dockerfile and a context directory")]
@@ -32,6 +32,11 @@ struct Args {
     /// Build arguments `NAME=value`, repeatable.
     #[arg(long = "build-arg")]
     build_arg: Vec<String>,
+    /// Named contexts `NAME=VALUE` for `FROM NAME`, `COPY --from=NAME` and
+    /// `RUN --mount=from=NAME` (VALUE: `oci-layout://DIR[:TAG][@DIGEST]`,
+    /// `docker-image://REF` or a directory), repeatable.
+    #[arg(long = "build-context")]
+    build_contexts: Vec<String>,
     /// Labels `KEY=value` for the image, repeatable.
     #[arg(long = "label")]
     labels: Vec<String>,
@@ -78,8 +83,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let file = args.file.clone().unwrap_or_else(|| args.context.join("Dockerfile"));
-    let mut build = Build::new(&args.context, file).client(kiln::cli::client(&args.insecure_hosts)?);
+    let mut build = Build::new(&args.context).client(kiln::cli::client(&args.insecure_hosts)?);
+    if let Some(f) = &args.file {
+        build = build.dockerfile(f);
+    }
+    for c in &args.build_contexts {
+        let (name, value) = pair(c)?;
+        build = build.build_context(name, value.parse::<BuildContext>()?);
+    }
     for a in &args.build_arg {
         let (k, v) = pair(a)?;
         build = build.build_arg(k, v);

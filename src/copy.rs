@@ -382,7 +382,7 @@ pub async fn copy(client: &Client, src: &ImageLocation, dst: &ImageLocation) -> 
             let reader = ArchiveReader::open(file)?;
             let wanted = name.as_ref().map(Reference::familiar);
             let image = reader.find(wanted.as_deref())?;
-            let tmp = tempfile::tempdir().map_err(CopyError::Temp)?;
+            let tmp = crate::private_tempdir().map_err(CopyError::Temp)?;
             let (layout, tag) = match dst {
                 L::Layout { dir, tag } => (Layout::create(dir)?, tag.clone()),
                 _ => (Layout::create(tmp.path().join("layout"))?, None),
@@ -412,7 +412,7 @@ pub async fn copy(client: &Client, src: &ImageLocation, dst: &ImageLocation) -> 
         }
         (L::Registry(s), L::DockerArchive { file, name }) => {
             // the image is gathered in a temporary layout: an archive needs every layer
-            let tmp = tempfile::tempdir().map_err(CopyError::Temp)?;
+            let tmp = crate::private_tempdir().map_err(CopyError::Temp)?;
             let layout = Layout::create(tmp.path().join("layout"))?;
             let desc = client.pull_to_layout(s, &layout, Some(&oci_image::Platform::host()), None).await?;
             let digest = write_archive(&layout, &desc, file, name.as_ref().or(Some(s)))?;

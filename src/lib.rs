@@ -36,6 +36,14 @@ use oci_image::{
     Reference,
 };
 
+/// A temporary directory in the system's temporary directory that only
+/// this user can enter (`0700`): images staged there may come from private
+/// registries.
+pub(crate) fn private_tempdir() -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new().permissions(std::fs::Permissions::from_mode(0o700)).tempdir()
+}
+
 /// Why an image could not be made.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

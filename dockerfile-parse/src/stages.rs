@@ -114,6 +114,11 @@ pub struct BuildOptions {
     pub build_args: BTreeMap<String, String>,
     /// `--target`; the last stage when `None`.
     pub target: Option<String>,
+    /// Names of the build's named contexts (`--build-context NAME=...`),
+    /// lowercased. A stage named like one is replaced by that context, as
+    /// BuildKit does: it keeps its index and name, but its instructions are
+    /// not planned and it depends on nothing ([`Stage::replaced`]).
+    pub named_contexts: BTreeSet<String>,
 }
 
 impl BuildOptions {
@@ -133,6 +138,13 @@ impl BuildOptions {
     #[must_use]
     pub fn target(mut self, target: impl Into<String>) -> Self {
         self.target = Some(target.into());
+        self
+    }
+
+    /// Add a named context `name`: a stage called so is replaced by it.
+    #[must_use]
+    pub fn named_context(mut self, name: impl Into<String>) -> Self {
+        self.named_contexts.insert(name.into().to_lowercase());
         self
     }
 }
@@ -197,6 +209,10 @@ pub struct Stage {
     pub vars: BTreeMap<String, String>,
     /// The `FROM` instruction's span.
     pub span: Span,
+    /// Replaced by a named context of the same name
+    /// ([`BuildOptions::named_contexts`]): no steps, no dependencies, and
+    /// its `base` is not to be used.
+    pub replaced: bool,
 }
 
 /// The result of [`plan`].
@@ -271,6 +287,10 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan, StageError> {
         let command = inst.command().map_err(Box::new)?;
         let span = inst.span;
         match command {
+            Command::Arg(defs) if stages.last().is_some_and(|s| s.replaced) => {
+                // a replaced stage's ARGs still count as declared
+                declared.extend(defs.into_iter().map(|d| d.name));
+            }
             Command::Arg(defs) => {
                 // Stage ARG defaults see the variables as they were before
                 // the line; global ones see the globals declared before them.
@@ -335,7 +355,10 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan, StageError> {
                 let base_stage = stages.iter().find(|s| s.name.as_deref() == Some(lower.as_str())).map(|s| s.index);
                 let mut depends_on = BTreeSet::new();
                 env = BTreeMap::new();
-                let base = if let Some(i) = base_stage {
+                let replaced = from.name.as_ref().is_some_and(|n| opts.named_contexts.contains(n));
+                let base = if replaced {
+                    Base::Scratch
+                } else if let Some(i) = base_stage {
                     depends_on.insert(i);
                     if let Some(b) = stages.get(i) {
                         // ENV is inherited from the base stage; ARG is not, but
@@ -358,12 +381,17 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan, StageError> {
                     depends_on,
                     vars: BTreeMap::new(),
                     span,
+                    replaced,
                 });
             }
             other => {
                 let Some(stage) = stages.last_mut() else {
                     return Err(StageError::NoStage { instruction: inst.name.to_uppercase(), span });
                 };
+                if stage.replaced {
+                    // the named context stands in for everything the stage would do
+                    continue;
+                }
                 let (expanded, used) = other.expand(lexer, &env).map_err(|source| StageError::Expand {
                     word: inst.original.clone(),
                     span,
@@ -503,6 +531,7 @@ mod tests {
         let opts = BuildOptions {
             build_args: args.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
             target: target.map(str::to_string),
+            named_contexts: BTreeSet::new(),
         };
         plan(&parse(src).unwrap(), &opts)
     }
@@ -535,6 +564,22 @@ FROM scratch AS out\nCOPY --from=build /a /a\nCOPY --from=0 /b /b\nCOPY --from=n
         assert!(matches!(p(&src, &[], Some("nope")), Err(StageError::UnknownTarget { .. })));
         assert_eq!(plan.stage("build").map(|s| s.index), Some(1));
         assert_eq!(plan.stage("2").map(|s| s.index), Some(2));
+    }
+
+    #[test]
+    fn a_named_context_replaces_the_stage_of_its_name() {
+        let src = "FROM unpullable:1 AS deps\nARG A=${undefined?fails}\nCOPY ${undefined?fails} /x\nCOPY --from=tools / /\n\
+FROM busybox AS tools\nFROM deps\nCOPY --from=deps /a /a\n";
+        let opts = BuildOptions::new().named_context("DEPS");
+        let plan = plan(&parse(src).unwrap(), &opts).unwrap();
+        let deps = &plan.stages[0];
+        assert!(deps.replaced && deps.steps.is_empty() && deps.depends_on.is_empty() && deps.sources.is_empty());
+        assert!(!plan.stages[2].replaced);
+        assert_eq!(plan.stages[2].base, Base::Stage(0));
+        // the stage it no longer needs is not built
+        assert_eq!(plan.needed, vec![0, 2]);
+        // without the context, the stage is planned (and fails here)
+        assert!(p(src, &[], None).is_err());
     }
 
     #[test]

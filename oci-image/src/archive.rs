@@ -283,8 +283,10 @@ impl PendingArchive {
     /// [`ArchiveError::Io`] when the temporary file cannot be made.
     pub fn create(path: &Path) -> Result<Self, ArchiveError> {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
+        // 0644 less the umask, as `docker save -o` and skopeo create it
         let tmp = tempfile::Builder::new()
             .prefix(".tmp-kiln-archive-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .tempfile_in(dir)
             .map_err(|source| ArchiveError::Io { op: "create temp file in", path: dir.to_owned(), source })?;
         Ok(ArchiveWriter::new(BufWriter::new(tmp)))

@@ -121,11 +121,22 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Lay
     move |source| LayoutError::Io { op, path: path.to_owned(), source }
 }
 
+/// A temporary file in `dir` that will become one of the layout's files:
+/// created `0644` (less the umask), so a layout is as readable as one
+/// skopeo writes (its directories are `0755` the same way).
+fn layout_temp_file(dir: &Path) -> Result<NamedTempFile, LayoutError> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .permissions(fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)
+        .map_err(io_err("create temp file in", dir))
+}
+
 /// Writes `bytes` to `path` through a temporary file beside it and an atomic rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut tmp =
-        tempfile::Builder::new().prefix(TMP_PREFIX).tempfile_in(dir).map_err(io_err("create temp file in", dir))?;
+    let mut tmp = layout_temp_file(dir)?;
     tmp.write_all(bytes).map_err(io_err("write", tmp.path()))?;
     tmp.as_file().sync_all().map_err(io_err("sync", path))?;
     tmp.persist(path).map_err(|e| LayoutError::Io { op: "rename into", path: path.to_owned(), source: e.error })?;
@@ -234,8 +245,7 @@ impl Layout {
     }
 
     fn temp_file(&self) -> Result<NamedTempFile, LayoutError> {
-        let dir = self.root.join(BLOBS_DIR);
-        tempfile::Builder::new().prefix(TMP_PREFIX).tempfile_in(&dir).map_err(io_err("create temp file in", &dir))
+        layout_temp_file(&self.root.join(BLOBS_DIR))
     }
 
     /// Flushes, syncs and renames a finished temporary blob into place.

@@ -206,7 +206,9 @@ impl Runc {
         for m in &process.mounts {
             let mount = match &m.kind {
                 MountKind::Bind { source, readonly } => {
-                    let mut options = vec!["rbind".to_owned()];
+                    // not recursive: a file system mounted below the source
+                    // is not carried in, where `ro` would not reach it
+                    let mut options = vec!["bind".to_owned()];
                     options.push(if *readonly { "ro" } else { "rw" }.to_owned());
                     MountBuilder::default()
                         .destination(&m.destination)
@@ -234,14 +236,16 @@ impl Runc {
         if process.network == Network::Host {
             // the host's resolver, where the image has a file to mount it on
             for file in ["/etc/resolv.conf", "/etc/hosts"] {
-                let inside = rootfs.join(file.trim_start_matches('/'));
-                let is_file = std::fs::symlink_metadata(&inside).is_ok_and(|m| m.is_file());
+                // looked up the way the container sees it: an absolute
+                // symlink in the image never leads to the host's files
+                let inside = super::files::inside(rootfs, file);
+                let is_file = inside.is_some_and(|p| std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()));
                 if is_file && Path::new(file).exists() {
                     let mount = MountBuilder::default()
                         .destination(file)
                         .typ("bind")
                         .source(file)
-                        .options(vec!["rbind".to_owned(), "ro".to_owned()])
+                        .options(vec!["bind".to_owned(), "ro".to_owned()])
                         .build()
                         .map_err(|e| bad("mount", &e))?;
                     mounts.push(mount);
@@ -270,7 +274,13 @@ impl Executor for Runc {
             let what = what.to_owned();
             move |e: std::io::Error| ExecError::Setup { what, source: Some(e) }
         };
-        let bundle = tempfile::Builder::new().prefix("kiln-bundle-").tempdir().map_err(setup("bundle directory"))?;
+        // the bundle (the command's environment, build arguments included)
+        // and runc's state are this user's alone
+        let bundle = tempfile::Builder::new()
+            .prefix("kiln-bundle-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()
+            .map_err(setup("bundle directory"))?;
         let state = bundle.path().join("state");
         std::fs::create_dir(&state).map_err(setup("runc state directory"))?;
         let spec = self.spec(rootfs, process)?;

@@ -394,12 +394,25 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
 }
 
+/// `ADD <git URL>`: a shallow-less clone of a remote repository. Only
+/// network transports (https, http, ssh, git, `user@host:path`): a
+/// `file://` URL would let the Dockerfile read a repository of the host,
+/// which only the invoker may give (as a named context); git is told the
+/// same for submodules, and never prompts for credentials.
 fn git_clone(url: &str, keep_git_dir: bool, dir: &Path) -> Result<Match, BuildError> {
     let (repo, reference) = match url.split_once('#') {
         Some((r, f)) => (r, Some(f.split(':').next().unwrap_or_default())),
         None => (url, None),
     };
+    let remote = ["https://", "http://", "ssh://", "git://"].iter().any(|p| repo.starts_with(p))
+        || (repo.starts_with("git@") && repo.contains(':'));
+    if !remote {
+        return Err(BuildError::HostPath { name: url.to_owned() });
+    }
     let mut cmd = std::process::Command::new("git");
+    cmd.args(["-c", "protocol.file.allow=never", "-c", "protocol.ext.allow=never"])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null());
     cmd.args(["clone", "--quiet", "--recurse-submodules"]);
     if let Some(r) = reference.filter(|r| !r.is_empty()) {
         cmd.args(["--branch", r]);
@@ -551,7 +564,7 @@ pub(crate) fn plan(
 /// a file changed, so a cached rebuild need not read the whole context) or,
 /// for files this build made under `scratch` (heredocs, extracted archives,
 /// git checkouts, new each time), their contents.
-pub(crate) fn items_digest(items: &[Item], scratch: &Path) -> Result<Digest, BuildError> {
+pub(crate) fn items_digest(items: &[Item], scratch: Option<&Path>) -> Result<Digest, BuildError> {
     let mut w = DigestWriter::new(std::io::sink());
     for item in items {
         let e = &item.entry;
@@ -564,7 +577,7 @@ pub(crate) fn items_digest(items: &[Item], scratch: &Path) -> Result<Digest, Bui
         let line = format!("{}\0{kind}\0{:o}\0{}\0{}\0{}\n", e.path.display(), e.mode, e.uid, e.gid, e.size);
         std::io::Write::write_all(&mut w, line.as_bytes()).map_err(io_err("hash", &item.source))?;
         if matches!(e.kind, Kind::File) {
-            if item.source.starts_with(scratch) {
+            if scratch.is_some_and(|s| item.source.starts_with(s)) {
                 let mut f = std::fs::File::open(&item.source).map_err(io_err("open", &item.source))?;
                 std::io::copy(&mut f, &mut w).map_err(io_err("read", &item.source))?;
             } else {
@@ -578,6 +591,97 @@ pub(crate) fn items_digest(items: &[Item], scratch: &Path) -> Result<Digest, Bui
     }
     let (_, digest, _) = w.finish();
     Ok(digest)
+}
+
+/// A subtree of a host tree (the context, a named directory) as a `RUN
+/// --mount=type=bind` shows it: the same files `COPY` would see.
+pub(crate) struct TreeMount {
+    /// The source, resolved inside the tree.
+    pub full: PathBuf,
+    /// What is visible, each entry relative to `full` (a file source: one
+    /// entry named after it).
+    pub items: Vec<Item>,
+    /// Whether the ignore rules hid something, so that `full` cannot be
+    /// mounted as it is.
+    pub filtered: bool,
+    /// Whether the source is a directory.
+    pub is_dir: bool,
+}
+
+/// The subtree `source` (relative to the tree, `/` for all of it) with the
+/// tree's ignore rules applied, as `COPY` applies them.
+pub(crate) fn tree_mount(src: &SourceTree<'_>, source: &str) -> Result<TreeMount, BuildError> {
+    let clean = clean_source(source.trim_start_matches('/').trim_start_matches("./"))
+        .ok_or_else(|| BuildError::OutsideContext { path: source.to_owned() })?;
+    let missing = || BuildError::MissingSource { path: source.to_owned() };
+    let full = inside(src.root, &clean).ok_or_else(missing)?;
+    let rel = full.strip_prefix(src.root).map(|r| r.to_string_lossy().into_owned()).unwrap_or_default();
+    if excluded(src, &rel) {
+        return Err(missing());
+    }
+    let meta = std::fs::metadata(&full).map_err(|_| missing())?;
+    if !meta.is_dir() {
+        let name = full.file_name().map_or_else(|| PathBuf::from("file"), PathBuf::from);
+        let entry = Entry::read(&full, name)?.ok_or_else(missing)?;
+        return Ok(TreeMount {
+            items: vec![Item { source: full.clone(), entry }],
+            full,
+            filtered: false,
+            is_dir: false,
+        });
+    }
+    let snap = Snapshot::walk(&full)?;
+    let mut items = Vec::new();
+    let mut filtered = false;
+    for e in snap.entries() {
+        let in_tree =
+            if rel.is_empty() { e.path.to_string_lossy().into_owned() } else { format!("{rel}/{}", e.path.display()) };
+        if excluded(src, &in_tree) {
+            filtered = true;
+            continue;
+        }
+        items.push(Item { source: full.join(&e.path), entry: e.clone() });
+    }
+    Ok(TreeMount { full, items, filtered, is_dir: true })
+}
+
+/// Recreates what `tree` shows under the directory `into`: directories
+/// and symlinks anew, files hard-linked to their source (`link`, for
+/// read-only mounts: same file system, nothing copied) or copied (for a
+/// mount whose writes must not reach the source). Devices, FIFOs and
+/// sockets are left out.
+pub(crate) fn materialize(tree: &TreeMount, into: &Path, link: bool) -> Result<(), BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    let perms = |mode: u32| std::fs::Permissions::from_mode(mode & 0o7777);
+    if tree.is_dir {
+        let mode = std::fs::metadata(&tree.full).map_err(io_err("inspect", &tree.full))?.permissions();
+        std::fs::set_permissions(into, mode).map_err(io_err("chmod", into))?;
+    }
+    for item in &tree.items {
+        let dest = into.join(&item.entry.path);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        match &item.entry.kind {
+            Kind::Dir => {
+                if !dest.is_dir() {
+                    std::fs::create_dir(&dest).map_err(io_err("create", &dest))?;
+                }
+                std::fs::set_permissions(&dest, perms(item.entry.mode)).map_err(io_err("chmod", &dest))?;
+            }
+            Kind::File => {
+                let linked = link && std::fs::hard_link(&item.source, &dest).is_ok();
+                if !linked {
+                    std::fs::copy(&item.source, &dest).map_err(io_err("copy", &item.source))?;
+                }
+            }
+            Kind::Symlink(target) => {
+                std::os::unix::fs::symlink(target, &dest).map_err(io_err("create", &dest))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

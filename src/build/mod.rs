@@ -4,7 +4,9 @@
 //! The Dockerfile is parsed and planned by [`dockerfile_parse`]; each stage
 //! runs on a blocking thread (independent stages side by side); base images
 //! come from a registry (only manifest and config until a step needs the
-//! files), an OCI layout (`oci:DIR[:TAG]`), another stage or `scratch`.
+//! files), another stage, `scratch`, or a named context the caller gave
+//! ([`Build::build_context`]: an OCI layout, an image, a directory). A
+//! Dockerfile never names host paths itself.
 //! Every layer goes through [`layer_diff`] in one pass into the local
 //! content store ([`store`](self) under [`Build::cache_dir`]), which also
 //! keeps the step cache. `RUN` goes through an [`Executor`], by default
@@ -13,7 +15,7 @@
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! use kiln::build::{Build, Output};
-//! let built = Build::new("examples/hello", "examples/hello/Dockerfile")
+//! let built = Build::new("examples/hello")
 //!     .tag("kiln/hello:latest".parse()?)
 //!     .output(Output::Layout("kiln-out".into()))
 //!     .build()
@@ -22,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod context;
 mod exec;
 mod files;
 mod instr;
@@ -44,8 +47,9 @@ use oci_image::{
 };
 use registry_client::{Client, Repo};
 
+pub use context::{BuildContext, BuildContextError};
 pub use exec::{ExecError, Executor, Exit, MountKind, Network, OUTPUT_TAIL, Process, ProcessMount, Runc};
-pub use store::default_cache_dir;
+pub use store::{CacheError, default_cache_dir};
 
 use rootfs::OverlayMount;
 use store::{CacheRecord, Store};
@@ -157,6 +161,34 @@ pub enum BuildError {
         /// The path as written.
         path: String,
     },
+    /// A file kiln reads from a context on its own (the default
+    /// Dockerfile, a `.dockerignore`) resolves outside that context.
+    #[error(
+        "{path} resolves to {resolved}, outside the build context {context}; kiln reads only files inside it (name a Dockerfile elsewhere with -f)"
+    )]
+    LeavesContext {
+        /// The file as looked for.
+        path: PathBuf,
+        /// Where it leads.
+        resolved: PathBuf,
+        /// The context.
+        context: PathBuf,
+    },
+    /// A Dockerfile or ignore file that is not a regular file (a FIFO, a device).
+    #[error("{path}: not a regular file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The Dockerfile names a host path (`oci:DIR`, a `file://` git
+    /// repository), which only the invoker may.
+    #[error(
+        "{name}: a Dockerfile cannot name a host path; the invoker gives host layouts and directories as named contexts (--build-context NAME=oci-layout://PATH[:TAG] or NAME=DIR) and the Dockerfile uses NAME"
+    )]
+    HostPath {
+        /// The name as written.
+        name: String,
+    },
     /// More than one source needs a directory destination ending in `/`.
     #[error("{dest}: when copying several sources the destination must be a directory ending in /")]
     DestNotDir {
@@ -257,6 +289,9 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// The cache directory cannot be used.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     /// A blocking task died.
     #[error("build task failed: {0}")]
     Task(String),
@@ -299,7 +334,9 @@ pub struct Built {
 #[derive(Clone)]
 pub struct Build {
     context: PathBuf,
-    dockerfile: PathBuf,
+    dockerfile: Option<PathBuf>,
+    /// Named contexts by [`context::context_key`]: the name as given and what it is.
+    contexts: BTreeMap<String, (String, BuildContext)>,
     args: BTreeMap<String, String>,
     target: Option<String>,
     platform: Platform,
@@ -312,7 +349,7 @@ pub struct Build {
     outputs: Vec<Output>,
     tags: Vec<Reference>,
     client: Option<Client>,
-    cache_dir: PathBuf,
+    cache_dir: Option<PathBuf>,
     no_cache: bool,
     secrets: BTreeMap<String, PathBuf>,
     overlayfs: bool,
@@ -323,6 +360,7 @@ impl fmt::Debug for Build {
         f.debug_struct("Build")
             .field("context", &self.context)
             .field("dockerfile", &self.dockerfile)
+            .field("contexts", &self.contexts)
             .field("target", &self.target)
             .field("platform", &self.platform)
             .field("outputs", &self.outputs)
@@ -332,16 +370,21 @@ impl fmt::Debug for Build {
 }
 
 impl Build {
-    /// A build of `dockerfile` (a path; `CONTEXT/Dockerfile` is the usual
-    /// one) with `context` as the build context. Defaults: the host's
-    /// platform, gzip level 6, `SOURCE_DATE_EPOCH` (else 0) as the time of
-    /// every file and history entry, [`Runc`], the cache in
-    /// [`default_cache_dir`], no outputs (the image stays in the cache).
-    pub fn new(context: impl Into<PathBuf>, dockerfile: impl Into<PathBuf>) -> Build {
+    /// A build of `CONTEXT/Dockerfile` (see [`Build::dockerfile`]) with
+    /// `context` as the build context. Defaults: the host's platform, gzip
+    /// level 6, `SOURCE_DATE_EPOCH` (else 0) as the time of every file and
+    /// history entry, [`Runc`], the cache in [`default_cache_dir`], no
+    /// outputs (the image stays in the cache).
+    ///
+    /// The default Dockerfile and the context's `.dockerignore` are read
+    /// only when they resolve inside the context (a symlink leading out is
+    /// refused, [`BuildError::LeavesContext`]).
+    pub fn new(context: impl Into<PathBuf>) -> Build {
         let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
         Build {
             context: context.into(),
-            dockerfile: dockerfile.into(),
+            dockerfile: None,
+            contexts: BTreeMap::new(),
             args: BTreeMap::new(),
             target: None,
             platform: Platform::host(),
@@ -354,11 +397,34 @@ impl Build {
             outputs: Vec::new(),
             tags: Vec::new(),
             client: None,
-            cache_dir: default_cache_dir(),
+            cache_dir: None,
             no_cache: false,
             secrets: BTreeMap::new(),
             overlayfs: true,
         }
+    }
+
+    /// `-f FILE`: the Dockerfile to build, wherever it is (the invoker's
+    /// choice, followed like the docker CLI follows it), instead of
+    /// `CONTEXT/Dockerfile`. `FILE.dockerignore` beside it is read before
+    /// the context's `.dockerignore`.
+    #[must_use]
+    pub fn dockerfile(mut self, path: impl Into<PathBuf>) -> Build {
+        self.dockerfile = Some(path.into());
+        self
+    }
+
+    /// `--build-context NAME=VALUE`: lets the Dockerfile use `context` as
+    /// `FROM NAME`, `COPY --from=NAME` and `RUN --mount=from=NAME`; a stage
+    /// called `NAME` is replaced by it. Image names match as BuildKit
+    /// matches them (`alpine` is `docker.io/library/alpine:latest`). This is
+    /// the only way a build reads host layouts and directories besides its
+    /// context: a Dockerfile cannot name them.
+    #[must_use]
+    pub fn build_context(mut self, name: impl Into<String>, context: BuildContext) -> Build {
+        let name = name.into();
+        self.contexts.insert(context::context_key(&name), (name, context));
+        self
     }
 
     /// `--build-arg NAME=value`.
@@ -442,10 +508,13 @@ impl Build {
         self
     }
 
-    /// The content store and cache directory.
+    /// The content store and cache directory (default:
+    /// [`default_cache_dir`]). It is created `0700` when missing and must
+    /// belong to the user running the build and be closed to other users
+    /// ([`CacheError`]).
     #[must_use]
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Build {
-        self.cache_dir = dir.into();
+        self.cache_dir = Some(dir.into());
         self
     }
 
@@ -530,8 +599,15 @@ impl Build {
                 reason: "pushing needs at least one -t reference",
             });
         }
-        let dockerfile_name = self.dockerfile.display().to_string();
-        let text = std::fs::read_to_string(&self.dockerfile).map_err(BuildError::io("read", &self.dockerfile))?;
+        // every host path absolute before it reaches a runtime spec
+        let context =
+            std::fs::canonicalize(&self.context).map_err(BuildError::io("open the build context", &self.context))?;
+        let (dockerfile_path, within) = match &self.dockerfile {
+            Some(f) => (f.clone(), None),
+            None => (context.join("Dockerfile"), Some(context.as_path())),
+        };
+        let dockerfile_name = dockerfile_path.display().to_string();
+        let text = read_dockerfile(&dockerfile_path, within)?;
         let df = dockerfile_parse::parse(&text)
             .map_err(|e| BuildError::Parse { dockerfile: dockerfile_name.clone(), source: Box::new(e) })?;
         let mut args = self.args.clone();
@@ -541,10 +617,18 @@ impl Build {
         let mut opts = dockerfile_parse::stages::BuildOptions::new();
         opts.build_args.clone_from(&args);
         opts.target.clone_from(&self.target);
+        for key in self.contexts.keys() {
+            opts = opts.named_context(key.clone());
+        }
         let plan = dockerfile_parse::stages::plan(&df, &opts)
             .map_err(|e| BuildError::Plan { dockerfile: dockerfile_name.clone(), source: Box::new(e) })?;
-        let ignore = read_ignore(&self.context, &self.dockerfile)?;
-        let store = Store::open(&self.cache_dir)?;
+        let ignore = read_ignore(&context, &dockerfile_path, self.dockerfile.is_none())?;
+        let named = prepare_named(self.contexts)?;
+        let cache_dir = match &self.cache_dir {
+            Some(d) => d.clone(),
+            None => default_cache_dir()?,
+        };
+        let store = Store::open(&cache_dir)?;
         let client = match self.client {
             Some(c) => c,
             None => crate::cli::client(&[]).map_err(|e| BuildError::Task(format!("registry client: {e}")))?,
@@ -562,8 +646,19 @@ impl Build {
             threads,
             prefix: None,
         };
+        // what every layer depends on besides its step: part of every cache key
+        let salt =
+            format!("epoch={:?} compression={:?} level={:?} manifest=oci-v1", self.epoch, self.compression, self.level);
+        let secrets = self
+            .secrets
+            .into_iter()
+            .map(|(id, file)| {
+                let abs = std::path::absolute(&file).map_err(BuildError::io("find the secret", &file))?;
+                Ok((id, abs))
+            })
+            .collect::<Result<_, BuildError>>()?;
         Ok(Ctx {
-            context: self.context,
+            context,
             text,
             dockerfile: dockerfile_name,
             args,
@@ -571,6 +666,7 @@ impl Build {
             labels: self.labels,
             epoch: self.epoch,
             pack,
+            salt,
             progress: self.progress,
             executor: self.executor,
             outputs: self.outputs,
@@ -579,8 +675,9 @@ impl Build {
             store,
             no_cache: self.no_cache,
             ignore,
+            named,
             lexer: Lexer::new(df.directives.escape),
-            secrets: self.secrets,
+            secrets,
             overlay,
             plan,
             rt: tokio::runtime::Handle::current(),
@@ -589,6 +686,78 @@ impl Build {
             images: Mutex::new(HashMap::new()),
             counts: Mutex::new((0, 0)),
         })
+    }
+}
+
+/// The named contexts ready to use: host paths made absolute, each
+/// directory's `.dockerignore` read.
+fn prepare_named(contexts: BTreeMap<String, (String, BuildContext)>) -> Result<BTreeMap<String, Named>, BuildError> {
+    let mut named = BTreeMap::new();
+    for (key, (name, c)) in contexts {
+        let n = match c {
+            BuildContext::Dir(dir) => {
+                let root = std::fs::canonicalize(&dir).map_err(BuildError::io("open the build context", &dir))?;
+                if !root.is_dir() {
+                    return Err(BuildError::Flag {
+                        flag: "--build-context",
+                        value: format!("{name}={}", dir.display()),
+                        reason: "not a directory",
+                    });
+                }
+                let ignore = read_ignore(&root, &root.join("Dockerfile"), true)?;
+                Named::Dir { root, ignore }
+            }
+            BuildContext::OciLayout { dir, tag, digest } => {
+                let dir = std::fs::canonicalize(&dir).map_err(BuildError::io("open the build context", &dir))?;
+                Named::Image(BuildContext::OciLayout { dir, tag, digest })
+            }
+            other => Named::Image(other),
+        };
+        named.insert(key, n);
+    }
+    Ok(named)
+}
+
+/// Reads a file kiln looks for on its own in a tree it was given (the
+/// default Dockerfile, a `.dockerignore`): `None` when absent; refused when
+/// it resolves outside `root` (a symlink leading out), so that nothing
+/// outside a context is read, or quoted in a parse error, without the
+/// invoker naming it.
+fn read_inside(root: &Path, file: &Path) -> Result<Option<String>, BuildError> {
+    if std::fs::symlink_metadata(file).is_err() {
+        return Ok(None);
+    }
+    let resolved = std::fs::canonicalize(file).map_err(BuildError::io("resolve", file))?;
+    if !resolved.starts_with(root) {
+        return Err(BuildError::LeavesContext { path: file.to_owned(), resolved, context: root.to_owned() });
+    }
+    read_regular(&resolved).map(Some)
+}
+
+/// Reads a regular file as text, refusing anything else (a FIFO would
+/// block, a device would never end).
+fn read_regular(path: &Path) -> Result<String, BuildError> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path).map_err(BuildError::io("open", path))?;
+    let meta = f.metadata().map_err(BuildError::io("inspect", path))?;
+    if !meta.is_file() {
+        return Err(BuildError::NotAFile { path: path.to_owned() });
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(BuildError::io("read", path))?;
+    Ok(text)
+}
+
+/// The Dockerfile's text: the default one only from inside `within` (the
+/// context), an explicit `-f` wherever it is.
+fn read_dockerfile(path: &Path, within: Option<&Path>) -> Result<String, BuildError> {
+    match within {
+        Some(root) => read_inside(root, path)?.ok_or_else(|| BuildError::Io {
+            op: "read",
+            path: path.to_owned(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        }),
+        None => read_regular(path),
     }
 }
 
@@ -614,20 +783,26 @@ fn platform_args(p: &Platform) -> Vec<(String, String)> {
     out
 }
 
-fn read_ignore(context: &Path, dockerfile: &Path) -> Result<DockerIgnore, BuildError> {
-    // `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's
+/// The `.dockerignore` of a build: `<Dockerfile>.dockerignore` beside the
+/// Dockerfile wins over the context's. Beside a default Dockerfile
+/// (`default_file`), and always in the context, it is read only from
+/// inside the context; beside an explicit `-f` file it is followed.
+fn read_ignore(context: &Path, dockerfile: &Path, default_file: bool) -> Result<DockerIgnore, BuildError> {
     let name = dockerfile.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut candidates = Vec::new();
-    if let Some(dir) = dockerfile.parent() {
-        candidates.push(dir.join(format!("{name}.dockerignore")));
+    let mut text = None;
+    if let Some(beside) = dockerfile.parent().map(|dir| dir.join(format!("{name}.dockerignore"))) {
+        text = if default_file {
+            read_inside(context, &beside)?
+        } else if std::fs::symlink_metadata(&beside).is_ok() {
+            Some(read_regular(&beside)?)
+        } else {
+            None
+        };
     }
-    candidates.push(context.join(".dockerignore"));
-    for c in candidates {
-        if let Ok(text) = std::fs::read_to_string(&c) {
-            return DockerIgnore::parse(&text).map_err(|e| BuildError::Ignore(Box::new(e)));
-        }
+    if text.is_none() {
+        text = read_inside(context, &context.join(".dockerignore"))?;
     }
-    DockerIgnore::parse("").map_err(|e| BuildError::Ignore(Box::new(e)))
+    DockerIgnore::parse(text.as_deref().unwrap_or("")).map_err(|e| BuildError::Ignore(Box::new(e)))
 }
 
 /// Where a base image's blobs come from until they are in the store.
@@ -683,6 +858,9 @@ struct Ctx {
     labels: BTreeMap<String, String>,
     epoch: Option<u64>,
     pack: PackOptions,
+    /// What every layer depends on besides its step (epoch, compression,
+    /// level, manifest format): mixed into every step cache key.
+    salt: String,
     progress: Option<ProgressFn>,
     executor: Arc<dyn Executor>,
     outputs: Vec<Output>,
@@ -691,6 +869,8 @@ struct Ctx {
     store: Store,
     no_cache: bool,
     ignore: DockerIgnore,
+    /// Named contexts by [`context::context_key`].
+    named: BTreeMap<String, Named>,
     lexer: Lexer,
     secrets: BTreeMap<String, PathBuf>,
     overlay: bool,
@@ -701,6 +881,22 @@ struct Ctx {
     images: Mutex<HashMap<String, Image>>,
     /// (cached, run) steps.
     counts: Mutex<(usize, usize)>,
+}
+
+/// A named context, ready to use.
+enum Named {
+    /// An image (a layout's, a registry's, scratch).
+    Image(BuildContext),
+    /// A local directory (canonical) with its `.dockerignore`.
+    Dir { root: PathBuf, ignore: DockerIgnore },
+}
+
+/// Where `COPY --from` / `RUN --mount from=` files come from.
+enum FromSource<'a> {
+    /// An image (an earlier stage's or a named one).
+    Image(Box<Image>),
+    /// A directory of the host (the context or a named one) with its ignore rules.
+    Tree { root: &'a Path, ignore: &'a DockerIgnore, name: String },
 }
 
 /// A read-only view of an image's tree, gone when dropped.
@@ -768,6 +964,9 @@ impl Ctx {
             })?,
             None => self.platform.clone(),
         };
+        if stage.replaced {
+            return self.replaced_stage(&stage, &platform).map_err(self.at(from_line, "FROM"));
+        }
         let base = match &stage.base {
             Base::Scratch => Image::scratch(&platform),
             Base::Stage(i) => self
@@ -778,7 +977,7 @@ impl Ctx {
                 .cloned()
                 .ok_or_else(|| BuildError::Task(format!("stage {i} did not run")))?,
             Base::Image(name) => {
-                self.resolve_image(name, &platform).map_err(self.at(from_line, &format!("FROM {name}")))?
+                self.base_image(name, &platform).map_err(self.at(from_line, &format!("FROM {name}")))?
             }
             _ => return Err(BuildError::Unsupported { what: "this kind of base".into() }),
         };
@@ -810,6 +1009,30 @@ impl Ctx {
                 .map_err(self.at(step.span.line, &original))?;
         }
         Ok(st.image)
+    }
+
+    /// A stage replaced by the named context of its name: that context's
+    /// image. A directory is packed into an image only when something
+    /// builds on the stage (its files are read directly otherwise).
+    fn replaced_stage(
+        &self,
+        stage: &dockerfile_parse::stages::Stage,
+        platform: &Platform,
+    ) -> Result<Image, BuildError> {
+        let name = stage.name.clone().unwrap_or_default();
+        let named = self
+            .named
+            .get(&context::context_key(&name))
+            .ok_or_else(|| BuildError::UnknownStage { name: name.clone() })?;
+        let built_on =
+            self.plan.target == stage.index
+                || self.plan.needed.iter().any(|i| {
+                    self.plan.stages.get(*i).is_some_and(|s| !s.replaced && s.base == Base::Stage(stage.index))
+                });
+        match named {
+            Named::Dir { .. } if !built_on => Ok(Image::scratch(platform)),
+            n => self.named_image(&name, n, platform),
+        }
     }
 
     /// The lookup for word expansion: `ARG`s, overridden by `ENV`.
@@ -867,10 +1090,12 @@ impl Ctx {
         };
         match &cmd {
             Command::Run(run) => {
-                // RUN sees the build arguments as environment variables
+                // RUN sees the build arguments as environment variables,
+                // and what its mounts hold (their options are in key_text)
+                let mounts = self.mounts_key(st, run)?;
                 let key = Digest::sha256(
                     format!(
-                        "{}\n{}\n{}\n{:?}",
+                        "{}\n{}\n{}\n{:?}\n{mounts}",
                         st.image.key,
                         key_text,
                         serde_json::to_string(&st.image.config.config).unwrap_or_default(),
@@ -986,6 +1211,36 @@ impl Ctx {
         }
     }
 
+    /// What a `RUN`'s mounts hold, for its cache key: bound files by the
+    /// keys `COPY` uses (paths, metadata, file identity), images and stages
+    /// by their keys. Mount options (cache ids and sharing, secret ids,
+    /// targets) are in the instruction itself; secret contents never are.
+    fn mounts_key(&self, st: &StageState, run: &dockerfile_parse::command::Run) -> Result<String, BuildError> {
+        use dockerfile_parse::command::MountType;
+        let mut out = String::new();
+        for m in &run.mounts {
+            if m.kind != MountType::Bind {
+                continue;
+            }
+            let source = m.source.as_deref().unwrap_or("/");
+            let from = match &m.from {
+                Some(from) => self.source_of(from, &st.image.config.platform())?,
+                None => FromSource::Tree { root: &self.context, ignore: &self.ignore, name: "context".into() },
+            };
+            let part = match from {
+                FromSource::Tree { root, ignore, name } => {
+                    let src = files::SourceTree { root, ignore: Some(ignore), is_context: true };
+                    let tree = files::tree_mount(&src, source)?;
+                    format!("{name} {source} {}", files::items_digest(&tree.items, None)?)
+                }
+                FromSource::Image(img) => format!("image {} {source}", img.key),
+            };
+            out.push_str(&part);
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
     /// A step that may make a layer: taken from the cache under `key`, or
     /// made by `make` and recorded there.
     fn layer_step(
@@ -994,6 +1249,8 @@ impl Ctx {
         report: &dyn Fn(bool),
         make: impl FnOnce() -> Result<Option<(Descriptor, Digest)>, BuildError>,
     ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+        // the same step under another epoch, compression or level makes other blobs
+        let key = &Digest::sha256(format!("{}\n{key}", self.salt).as_bytes());
         if let Some(rec) = self.cached(key) {
             report(true);
             return Ok(rec.layer);
@@ -1018,66 +1275,135 @@ impl Ctx {
         st.image.cfg().shell.clone().unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
     }
 
-    /// Resolves `name` (a registry reference or `oci:DIR[:TAG]`) to an image
-    /// for `platform`: manifest and config only.
-    fn resolve_image(&self, name: &str, platform: &Platform) -> Result<Image, BuildError> {
-        let cache_key = format!("{name} {}", platform_string(platform));
+    /// The image a `FROM` or `--from` name (not a stage) stands for, for
+    /// `platform`: a named context of that name, else a registry image
+    /// (manifest and config only). A host path (`oci:DIR`) is refused: only
+    /// the invoker names those, as named contexts.
+    fn base_image(&self, name: &str, platform: &Platform) -> Result<Image, BuildError> {
+        if let Some(n) = self.named.get(&context::context_key(name)) {
+            return self.named_image(name, n, platform);
+        }
+        if name.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("oci:")) {
+            return Err(BuildError::HostPath { name: name.to_owned() });
+        }
+        let reference: Reference = name
+            .parse()
+            .map_err(|e: oci_image::ReferenceError| BuildError::Base { image: name.to_owned(), source: Box::new(e) })?;
+        self.registry_image(name, &reference, platform)
+    }
+
+    /// The image of a named context.
+    fn named_image(&self, name: &str, n: &Named, platform: &Platform) -> Result<Image, BuildError> {
+        match n {
+            Named::Image(BuildContext::OciLayout { dir, tag, digest }) => {
+                self.layout_image(name, dir, tag.as_ref(), digest.as_ref(), platform)
+            }
+            Named::Image(BuildContext::Image(reference)) => self.registry_image(name, reference, platform),
+            Named::Dir { root, ignore } => self.dir_image(name, root, ignore, platform),
+            Named::Image(_) => Ok(Image::scratch(platform)),
+        }
+    }
+
+    /// An image in the OCI layout `dir`: by tag, by digest, or its only one.
+    fn layout_image(
+        &self,
+        name: &str,
+        dir: &Path,
+        tag: Option<&oci_image::Tag>,
+        digest: Option<&Digest>,
+        platform: &Platform,
+    ) -> Result<Image, BuildError> {
+        let cache_key = format!("oci-layout {} {tag:?} {digest:?} {}", dir.display(), platform_string(platform));
         if let Some(img) = self.images.lock().ok().and_then(|m| m.get(&cache_key).cloned()) {
             return Ok(img);
         }
         let base =
             |source: Box<dyn std::error::Error + Send + Sync>| BuildError::Base { image: name.to_owned(), source };
-        let (manifest, config_bytes, source) = if let Some(rest) = name.strip_prefix("oci:") {
-            let loc: crate::ImageLocation = name.parse().map_err(|e: crate::LocationError| base(Box::new(e)))?;
-            let crate::ImageLocation::Layout { dir, tag } = loc else {
-                return Err(base(format!("{rest}: not an OCI layout location").into()));
-            };
-            let layout = Layout::open(&dir).map_err(|e| base(Box::new(e)))?;
-            let desc = match tag {
-                Some(t) => layout.resolve(t.as_str()).map_err(|e| base(Box::new(e)))?,
-                None => match layout.index().map_err(|e| base(Box::new(e)))?.manifests.as_slice() {
-                    [only] => only.clone(),
-                    _ => return Err(base("the layout holds several images; name one with :TAG".into())),
-                },
-            };
-            let mut m = layout.read_manifest(&desc).map_err(|e| base(Box::new(e)))?;
-            if let AnyManifest::Index(index) = &m {
-                let child = index
-                    .value()
-                    .manifest_for(platform)
-                    .cloned()
-                    .ok_or_else(|| base(format!("no manifest for platform {platform}").into()))?;
-                m = layout.read_manifest(&child).map_err(|e| base(Box::new(e)))?;
+        let layout = Layout::open(dir).map_err(|e| base(Box::new(e)))?;
+        let entries = layout.index().map_err(|e| base(Box::new(e)))?.manifests;
+        let desc = match (tag, digest) {
+            (Some(t), _) => {
+                let d = layout.resolve(t.as_str()).map_err(|e| base(Box::new(e)))?;
+                if digest.is_some_and(|want| *want != d.digest) {
+                    return Err(base(format!("tag {t} is {}, not the digest given", d.digest).into()));
+                }
+                d
             }
-            let AnyManifest::Image(image) = m else {
-                return Err(base("not an image manifest".into()));
-            };
-            let config = layout.read_blob(&image.value().config).map_err(|e| base(Box::new(e)))?;
-            (image, config, BlobSource::Layout(layout))
-        } else {
-            let reference: Reference = name.parse().map_err(|e: oci_image::ReferenceError| base(Box::new(e)))?;
-            let repo = Repo::of(&reference);
-            let client = self.client.clone();
-            let platform2 = platform.clone();
-            let (image, config) = self
-                .rt
-                .block_on(async move {
-                    let mut m = client.get_manifest(&reference).await?;
-                    if let AnyManifest::Index(index) = &m {
-                        let child = index.value().manifest_for(&platform2).cloned().ok_or_else(|| {
-                            registry_client::Error::not_found(format!("{reference} has no manifest for {platform2}"))
-                        })?;
-                        m = client.get_manifest(&reference.repository_only().with_digest(child.digest)).await?;
-                    }
-                    let AnyManifest::Image(image) = m else {
-                        return Err(registry_client::Error::not_found(format!("{reference}: not an image")));
-                    };
-                    let config = client.fetch_small_blob(&Repo::of(&reference), &image.value().config).await?;
-                    Ok((image, config))
-                })
-                .map_err(|e: registry_client::Error| base(Box::new(e)))?;
-            (image, config, BlobSource::Registry(repo))
+            (None, Some(want)) => entries
+                .iter()
+                .find(|d| d.digest == *want)
+                .cloned()
+                .ok_or_else(|| base(format!("{want} is not in the layout's index.json").into()))?,
+            (None, None) => match entries.as_slice() {
+                [only] => only.clone(),
+                _ => return Err(base("the layout holds several images; name one with :TAG".into())),
+            },
         };
+        let mut m = layout.read_manifest(&desc).map_err(|e| base(Box::new(e)))?;
+        if let AnyManifest::Index(index) = &m {
+            let child = index
+                .value()
+                .manifest_for(platform)
+                .cloned()
+                .ok_or_else(|| base(format!("no manifest for platform {platform}").into()))?;
+            m = layout.read_manifest(&child).map_err(|e| base(Box::new(e)))?;
+        }
+        let AnyManifest::Image(image) = m else {
+            return Err(base("not an image manifest".into()));
+        };
+        let config = layout.read_blob(&image.value().config).map_err(|e| base(Box::new(e)))?;
+        let img = self.adopt_image(name, &image, config, &BlobSource::Layout(layout))?;
+        if let Ok(mut m) = self.images.lock() {
+            m.insert(cache_key, img.clone());
+        }
+        Ok(img)
+    }
+
+    /// A registry image for `platform`: manifest and config only.
+    fn registry_image(&self, name: &str, reference: &Reference, platform: &Platform) -> Result<Image, BuildError> {
+        let cache_key = format!("registry {reference} {}", platform_string(platform));
+        if let Some(img) = self.images.lock().ok().and_then(|m| m.get(&cache_key).cloned()) {
+            return Ok(img);
+        }
+        let client = self.client.clone();
+        let platform2 = platform.clone();
+        let reference2 = reference.clone();
+        let (image, config) = self
+            .rt
+            .block_on(async move {
+                let reference = reference2;
+                let mut m = client.get_manifest(&reference).await?;
+                if let AnyManifest::Index(index) = &m {
+                    let child = index.value().manifest_for(&platform2).cloned().ok_or_else(|| {
+                        registry_client::Error::not_found(format!("{reference} has no manifest for {platform2}"))
+                    })?;
+                    m = client.get_manifest(&reference.repository_only().with_digest(child.digest)).await?;
+                }
+                let AnyManifest::Image(image) = m else {
+                    return Err(registry_client::Error::not_found(format!("{reference}: not an image")));
+                };
+                let config = client.fetch_small_blob(&Repo::of(&reference), &image.value().config).await?;
+                Ok((image, config))
+            })
+            .map_err(|e: registry_client::Error| BuildError::Base { image: name.to_owned(), source: Box::new(e) })?;
+        let img = self.adopt_image(name, &image, config, &BlobSource::Registry(Repo::of(reference)))?;
+        if let Ok(mut m) = self.images.lock() {
+            m.insert(cache_key, img.clone());
+        }
+        Ok(img)
+    }
+
+    /// Keeps a base image's manifest and config in the store and notes
+    /// where its layers are to be fetched from.
+    fn adopt_image(
+        &self,
+        name: &str,
+        manifest: &Raw<oci_image::ImageManifest>,
+        config_bytes: bytes::Bytes,
+        source: &BlobSource,
+    ) -> Result<Image, BuildError> {
+        let base =
+            |source: Box<dyn std::error::Error + Send + Sync>| BuildError::Base { image: name.to_owned(), source };
         let config_raw = Raw::<ImageConfiguration>::from_bytes(config_bytes).map_err(|e| base(Box::new(e)))?;
         let manifest_value = manifest.value();
         if manifest_value.layers.len() != config_raw.value().rootfs.diff_ids.len() {
@@ -1090,20 +1416,65 @@ impl Ctx {
                 sources.entry(l.digest.clone()).or_insert_with(|| source.clone());
             }
         }
-        let img = Image {
+        Ok(Image {
             config: config_raw.value().clone(),
             layers: manifest_value.layers.clone(),
             key: Digest::sha256(format!("image {}", manifest.digest()).as_bytes()),
             name: name.to_owned(),
-            repo: match &source {
+            repo: match source {
                 BlobSource::Registry(r) => Some(r.clone()),
                 BlobSource::Layout(_) => None,
             },
+        })
+    }
+
+    /// A named directory as a `FROM`: an image of one layer holding its
+    /// files (its `.dockerignore` applied), on an empty config.
+    fn dir_image(
+        &self,
+        name: &str,
+        root: &Path,
+        ignore: &DockerIgnore,
+        platform: &Platform,
+    ) -> Result<Image, BuildError> {
+        let mut image = Image::scratch(platform);
+        name.clone_into(&mut image.name);
+        let scratch = self.store.tempdir("c-").map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+        let vars = BTreeMap::new();
+        let fetch = |url: &str, _: &Path| -> Result<(Digest, Option<std::time::SystemTime>), BuildError> {
+            Err(BuildError::Unsupported { what: format!("a download ({url}) in a directory context") })
         };
-        if let Ok(mut m) = self.images.lock() {
-            m.insert(cache_key, img.clone());
+        let req = files::CopyRequest {
+            sources: &[".".to_owned()],
+            dest: "/",
+            heredocs: &[],
+            workdir: "/",
+            chown: None,
+            chmod: None,
+            exclude: &[],
+            parents: false,
+            add: false,
+            checksum: None,
+            keep_git_dir: false,
+            unpack: None,
+            lexer: self.lexer,
+            vars: &vars,
+            fetch: &fetch,
+        };
+        let src = files::SourceTree { root, ignore: Some(ignore), is_context: true };
+        let items = files::plan(&src, &req, None, scratch.path())?;
+        let key = Digest::sha256(
+            format!("{}\ncontext {name}\n{}", image.key, files::items_digest(&items, Some(scratch.path()))?).as_bytes(),
+        );
+        let layer = self.items_layer(&key, &|_| {}, &items)?;
+        let h = self.history(format!("context {name}"), layer.is_none());
+        if let Some((desc, diff_id)) = layer {
+            image.layers.push(desc);
+            image.config.rootfs.diff_ids.push(diff_id);
         }
-        Ok(img)
+        image.config.history.get_or_insert_with(Vec::new).push(h);
+        image.key = key;
+        Ok(image)
     }
 
     /// Makes sure the blob `desc` is in the store, fetching it from where its image came from.
@@ -1154,6 +1525,12 @@ impl Ctx {
 
     /// A read-only view of `image`'s tree (`None` for an image without layers).
     pub(crate) fn view(&self, image: &Image) -> Result<Option<View>, BuildError> {
+        self.view_of(image, false)
+    }
+
+    /// A view of `image`'s tree (`None` for an image without layers),
+    /// `writable` with writes going to a throwaway upper directory (or copy).
+    fn view_of(&self, image: &Image, writable: bool) -> Result<Option<View>, BuildError> {
         if image.layers.is_empty() {
             return Ok(None);
         }
@@ -1161,8 +1538,18 @@ impl Ctx {
         if self.overlay {
             let mut lowers = vec![self.empty_dir()?];
             lowers.extend(self.layer_dirs(image)?);
-            let mount = OverlayMount::mount(&lowers, None, dir.path())
-                .map_err(BuildError::io("mount overlay on", dir.path()))?;
+            let mount = if writable {
+                let (upper, work, merged) =
+                    (dir.path().join("upper"), dir.path().join("work"), dir.path().join("merged"));
+                for d in [&upper, &work, &merged] {
+                    std::fs::create_dir(d).map_err(BuildError::io("create", d))?;
+                }
+                OverlayMount::mount(&lowers, Some((&upper, &work)), &merged)
+                    .map_err(BuildError::io("mount overlay on", &merged))?
+            } else {
+                OverlayMount::mount(&lowers, None, dir.path())
+                    .map_err(BuildError::io("mount overlay on", dir.path()))?
+            };
             return Ok(Some(View { mount: Some(mount), dir }));
         }
         self.flatten(image, dir.path())?;
@@ -1201,6 +1588,24 @@ impl Ctx {
         Ok(Some((info.descriptor(), info.diff_id)))
     }
 
+    /// The layer of planned `COPY` items, from the cache under `key` or written now.
+    fn items_layer(
+        &self,
+        key: &Digest,
+        report: &dyn Fn(bool),
+        items: &[files::Item],
+    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+        self.layer_step(key, report, || {
+            self.write_layer(|w| {
+                w.read_ahead(items.iter().map(|item| (item.source.clone(), &item.entry)));
+                for item in items {
+                    w.append_from(&item.source, &item.entry)?;
+                }
+                Ok(items.len())
+            })
+        })
+    }
+
     /// `WORKDIR`: creates the directory when the image lacks it.
     fn workdir(&self, st: &mut StageState, path: &str) -> Result<Option<(Descriptor, Digest)>, BuildError> {
         let view = self.view(&st.image)?;
@@ -1227,16 +1632,18 @@ impl Ctx {
         report: &dyn Fn(bool),
     ) -> Result<(Option<(Descriptor, Digest)>, Digest), BuildError> {
         // where the files come from
-        let (source_view, source_root, source_key, is_context) = match &c.from {
-            None => (None, self.context.clone(), String::from("context"), true),
-            Some(from) => {
-                let img = self.source_image(from, &st.image.config.platform())?;
-                let key = img.key.to_string();
-                let view = self.view(&img)?;
-                let root = view.as_ref().map_or_else(|| self.store.root.join("empty"), |v| v.path().to_owned());
-                self.empty_dir()?;
-                (view, root, key, false)
-            }
+        let (source_view, source_root, source_key, ignore) = match &c.from {
+            None => (None, self.context.clone(), String::from("context"), Some(&self.ignore)),
+            Some(from) => match self.source_of(from, &st.image.config.platform())? {
+                FromSource::Tree { root, ignore, name } => (None, root.to_owned(), name, Some(ignore)),
+                FromSource::Image(img) => {
+                    let key = img.key.to_string();
+                    let view = self.view(&img)?;
+                    let root = view.as_ref().map_or_else(|| self.store.root.join("empty"), |v| v.path().to_owned());
+                    self.empty_dir()?;
+                    (view, root, key, None)
+                }
+            },
         };
         let dest_view = self.view(&st.image)?;
         let dest_root = dest_view.as_ref().map(View::path);
@@ -1279,42 +1686,45 @@ impl Ctx {
             vars: &vars,
             fetch: &fetch,
         };
-        let src = files::SourceTree {
-            root: &source_root,
-            ignore: if is_context { Some(&self.ignore) } else { None },
-            is_context,
-        };
+        let src = files::SourceTree { root: &source_root, ignore, is_context: ignore.is_some() };
         let items = files::plan(&src, &req, dest_root, scratch.path())?;
         let key = Digest::sha256(
-            format!("{}\n{key_text}\n{source_key}\n{}", st.image.key, files::items_digest(&items, scratch.path())?)
-                .as_bytes(),
+            format!(
+                "{}\n{key_text}\n{source_key}\n{}",
+                st.image.key,
+                files::items_digest(&items, Some(scratch.path()))?
+            )
+            .as_bytes(),
         );
-        let layer = self.layer_step(&key, report, || {
-            self.write_layer(|w| {
-                w.read_ahead(items.iter().map(|item| (item.source.clone(), &item.entry)));
-                for item in &items {
-                    w.append_from(&item.source, &item.entry)?;
-                }
-                Ok(items.len())
-            })
-        })?;
+        let layer = self.items_layer(&key, report, &items)?;
         drop(source_view);
         drop(dest_view);
         Ok((layer, key))
     }
 
-    /// The image a `--from` names: an earlier stage, else an image.
-    fn source_image(&self, from: &str, platform: &Platform) -> Result<Image, BuildError> {
-        if let Some(stage) = self.plan.stage(from) {
+    /// What a `--from` names: an earlier stage, a named context (a
+    /// directory's files are read directly), else an image.
+    fn source_of(&self, from: &str, platform: &Platform) -> Result<FromSource<'_>, BuildError> {
+        let stage = self.plan.stage(from);
+        let key = match stage {
+            Some(s) if s.replaced => s.name.as_deref().map(context::context_key),
+            Some(_) => None,
+            None => Some(context::context_key(from)),
+        };
+        if let Some(Named::Dir { root, ignore }) = key.and_then(|k| self.named.get(&k)) {
+            return Ok(FromSource::Tree { root, ignore, name: format!("context {}", from.to_lowercase()) });
+        }
+        if let Some(stage) = stage {
             return self
                 .done
                 .lock()
                 .map_err(|_| BuildError::Task("poisoned".into()))?
                 .get(&stage.index)
                 .cloned()
+                .map(|i| FromSource::Image(Box::new(i)))
                 .ok_or_else(|| BuildError::UnknownStage { name: from.to_owned() });
         }
-        self.resolve_image(from, platform).map_err(|e| match e {
+        self.base_image(from, platform).map(|i| FromSource::Image(Box::new(i))).map_err(|e| match e {
             BuildError::Base { .. } if !from.contains(['/', ':', '.']) => {
                 BuildError::UnknownStage { name: from.to_owned() }
             }
@@ -1379,11 +1789,12 @@ impl Ctx {
         if !env.iter().any(|e| e.starts_with("HOME=")) {
             env.push(format!("HOME={}", instr::home_of(Some(&merged), uid)));
         }
-        // mount points runc would create: removed again unless the command made them
+        // mount points runc will create (relative to the root): removed
+        // again afterwards unless the command made them its own
         let stubs: Vec<PathBuf> = ["proc", "dev", "sys"]
             .iter()
-            .map(|p| merged.join(p))
-            .filter(|p| std::fs::symlink_metadata(p).is_err())
+            .map(PathBuf::from)
+            .filter(|p| std::fs::symlink_metadata(merged.join(p)).is_err())
             .collect();
         // paths inside the image are resolved inside it: an absolute symlink
         // in the image must not lead to the host's directories
@@ -1406,8 +1817,11 @@ impl Ctx {
                 prefix.push('/');
                 prefix.push_str(part);
                 let Some(path) = files::inside(&merged, &prefix) else { break };
-                if std::fs::symlink_metadata(&path).is_err() && !mount_stubs.contains(&path) {
-                    mount_stubs.push(path);
+                if std::fs::symlink_metadata(&path).is_err()
+                    && let Ok(rel) = path.strip_prefix(&merged)
+                    && !mount_stubs.iter().any(|s: &PathBuf| s == rel)
+                {
+                    mount_stubs.push(rel.to_owned());
                 }
             }
             mounts.push(pm);
@@ -1425,18 +1839,20 @@ impl Ctx {
             self.emit(&Progress::Output { stage: index, bytes });
         })?;
         drop(held_views);
-        // remove the mount points made for the command (deepest first), if still empty
-        for p in mount_stubs.iter().rev().chain(stubs.iter()) {
-            if let Ok(meta) = std::fs::symlink_metadata(p) {
-                if meta.is_dir() {
-                    let _ = std::fs::remove_dir(p);
-                } else if meta.len() == 0 {
-                    let _ = std::fs::remove_file(p);
-                }
+        // The mount points made for the command go again (deepest first)
+        // while still what the runtime made. Never through the live tree: on
+        // the upper directory once unmounted, or the flattened tree, each
+        // path opened component by component without following symlinks,
+        // since the command may have swapped a parent for a link to the host.
+        let stub_root = match mount {
+            Some(m) => {
+                m.unmount().map_err(BuildError::io("unmount", &merged))?;
+                &upper
             }
-        }
-        if let Some(m) = mount {
-            m.unmount().map_err(BuildError::io("unmount", &merged))?;
+            None => &merged,
+        };
+        for p in mount_stubs.iter().rev().chain(stubs.iter()) {
+            rootfs::remove_stub(stub_root, p);
         }
         if exit.code != 0 {
             return Err(BuildError::RunFailed { code: exit.code, output: exit.output });
@@ -1489,20 +1905,57 @@ impl Ctx {
         match m.kind {
             MountType::Bind => {
                 let dest = need_target()?;
-                let (root, view) = match &m.from {
-                    Some(from) => {
-                        let img = self.source_image(from, &st.image.config.platform())?;
-                        let view = self.view(&img)?;
-                        let root = view.as_ref().map_or_else(|| self.store.root.join("empty"), |v| v.path().to_owned());
-                        (root, view)
-                    }
-                    None => (self.context.clone(), None),
+                let source_rel = m.source.as_deref().unwrap_or("/");
+                // writes through a bind mount never reach its source: a
+                // read-write (`rw`) bind gets a throwaway copy or upper layer
+                let writable = !m.readonly;
+                let from = match &m.from {
+                    Some(from) => self.source_of(from, &st.image.config.platform())?,
+                    None => FromSource::Tree { root: &self.context, ignore: &self.ignore, name: "context".into() },
                 };
-                let source = files::inside(&root, m.source.as_deref().unwrap_or("/"))
-                    .ok_or_else(|| BuildError::OutsideContext { path: m.source.clone().unwrap_or_default() })?;
-                // changes through a bind mount are never kept: read-write binds get a copy
-                let readonly = m.readonly || view.is_some() || m.from.is_none();
-                Ok((ProcessMount { destination: dest, kind: MountKind::Bind { source, readonly } }, view))
+                let (source, view) = match from {
+                    FromSource::Tree { root, ignore, .. } => {
+                        let src = files::SourceTree { root, ignore: Some(ignore), is_context: true };
+                        let tree = files::tree_mount(&src, source_rel)?;
+                        if tree.filtered || writable {
+                            // what COPY would see, and nothing else
+                            let dir = self
+                                .store
+                                .tempdir("b-")
+                                .map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+                            files::materialize(&tree, dir.path(), !writable)?;
+                            let path = if tree.is_dir {
+                                dir.path().to_owned()
+                            } else {
+                                tree.items
+                                    .first()
+                                    .map_or_else(|| dir.path().to_owned(), |i| dir.path().join(&i.entry.path))
+                            };
+                            (path, Some(View { mount: None, dir }))
+                        } else {
+                            (tree.full, None)
+                        }
+                    }
+                    FromSource::Image(img) => {
+                        let view = if let Some(v) = self.view_of(&img, writable)? {
+                            v
+                        } else {
+                            // an image without layers: an empty directory of its own
+                            let dir = self
+                                .store
+                                .tempdir("b-")
+                                .map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+                            View { mount: None, dir }
+                        };
+                        let source = files::inside(view.path(), source_rel)
+                            .ok_or_else(|| BuildError::OutsideContext { path: source_rel.to_owned() })?;
+                        if std::fs::symlink_metadata(&source).is_err() {
+                            return Err(BuildError::MissingSource { path: source_rel.to_owned() });
+                        }
+                        (source, Some(view))
+                    }
+                };
+                Ok((ProcessMount { destination: dest, kind: MountKind::Bind { source, readonly: !writable } }, view))
             }
             MountType::Cache => {
                 let dest = need_target()?;

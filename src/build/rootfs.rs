@@ -96,3 +96,70 @@ pub(crate) fn overlay_available(scratch: &Path) -> bool {
         }
     })
 }
+
+/// Removes the mount point `rel` that the runtime made under `root` for a
+/// `RUN`, if it is still what the runtime made: an empty directory or an
+/// empty regular file. Every component is opened relative to the one
+/// before without following symlinks, so a path the container changed (a
+/// parent swapped for a symlink to a host directory) is left alone rather
+/// than followed out of `root`.
+pub(crate) fn remove_stub(root: &Path, rel: &Path) {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let parts: Vec<&std::ffi::OsStr> = rel
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let Some((last, parents)) = parts.split_last() else { return };
+    let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
+    let Ok(mut dir) = rustix::fs::open(root, flags, Mode::empty()) else { return };
+    for p in parents {
+        match rustix::fs::openat(&dir, *p, flags, Mode::empty()) {
+            Ok(d) => dir = d,
+            // gone, not a directory, or a symlink: not the runtime's any more
+            Err(_) => return,
+        }
+    }
+    let Ok(st) = rustix::fs::statat(&dir, *last, AtFlags::SYMLINK_NOFOLLOW) else { return };
+    match FileType::from_raw_mode(st.st_mode) {
+        // fails when not empty: then the command put something there
+        FileType::Directory => {
+            let _ = rustix::fs::unlinkat(&dir, *last, AtFlags::REMOVEDIR);
+        }
+        FileType::RegularFile if st.st_size == 0 => {
+            let _ = rustix::fs::unlinkat(&dir, *last, AtFlags::empty());
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stub_removal_never_follows_a_planted_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, host) = (d.path().join("root"), d.path().join("host"));
+        std::fs::create_dir_all(root.join("moved/b")).unwrap();
+        std::fs::create_dir_all(host.join("b")).unwrap();
+        std::fs::write(host.join("f"), "").unwrap();
+        std::os::unix::fs::symlink(&host, root.join("a")).unwrap();
+        remove_stub(&root, Path::new("a/b"));
+        remove_stub(&root, Path::new("a/f"));
+        remove_stub(&root, Path::new("a"));
+        assert!(host.join("b").is_dir() && host.join("f").is_file(), "followed the symlink out of the root");
+        assert!(std::fs::symlink_metadata(root.join("a")).unwrap().is_symlink());
+        // what the runtime made and nobody touched goes
+        std::fs::write(root.join("moved/empty"), "").unwrap();
+        std::fs::write(root.join("moved/full"), "x").unwrap();
+        remove_stub(&root, Path::new("moved/b"));
+        remove_stub(&root, Path::new("moved/empty"));
+        remove_stub(&root, Path::new("moved/full"));
+        remove_stub(&root, Path::new("moved"));
+        assert!(!root.join("moved/b").exists() && !root.join("moved/empty").exists());
+        assert!(root.join("moved/full").exists(), "a file with content is the command's");
+    }
+}

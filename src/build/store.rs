@@ -7,7 +7,16 @@
 //! <root>/l/<id>/         one extracted layer per blob digest (overlay form)
 //! <root>/cache/<key>     step cache records: key -> layer (or none)
 //! <root>/tmp/            scratch space on the same file system
+//! <root>/cache-mounts/   `RUN --mount=type=cache` directories
 //! ```
+//!
+//! The cache is its user's alone: the root and kiln's own directories in
+//! it are created `0700` and checked on every open (owned by the user
+//! running kiln, closed to group and others), since extracted layers hold
+//! setuid files and the blobs feed the next build. What is *inside* an
+//! extracted layer (`l/<id>/` and below) keeps the image's owners and modes
+//! and is never checked: those are the image's, as containers-storage keeps
+//! its `diff/` directories.
 
 use std::fs;
 use std::io;
@@ -35,10 +44,100 @@ fn short(digest: &Digest) -> String {
     digest.encoded().chars().take(24).collect()
 }
 
+/// kiln's own directories in the cache root, each `0700`.
+const OWN_DIRS: [&str; 5] = ["oci", "l", "cache", "tmp", "cache-mounts"];
+
+/// Why a cache directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// No cache directory was given and the environment names none.
+    #[error(
+        "no cache directory: set KILN_CACHE_DIR, XDG_CACHE_HOME or HOME, or name one (kiln never falls back to a directory other users can write to, such as /tmp)"
+    )]
+    NoDirectory,
+    /// A cache directory belongs to another user or lets other users in.
+    #[error(
+        "refusing cache directory {path}: owner uid {owner}, mode {mode:04o}; it must belong to uid {uid} (the user running kiln) and be closed to group and others (chmod 700)"
+    )]
+    Unsafe {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// The user running kiln.
+        uid: u32,
+    },
+    /// A cache directory is something else (a file, a symlink, a device).
+    #[error("refusing cache directory {path}: it is {what}, not a directory")]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        what: &'static str,
+    },
+}
+
+/// Creates `dir` with mode 0700 when missing (its parents as `mkdir -p`
+/// would), tolerating a concurrent creator.
+fn create_private_dir(dir: &Path) -> Result<(), BuildError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if fs::symlink_metadata(dir).is_ok() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(BuildError::io("create", parent))?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(BuildError::io("create", dir)(e)),
+    }
+}
+
+/// Checks that `dir` is a directory owned by the user running kiln and
+/// closed to everyone else. `follow`: a symlink to such a directory is
+/// accepted (for the cache root, which a user may point elsewhere, when the
+/// link is theirs too); kiln's own directories must be real directories.
+fn check_private_dir(dir: &Path, follow: bool) -> Result<(), BuildError> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = rustix::process::geteuid().as_raw();
+    let link = fs::symlink_metadata(dir).map_err(BuildError::io("inspect", dir))?;
+    let meta = if link.file_type().is_symlink() {
+        if !follow {
+            return Err(CacheError::NotADirectory { path: dir.to_owned(), what: "a symlink" }.into());
+        }
+        if link.uid() != uid {
+            return Err(CacheError::Unsafe { path: dir.to_owned(), owner: link.uid(), mode: 0o777, uid }.into());
+        }
+        fs::metadata(dir).map_err(BuildError::io("inspect", dir))?
+    } else {
+        link
+    };
+    if !meta.is_dir() {
+        let what = if meta.is_file() { "a file" } else { "not a directory" };
+        return Err(CacheError::NotADirectory { path: dir.to_owned(), what }.into());
+    }
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != uid || mode & 0o077 != 0 {
+        return Err(CacheError::Unsafe { path: dir.to_owned(), owner: meta.uid(), mode, uid }.into());
+    }
+    Ok(())
+}
+
 impl Store {
+    /// Opens the store at `root`, creating it (0700) when missing; refuses
+    /// a root or one of kiln's directories in it that another user owns or
+    /// can enter ([`CacheError::Unsafe`]).
     pub fn open(root: &Path) -> Result<Store, BuildError> {
-        for d in ["l", "cache", "tmp"] {
-            fs::create_dir_all(root.join(d)).map_err(BuildError::io("create", root.join(d)))?;
+        create_private_dir(root)?;
+        check_private_dir(root, true)?;
+        for d in OWN_DIRS {
+            let dir = root.join(d);
+            create_private_dir(&dir)?;
+            check_private_dir(&dir, false)?;
         }
         let layout = Layout::create(root.join("oci")).map_err(|e| BuildError::Layout(Box::new(e)))?;
         Ok(Store { root: root.to_owned(), layout })
@@ -100,16 +199,95 @@ impl Store {
     }
 }
 
-/// The default store: `$KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
-pub fn default_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("KILN_CACHE_DIR") {
-        return PathBuf::from(d);
+/// The default store: `$KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else
+/// `$HOME/.cache/kiln`.
+///
+/// # Errors
+/// [`CacheError::NoDirectory`] when none of them is set: kiln never falls
+/// back to a shared directory such as `/tmp`, where another user could
+/// prepare the cache (and the base layers a build runs) in advance.
+pub fn default_cache_dir() -> Result<PathBuf, CacheError> {
+    cache_dir_from(|name| std::env::var_os(name))
+}
+
+/// [`default_cache_dir`] with the environment read through `var`. Empty
+/// values count as unset, and so do relative `XDG_CACHE_HOME` and `HOME`
+/// (the XDG base directory specification ignores relative paths).
+fn cache_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<PathBuf, CacheError> {
+    let set = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(d) = set("KILN_CACHE_DIR") {
+        return Ok(d);
     }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("kiln");
+    if let Some(d) = set("XDG_CACHE_HOME").filter(|d| d.is_absolute()) {
+        return Ok(d.join("kiln"));
     }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".cache").join("kiln"),
-        None => std::env::temp_dir().join("kiln-cache"),
+    match set("HOME").filter(|d| d.is_absolute()) {
+        Some(h) => Ok(h.join(".cache").join("kiln")),
+        None => Err(CacheError::NoDirectory),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<std::ffi::OsString> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        move |k| map.get(k).map(std::ffi::OsString::from)
+    }
+
+    #[test]
+    fn without_home_or_xdg_there_is_no_default_cache_and_never_a_shared_one() {
+        assert!(matches!(cache_dir_from(env(&[])), Err(CacheError::NoDirectory)));
+        assert!(matches!(cache_dir_from(env(&[("HOME", "")])), Err(CacheError::NoDirectory)));
+        assert!(matches!(cache_dir_from(env(&[("HOME", "relative")])), Err(CacheError::NoDirectory)));
+        assert!(matches!(cache_dir_from(env(&[("TMPDIR", "/tmp")])), Err(CacheError::NoDirectory)));
+        assert_eq!(cache_dir_from(env(&[("HOME", "/home/u")])).unwrap(), Path::new("/home/u/.cache/kiln"));
+        let xdg = env(&[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/c")]);
+        assert_eq!(cache_dir_from(xdg).unwrap(), Path::new("/c/kiln"));
+        let rel_xdg = env(&[("HOME", "/home/u"), ("XDG_CACHE_HOME", "rel")]);
+        assert_eq!(cache_dir_from(rel_xdg).unwrap(), Path::new("/home/u/.cache/kiln"));
+        let own = env(&[("KILN_CACHE_DIR", "/k"), ("HOME", "/home/u")]);
+        assert_eq!(cache_dir_from(own).unwrap(), Path::new("/k"));
+        let msg = CacheError::NoDirectory.to_string();
+        assert!(msg.contains("HOME") && msg.contains("XDG_CACHE_HOME"), "{msg}");
+    }
+
+    #[test]
+    fn the_cache_and_kilns_directories_are_created_private() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("deep/er/cache");
+        Store::open(&root).unwrap();
+        for p in std::iter::once(root.clone()).chain(OWN_DIRS.iter().map(|o| root.join(o))) {
+            assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o700, "{}", p.display());
+        }
+        // opening again is fine
+        Store::open(&root).unwrap();
+    }
+
+    #[test]
+    fn a_cache_directory_open_to_others_is_refused_naming_path_owner_and_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("cache");
+        Store::open(&root).unwrap();
+        for dir in [root.clone(), root.join("l"), root.join("oci")] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+            let err = Store::open(&root).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, BuildError::Cache(CacheError::Unsafe { mode: 0o755, .. })), "{msg}");
+            assert!(
+                msg.contains(&dir.display().to_string()) && msg.contains("0755") && msg.contains("owner uid"),
+                "{msg}"
+            );
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        // kiln's own directories are never symlinks
+        fs::rename(root.join("tmp"), d.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), root.join("tmp")).unwrap();
+        let err = Store::open(&root).unwrap_err();
+        assert!(matches!(err, BuildError::Cache(CacheError::NotADirectory { .. })), "{err}");
     }
 }

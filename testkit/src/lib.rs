@@ -11,6 +11,8 @@
 //! ```
 
 mod fault;
+mod git;
+mod host;
 mod image;
 mod pki;
 mod proxy;
@@ -19,6 +21,8 @@ mod server;
 mod token;
 
 pub use fault::{Fault, FaultCounts, FaultPlan, FaultProxy, TOKEN_LIFETIME};
+pub use git::GitDaemon;
+pub use host::{TEST_USER, TestUser, shared_tempdir, test_user, tree_manifest};
 pub use image::{GROUP, PASSWD, busybox_image};
 pub use pki::{CertPair, Pki};
 pub use proxy::HttpProxy;

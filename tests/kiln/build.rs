@@ -8,28 +8,67 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln::build::{Build, BuildError, Output};
+use kiln::build::{Build, BuildContext, BuildError, Output};
 use kiln::oci_image::{ImageConfiguration, Layout};
 use kiln::registry_client::Client;
 use testkit::{Registry, busybox_image, run, tool};
 
-/// A busybox base in an OCI layout under `dir` (`oci:DIR/base:1`), or `None` without the tools.
-pub fn base_layout(dir: &Path) -> Option<String> {
+/// The busybox base of the build tests: an OCI layout made by umoci,
+/// which builds get as the named context `kiln-base` ([`WithBase`]): a
+/// Dockerfile says `FROM kiln-base` (it cannot name a host layout itself).
+pub struct Base {
+    /// The layout (the image is tagged `1`).
+    pub layout: PathBuf,
+}
+
+impl std::fmt::Display for Base {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("kiln-base")
+    }
+}
+
+impl Base {
+    /// `oci:DIR:1`, for skopeo and umoci.
+    pub fn location(&self) -> String {
+        format!("oci:{}:1", self.layout.display())
+    }
+
+    /// The named context that brings it into a build.
+    pub fn context(&self) -> BuildContext {
+        BuildContext::oci_layout(&self.layout, Some("1".parse().unwrap()))
+    }
+}
+
+/// Gives a build the busybox base.
+pub trait WithBase {
+    /// Adds `base` as the named context `kiln-base`.
+    #[must_use]
+    fn with_base(self, base: &Base) -> Self;
+}
+
+impl WithBase for Build {
+    fn with_base(self, base: &Base) -> Build {
+        self.build_context(base.to_string(), base.context())
+    }
+}
+
+/// A busybox base in an OCI layout at `dir/base`, or `None` without the tools.
+pub fn base_layout(dir: &Path) -> Option<Base> {
     tool("runc")?;
     let layout = dir.join("base");
     busybox_image(&layout, "1").unwrap()?;
-    Some(format!("oci:{}:1", layout.display()))
+    Some(Base { layout })
 }
 
-fn client() -> Client {
+pub fn client() -> Client {
     Client::builder().build().unwrap()
 }
 
-fn build(context: &Path, cache: &Path) -> Build {
-    Build::new(context, context.join("Dockerfile")).cache_dir(cache).client(client()).epoch(Some(1_700_000_000))
+pub fn build(context: &Path, cache: &Path) -> Build {
+    Build::new(context).cache_dir(cache).client(client()).epoch(Some(1_700_000_000))
 }
 
-fn write(path: &Path, text: &str) {
+pub fn write(path: &Path, text: &str) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, text).unwrap();
 }
@@ -93,13 +132,13 @@ fn full_context(dir: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_instruction_from_a_registry_base_round_trips_through_the_peers() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(_) = base_layout(tmp.path()) else { return };
+    let Some(base) = base_layout(tmp.path()) else { return };
     let Some(skopeo) = tool("skopeo") else { return };
     let registry = Registry::start().unwrap();
     let host = registry.host();
     run(Command::new(&skopeo)
         .args(["copy", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:1", tmp.path().join("base").display()))
+        .arg(base.location())
         .arg(format!("docker://{host}/busybox:1")))
     .unwrap();
 
@@ -206,9 +245,10 @@ async fn every_instruction_from_a_registry_base_round_trips_through_the_peers() 
 
 /// Builds `ctx` (cache and output under `tmp`) and returns the root file
 /// system umoci unpacks from the result.
-async fn build_rootfs(ctx: &Path, tmp: &Path) -> PathBuf {
+pub async fn build_rootfs(ctx: &Path, tmp: &Path, base: Option<&Base>) -> PathBuf {
     let out = tmp.join("out");
-    build(ctx, &tmp.join("cache"))
+    let b = build(ctx, &tmp.join("cache"));
+    base.map_or(b.clone(), |base| b.with_base(base))
         .output(Output::Layout(out.clone()))
         .build()
         .await
@@ -218,6 +258,11 @@ async fn build_rootfs(ctx: &Path, tmp: &Path) -> PathBuf {
 
 /// Runs a build expected to fail and returns its error; checks the output was not written.
 async fn failing(dockerfile: &str, files: &[(&str, &str)]) -> BuildError {
+    failing_with(dockerfile, files, |b| b).await
+}
+
+/// [`failing`] with the build set up by `with` too.
+pub async fn failing_with(dockerfile: &str, files: &[(&str, &str)], with: impl FnOnce(Build) -> Build) -> BuildError {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = tmp.path().join("ctx");
     write(&ctx.join("Dockerfile"), dockerfile);
@@ -226,7 +271,7 @@ async fn failing(dockerfile: &str, files: &[(&str, &str)]) -> BuildError {
     }
     let out = tmp.path().join("out");
     let archive = tmp.path().join("out.tar");
-    let err = build(&ctx, &tmp.path().join("cache"))
+    let err = with(build(&ctx, &tmp.path().join("cache")))
         .output(Output::Layout(out.clone()))
         .output(Output::DockerArchive(archive.clone()))
         .build()
@@ -255,7 +300,7 @@ fn line_of(e: &BuildError) -> usize {
     }
 }
 
-fn inner(e: &BuildError) -> &BuildError {
+pub fn inner(e: &BuildError) -> &BuildError {
     match e {
         BuildError::At { source, .. } => source,
         other => other,
@@ -267,7 +312,7 @@ async fn a_failing_run_names_its_line_code_and_output() {
     let tmp = tempfile::tempdir().unwrap();
     let Some(base) = base_layout(tmp.path()) else { return };
     let df = format!("FROM {base}\nRUN echo fine\nRUN echo boom >&2; exit 3\nRUN echo never\n");
-    let e = failing(&df, &[]).await;
+    let e = failing_with(&df, &[], |b| b.with_base(&base)).await;
     assert_eq!(line_of(&e), 3);
     let BuildError::RunFailed { code, output } = inner(&e) else { panic!("{e:?}") };
     assert_eq!(*code, 3);
@@ -337,8 +382,12 @@ async fn same_dockerfile_same_digest_from_clean_state_anywhere() {
         write(&ctx.join("Dockerfile"), &df);
         std::thread::sleep(std::time::Duration::from_millis(1100));
         let out = tmp.path().join(format!("out{n}"));
-        let built =
-            build(&ctx, &tmp.path().join(format!("cache{n}"))).output(Output::Layout(out)).build().await.unwrap();
+        let built = build(&ctx, &tmp.path().join(format!("cache{n}")))
+            .with_base(&base)
+            .output(Output::Layout(out))
+            .build()
+            .await
+            .unwrap();
         assert_eq!(built.cached_steps, 0);
         digests.push(built.manifest.digest);
     }
@@ -353,18 +402,18 @@ async fn a_rebuild_takes_every_step_from_the_cache_and_no_cache_runs_them() {
     reproducible_context(&ctx);
     write(&ctx.join("Dockerfile"), &format!("FROM {base}\nCOPY a /a\nRUN echo ran >> /log\nWORKDIR /w\nENV X=1\n"));
     let cache = tmp.path().join("cache");
-    let first = build(&ctx, &cache).build().await.unwrap();
+    let first = build(&ctx, &cache).with_base(&base).build().await.unwrap();
     assert_eq!((first.cached_steps, first.steps), (0, 3));
-    let again = build(&ctx, &cache).build().await.unwrap();
+    let again = build(&ctx, &cache).with_base(&base).build().await.unwrap();
     assert_eq!(again.cached_steps, 3);
     assert_eq!(again.steps, 0);
     assert_eq!(again.manifest.digest, first.manifest.digest);
     // a changed file invalidates its COPY and everything after it
     write(&ctx.join("a/b.txt"), "changed\n");
-    let changed = build(&ctx, &cache).build().await.unwrap();
+    let changed = build(&ctx, &cache).with_base(&base).build().await.unwrap();
     assert_eq!((changed.cached_steps, changed.steps), (0, 3));
     assert_ne!(changed.manifest.digest, first.manifest.digest);
-    let forced = build(&ctx, &cache).no_cache(true).build().await.unwrap();
+    let forced = build(&ctx, &cache).with_base(&base).no_cache(true).build().await.unwrap();
     assert_eq!((forced.cached_steps, forced.steps), (0, 3));
     assert_eq!(forced.manifest.digest, changed.manifest.digest);
 }
@@ -418,8 +467,10 @@ async fn run_mounts_network_platform_args_git_and_excludes() {
     write(&repo.join("README"), "from git\n");
     g(&["add", "README"]);
     g(&["commit", "-q", "-m", "one"]);
-    let bare = tmp.path().join("repo.git");
+    let served = tmp.path().join("served");
+    let bare = served.join("repo.git");
     run(Command::new(&git).args(["clone", "-q", "--bare"]).arg(&repo).arg(&bare)).unwrap();
+    let Some(daemon) = testkit::GitDaemon::start(&served).unwrap() else { return };
 
     let ctx = tmp.path().join("ctx");
     write(&ctx.join("f.txt"), "bound\n");
@@ -442,14 +493,15 @@ async fn run_mounts_network_platform_args_git_and_excludes() {
              RUN --network=none cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' > /ifaces\n\
              COPY --exclude=*.log --exclude=deep tree /tree/\n\
              COPY --parents a/b/c.txt /p/\n\
-             ADD file://{} /git/\n",
-            bare.display()
+             ADD {} /git/\n",
+            daemon.url("repo.git")
         ),
     );
     let out = tmp.path().join("out");
     let steps = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = std::sync::Arc::clone(&steps);
     build(&ctx, &tmp.path().join("cache"))
+        .with_base(&base)
         .secret("token", &secret)
         .output(Output::Layout(out.clone()))
         .progress(move |p| {
@@ -526,6 +578,7 @@ async fn snapshot_diffs_without_overlayfs_give_the_same_tree() {
     for (n, overlay) in [(0, true), (1, false)] {
         let out = tmp.path().join(format!("out{n}"));
         build(&ctx, &tmp.path().join(format!("cache{n}")))
+            .with_base(&base)
             .overlayfs(overlay)
             .output(Output::Layout(out.clone()))
             .build()
@@ -588,7 +641,7 @@ async fn add_downloads_urls_with_checksums() {
         &ctx.join("Dockerfile"),
         &format!("FROM scratch\nADD {url}/files/tool.txt /opt/\nADD --checksum={good} {url}/x/y.txt /checked.txt\n"),
     );
-    let root = build_rootfs(&ctx, tmp.path()).await;
+    let root = build_rootfs(&ctx, tmp.path(), None).await;
     assert_eq!(fs::read_to_string(root.join("opt/tool.txt")).unwrap(), "downloaded\n");
     assert_eq!(fs::read_to_string(root.join("checked.txt")).unwrap(), "downloaded\n");
     let m = fs::metadata(root.join("opt/tool.txt")).unwrap();
@@ -619,7 +672,7 @@ async fn absolute_symlinks_in_the_image_never_lead_to_the_host() {
         ),
     );
     let out = tmp.path().join("out");
-    build(&ctx, &tmp.path().join("cache")).output(Output::Layout(out.clone())).build().await.unwrap();
+    build(&ctx, &tmp.path().join("cache")).with_base(&base).output(Output::Layout(out.clone())).build().await.unwrap();
     assert_eq!(fs::read_dir(&victim).unwrap().count(), 0, "the build wrote into the host's directory");
     let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
     let inner = root.join(victim.strip_prefix("/").unwrap());
@@ -648,7 +701,7 @@ async fn independent_stages_run_at_the_same_time() {
             wait("right", "left")
         ),
     );
-    let root = build_rootfs(&ctx, tmp.path()).await;
+    let root = build_rootfs(&ctx, tmp.path(), Some(&base)).await;
     assert_eq!(fs::read_to_string(root.join("left")).unwrap(), "left\n");
     assert_eq!(fs::read_to_string(root.join("right")).unwrap(), "right\n");
 }
@@ -678,13 +731,12 @@ async fn from_an_index_picks_the_target_platform() {
     layout.set_tag(&"multi/base:1".parse().unwrap(), index.descriptor()).unwrap();
 
     let ctx = tmp.path().join("ctx");
-    write(
-        &ctx.join("Dockerfile"),
-        &format!("FROM oci:{}:1\nARG TARGETARCH\nLABEL built-for=$TARGETARCH\n", dir.display()),
-    );
+    write(&ctx.join("Dockerfile"), "FROM multi\nARG TARGETARCH\nLABEL built-for=$TARGETARCH\n");
+    let multi = BuildContext::oci_layout(&dir, Some("1".parse().unwrap()));
     for arch in ["amd64", "arm64"] {
         let out = tmp.path().join(format!("out-{arch}"));
         let built = build(&ctx, &tmp.path().join("cache"))
+            .build_context("multi", multi.clone())
             .platform(format!("linux/{arch}").parse().unwrap())
             .output(Output::Layout(out.clone()))
             .build()
@@ -695,7 +747,7 @@ async fn from_an_index_picks_the_target_platform() {
         assert_eq!(labels.get("arch").map(String::as_str), Some(arch), "took the wrong platform's image");
         assert_eq!(labels.get("built-for").map(String::as_str), Some(arch));
     }
-    let e = failing(&format!("FROM --platform=linux/s390x oci:{}:1\n", dir.display()), &[]).await;
+    let e = failing_with("FROM --platform=linux/s390x multi\n", &[], |b| b.build_context("multi", multi)).await;
     assert_eq!(line_of(&e), 1);
     assert!(kiln::error_chain(&e).contains("s390x"), "{}", kiln::error_chain(&e));
 }
@@ -715,7 +767,7 @@ async fn onbuild_triggers_of_a_stage_run_in_each_child_stage_once() {
              FROM scratch\nCOPY --from=two /log /two.log\nCOPY --from=grandchild /log /grandchild.log\n"
         ),
     );
-    let root = build_rootfs(&ctx, tmp.path()).await;
+    let root = build_rootfs(&ctx, tmp.path(), Some(&base)).await;
     assert_eq!(fs::read_to_string(root.join("two.log")).unwrap(), "trigger\ntwo\n");
     assert_eq!(fs::read_to_string(root.join("grandchild.log")).unwrap(), "trigger\none\ngrandchild\n");
 }
@@ -748,7 +800,7 @@ async fn add_extracts_tar_archives_in_every_compression_and_copies_other_files()
         "FROM scratch\nADD a.tar /a/\nADD b.tar.gz /b/\nADD c.tar.bz2 /c/\nADD d.tar.xz /d/\nADD e.tar.zst /e/\n\
          ADD notes.txt.gz notes.txt.xz /files/\nCOPY b.tar.gz /copied/\n",
     );
-    let root = build_rootfs(&ctx, tmp.path()).await;
+    let root = build_rootfs(&ctx, tmp.path(), None).await;
     for d in ["a", "b", "c", "d", "e"] {
         assert_eq!(
             fs::read_to_string(root.join(d).join("pkg/readme")).unwrap(),
@@ -774,7 +826,7 @@ async fn run_heredocs_are_scripts_or_shell_input() {
              RUN <<'EOF' sh\necho \"$0 quoted $HOME\" > /h3\nEOF\n"
         ),
     );
-    let root = build_rootfs(&ctx, tmp.path()).await;
+    let root = build_rootfs(&ctx, tmp.path(), Some(&base)).await;
     assert_eq!(fs::read_to_string(root.join("h1")).unwrap(), "one\ntwo\n");
     assert_eq!(fs::read_to_string(root.join("h2")).unwrap(), "text /root\n");
     assert!(fs::read_to_string(root.join("h3")).unwrap().contains("quoted /root"));

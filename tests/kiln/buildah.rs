@@ -199,8 +199,10 @@ async fn kiln_and_buildah_agree_on_config_and_tree() {
     // both builders pull the base from a real registry
     let registry = testkit::Registry::start().unwrap();
     let image = format!("{}/busybox:1", registry.host());
-    run(Command::new(&skopeo).args(["copy", "--dest-tls-verify=false", &base]).arg(format!("docker://{image}")))
-        .unwrap();
+    run(Command::new(&skopeo)
+        .args(["copy", "--dest-tls-verify=false", &base.location()])
+        .arg(format!("docker://{image}")))
+    .unwrap();
     let base = image;
     let mut failures = Vec::new();
     for (name, dockerfile, files) in dockerfiles(&base) {
@@ -220,7 +222,7 @@ async fn kiln_and_buildah_agree_on_config_and_tree() {
         let (b_config, b_tree) = buildah.build(&ctx, &format!("localhost/diff-{name}:1"), &work);
 
         let out = work.join("kiln-oci");
-        Build::new(&ctx, ctx.join("Dockerfile"))
+        Build::new(&ctx)
             .cache_dir(work.join("kiln-cache"))
             .build_arg("V", "argv")
             .output(Output::Layout(out.clone()))

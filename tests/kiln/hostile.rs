@@ -11,7 +11,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use kiln::build::{Build, Output};
+use kiln::build::{Build, BuildContext, Output};
 use kiln::oci_image::{ConfigBuilder, Descriptor, Digest, History, Layout, ManifestBuilder, MediaType, Raw};
 
 /// One ustar header (+ body, padded) with any name, type and link: the
@@ -50,7 +50,7 @@ fn finish(mut tar: Vec<u8>) -> Vec<u8> {
 
 /// An OCI layout holding an image whose only layer is `blob` (of
 /// `media_type`), described with `digest` (which may lie) and `diff_id`.
-fn image(dir: &Path, blob: &[u8], media_type: MediaType, digest: Option<&Digest>, diff_id: Digest) -> String {
+fn image(dir: &Path, blob: &[u8], media_type: MediaType, digest: Option<&Digest>, diff_id: Digest) -> BuildContext {
     let layout = Layout::create(dir).unwrap();
     let real = Digest::sha256(blob);
     // a lying descriptor still needs the file under the name it claims
@@ -74,7 +74,7 @@ fn image(dir: &Path, blob: &[u8], media_type: MediaType, digest: Option<&Digest>
         );
         fs::write(dir.join("index.json"), index).unwrap();
     });
-    format!("oci:{}:1", dir.display())
+    BuildContext::oci_layout(dir, Some("1".parse().unwrap()))
 }
 
 /// `tar` compressed by the real `gzip`.
@@ -201,9 +201,10 @@ async fn hostile_base_layers_are_refused_or_contained() {
         let ctx = tmp.path().join(format!("ctx{i}"));
         fs::create_dir_all(&ctx).unwrap();
         // WORKDIR needs the base's files: the layers are fetched and extracted
-        fs::write(ctx.join("Dockerfile"), format!("FROM {base}\nWORKDIR /made\n")).unwrap();
+        fs::write(ctx.join("Dockerfile"), "FROM hostile\nWORKDIR /made\n").unwrap();
         let out = tmp.path().join(format!("out{i}"));
-        let result = Build::new(&ctx, ctx.join("Dockerfile"))
+        let result = Build::new(&ctx)
+            .build_context("hostile", base)
             .cache_dir(tmp.path().join("cache"))
             .output(Output::Layout(out.clone()))
             .build()
@@ -234,9 +235,10 @@ async fn hostile_base_layers_are_refused_or_contained() {
     let base = image(&tmp.path().join("lying"), &tar, MediaType::OciLayer, Some(&claimed), Digest::sha256(&tar));
     let ctx = tmp.path().join("ctx-lying");
     fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("Dockerfile"), format!("FROM {base}\nWORKDIR /made\n")).unwrap();
+    fs::write(ctx.join("Dockerfile"), "FROM hostile\nWORKDIR /made\n").unwrap();
     let out = tmp.path().join("out-lying");
-    let err = Build::new(&ctx, ctx.join("Dockerfile"))
+    let err = Build::new(&ctx)
+        .build_context("hostile", base)
         .cache_dir(tmp.path().join("cache"))
         .output(Output::Layout(out.clone()))
         .build()

@@ -10,6 +10,7 @@ mod buildah;
 mod copy;
 mod hostile;
 mod promote;
+mod safety;
 
 use std::fs;
 use std::path::Path;

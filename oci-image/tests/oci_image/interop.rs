@@ -46,6 +46,47 @@ fn umoci_and_skopeo_read_our_layout() {
     assert_eq!(fs::read_to_string(bundle.join("rootfs/hello.txt")).unwrap(), "hello\n");
 }
 
+/// Every path under `root` (relative) with its permission bits.
+fn modes(root: &Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(p) = todo.pop() {
+        let m = fs::symlink_metadata(&p).unwrap();
+        // blobs by kind, not by name: skopeo may re-encode a document
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        let rel = if rel.starts_with("blobs/sha256/") { "blobs/sha256/BLOB".to_owned() } else { rel };
+        out.push((rel, m.mode() & 0o7777));
+        if m.is_dir() {
+            todo.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn a_layout_is_as_readable_as_one_skopeo_writes() {
+    if !have(&["skopeo"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours");
+    let layout = Layout::create(&ours).unwrap();
+    small_image(&layout, "example.com/team/app:v1");
+    let theirs = dir.path().join("theirs");
+    run(Command::new(tool("skopeo").unwrap())
+        .arg("copy")
+        .arg(format!("oci:{}:v1", ours.display()))
+        .arg(format!("oci:{}:v1", theirs.display())))
+    .unwrap();
+    // the same files (blobs, index.json, oci-layout), with the same modes
+    // under this process's umask (skopeo's 0644 files and 0755 directories
+    // under the usual 022)
+    assert_eq!(modes(&ours), modes(&theirs), "kiln's layout modes differ from skopeo's");
+}
+
 #[test]
 fn we_read_what_umoci_writes() {
     if !have(&["umoci"]) {

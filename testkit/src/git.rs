@@ -1,0 +1,61 @@
+//! A real `git daemon` on a free loopback port serving bare repositories
+//! over `git://`, for builds that `ADD` a remote repository.
+
+use std::io;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::tool;
+
+/// A running `git daemon`; stopped (by PID) when dropped.
+pub struct GitDaemon {
+    child: Child,
+    port: u16,
+}
+
+impl GitDaemon {
+    /// Serves every repository under `base` as `git://127.0.0.1:PORT/NAME`.
+    /// `None` (with a note) when git is missing outside CI.
+    ///
+    /// # Errors
+    /// When the daemon does not start or accept connections within 10 s.
+    pub fn start(base: &Path) -> io::Result<Option<GitDaemon>> {
+        let Some(git) = tool("git") else { return Ok(None) };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(git)
+            .arg("daemon")
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1", &format!("--port={port}")])
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut daemon = GitDaemon { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = daemon.child.try_wait()? {
+                return Err(io::Error::other(format!("git daemon exited with {status}")));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "git daemon did not listen"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Some(daemon))
+    }
+
+    /// `git://127.0.0.1:PORT/name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("git://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        // stop by PID, never by name
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
