@@ -4,7 +4,7 @@
 //! cargo run --release --example build -- CONTEXT [-f FILE] [-t REF]... [--build-arg K=V]...
 //!     [--build-context NAME=oci-layout://DIR[:TAG] | NAME=docker-image://REF | NAME=DIR]... [--target STAGE] [--platform P] [--output oci:DIR | docker-archive:FILE | registry]...
 //!     [--label K=V]... [--secret id=ID,src=FILE]... [--compression gzip|zstd|none] [--level N]
-//!     [--no-cache] [--cache-dir DIR] [--insecure-host HOST]...
+//!     [--no-cache] [--overwrite] [--cache-dir DIR] [--insecure-host HOST]...
 //! ```
 //!
 //! Without `--output` the image goes to the OCI layout `./kiln-out`. The
@@ -61,6 +61,9 @@ struct Args {
     /// Run every step, ignoring the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Replace a docker-archive output file that exists.
+    #[arg(long)]
+    overwrite: bool,
     /// The content store and cache directory.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -111,7 +114,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(d) = &args.cache_dir {
         build = build.cache_dir(d);
     }
-    build = build.no_cache(args.no_cache);
+    build = build.no_cache(args.no_cache).overwrite(args.overwrite);
     let compression = match args.compression.as_str() {
         "gzip" => kiln::oci_image::Compression::Gzip,
         "zstd" => kiln::oci_image::Compression::Zstd,
@@ -162,6 +165,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 Progress::Output { bytes, .. } => err.write_all(bytes),
                 Progress::Pulling { image } => writeln!(err, "pulling {image}"),
                 Progress::Writing { target } => writeln!(err, "writing {target}"),
+                Progress::Corrupt { digest } => {
+                    writeln!(err, "cached blob {digest} did not match its digest: dropped, building again")
+                }
                 _ => Ok(()),
             };
         });

@@ -1,6 +1,6 @@
 //! Copies an image between registries, OCI layouts and docker-archive files.
 //!
-//! `cargo run --example copy -- SRC DST [--platform P]... [--referrers] [--dry-run] [--insecure HOST]...`
+//! `cargo run --example copy -- SRC DST [--platform P]... [--referrers] [--dry-run] [--overwrite] [--insecure HOST]...`
 //!
 //! Each side is a registry reference (`localhost:5000/team/app:v1`, an
 //! optional `docker://` prefix), `oci:DIR[:TAG]` or
@@ -16,6 +16,7 @@ use kiln::{CopyOptions, ImageLocation};
 
 #[derive(Parser)]
 #[command(about = "Copy an image between registries, OCI layouts and docker-archive files")]
+#[allow(clippy::struct_excessive_bools)] // command-line switches
 struct Args {
     /// Where the image is.
     src: ImageLocation,
@@ -30,6 +31,9 @@ struct Args {
     /// Print what would be skipped, mounted and uploaded, and write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Replace a docker-archive destination that exists.
+    #[arg(long)]
+    overwrite: bool,
     /// Allow plain HTTP to this (non-loopback) registry host.
     #[arg(long = "insecure", value_name = "HOST")]
     insecure: Vec<String>,
@@ -77,7 +81,7 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("{top}");
         return Ok(());
     }
-    let opts = CopyOptions { platforms: args.platforms.clone(), referrers: args.referrers };
+    let opts = CopyOptions { platforms: args.platforms.clone(), referrers: args.referrers, overwrite: args.overwrite };
     let report = kiln::copy_with(&client, &args.src, &args.dst, &opts).await?;
     eprintln!(
         "copied {} -> {} (uploaded {}, mounted {}, skipped {}, referrers {})",

@@ -156,6 +156,9 @@ pub struct CopyOptions {
     /// Also copy the artifacts that refer to the copied manifests
     /// (signatures, SBOMs), through the referrers API or its fallback.
     pub referrers: bool,
+    /// Replace a docker-archive destination that exists (refused otherwise,
+    /// as skopeo refuses).
+    pub overwrite: bool,
 }
 
 /// What a copy did.
@@ -195,13 +198,19 @@ fn source_name(src: &ImageLocation, tag: &Tag) -> Option<Reference> {
     }
 }
 
-/// Writes the single-platform image `desc` of `layout` as a docker-archive file.
+/// Writes the single-platform image `desc` of `layout` as a docker-archive
+/// file, every blob checked against its digest as it is copied; an existing
+/// file is replaced only when `overwrite`. The file appears whole or not at all.
 pub(crate) fn write_archive(
     layout: &Layout,
     desc: &Descriptor,
     file: &std::path::Path,
     name: Option<&Reference>,
+    overwrite: bool,
 ) -> Result<Digest, CopyError> {
+    if !overwrite && std::fs::symlink_metadata(file).is_ok() {
+        return Err(oci_image::ArchiveError::Exists { path: file.to_owned() }.into());
+    }
     let oci_image::AnyManifest::Image(manifest) = layout.read_manifest(desc)? else {
         return Err(CopyError::Unsupported {
             from: format!("oci:{}", layout.root().display()),
@@ -218,7 +227,11 @@ pub(crate) fn write_archive(
     let tags: Vec<Reference> = name.into_iter().cloned().collect();
     let mut w = PendingArchive::create(file)?;
     w.add_image(manifest.value(), &config, &tags, |d| layout.open_blob(&d.digest).map_err(std::io::Error::other))?;
-    w.commit(file)?;
+    if overwrite {
+        w.commit(file)?;
+    } else {
+        w.commit_new(file)?;
+    }
     Ok(manifest.digest().clone())
 }
 
@@ -241,7 +254,7 @@ pub async fn copy_with(
     use ImageLocation as L;
     let unsupported = |why| CopyError::Unsupported { from: src.to_string(), to: dst.to_string(), why };
     match (src, dst, opts.platforms.as_slice()) {
-        (_, _, []) if !opts.referrers => copy(client, src, dst).await,
+        (_, _, []) if !opts.referrers => copy_plain(client, src, dst, opts.overwrite).await,
         (L::Registry(s), L::Layout { dir, tag }, [platform]) if !opts.referrers => {
             let layout = Layout::create(dir)?;
             let name = tag.as_ref().map(|t| s.with_tag(t.clone()));
@@ -339,10 +352,22 @@ async fn select_and_copy(
 /// destination digest equals the source digest (a docker-archive source,
 /// which holds no manifest, gets a new OCI manifest). Registry to registry
 /// streams blobs without touching the disk and mounts within one registry.
+/// Blobs read from a layout are checked against their digests as they are
+/// copied; a docker-archive destination that exists is refused
+/// ([`copy_with`] and [`CopyOptions::overwrite`] replace it).
 ///
 /// # Errors
 /// [`CopyError`] naming the side that failed.
 pub async fn copy(client: &Client, src: &ImageLocation, dst: &ImageLocation) -> Result<CopyReport, CopyError> {
+    copy_plain(client, src, dst, false).await
+}
+
+async fn copy_plain(
+    client: &Client,
+    src: &ImageLocation,
+    dst: &ImageLocation,
+    overwrite: bool,
+) -> Result<CopyReport, CopyError> {
     use ImageLocation as L;
     match (src, dst) {
         (L::Registry(s), L::Registry(d)) => {
@@ -368,9 +393,7 @@ pub async fn copy(client: &Client, src: &ImageLocation, dst: &ImageLocation) -> 
             let into = Layout::create(to)?;
             let reachable = reachable_from(&from, &desc)?;
             for d in &reachable {
-                if !into.has_blob(&d.digest) {
-                    into.write_blob(from.open_blob(&d.digest)?, Some((&d.digest, d.size)))?;
-                }
+                from.copy_blob_to(d, &into)?;
             }
             match to_tag.as_ref().or(tag.as_ref()) {
                 Some(t) => into.set_ref_name(t, None, desc.clone())?,
@@ -407,15 +430,18 @@ pub async fn copy(client: &Client, src: &ImageLocation, dst: &ImageLocation) -> 
         (L::Layout { dir, tag }, L::DockerArchive { file, name }) => {
             let layout = Layout::open(dir)?;
             let desc = layout_entry(&layout, src, tag.as_ref())?;
-            let digest = write_archive(&layout, &desc, file, name.as_ref())?;
+            let digest = write_archive(&layout, &desc, file, name.as_ref(), overwrite)?;
             Ok(report(digest, 0, 0, 0))
         }
         (L::Registry(s), L::DockerArchive { file, name }) => {
+            if !overwrite && std::fs::symlink_metadata(file).is_ok() {
+                return Err(oci_image::ArchiveError::Exists { path: file.clone() }.into());
+            }
             // the image is gathered in a temporary layout: an archive needs every layer
             let tmp = crate::private_tempdir().map_err(CopyError::Temp)?;
             let layout = Layout::create(tmp.path().join("layout"))?;
             let desc = client.pull_to_layout(s, &layout, Some(&oci_image::Platform::host()), None).await?;
-            let digest = write_archive(&layout, &desc, file, name.as_ref().or(Some(s)))?;
+            let digest = write_archive(&layout, &desc, file, name.as_ref().or(Some(s)), overwrite)?;
             Ok(report(digest, 0, 0, 0))
         }
     }

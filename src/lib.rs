@@ -118,10 +118,11 @@ pub fn image_from_dir(
 ) -> Result<BuiltImage, ImageError> {
     let layout_err = |source| ImageError::Layout { dir: layout_dir.to_owned(), source: Box::new(source) };
     let layout = Layout::create(layout_dir).map_err(layout_err)?;
-    let blob = layout.blob_writer().map_err(layout_err)?;
+    // the layer pipeline hashes the blob as it writes it: no second pass
+    let blob = layout.dangerous_unhashed_blob_writer().map_err(layout_err)?;
     let (blob, info) = layer_diff::pack_dir(dir, blob, &opts.pack)
         .map_err(|source| ImageError::Pack { dir: dir.to_owned(), source })?;
-    blob.finish().map_err(layout_err)?;
+    blob.dangerous_finish(&info.digest).map_err(layout_err)?;
     let created = opts.pack.epoch.map(rfc3339_utc);
     // no path in the history: the same files anywhere give the same image
     let mut history = History { created_by: Some("kiln: COPY . /".to_owned()), ..History::default() };

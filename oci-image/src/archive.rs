@@ -109,6 +109,12 @@ pub enum ArchiveError {
     /// A blob did not verify.
     #[error("blob verification failed")]
     Verify(#[source] Box<crate::VerifyError>),
+    /// The archive's file exists and was not to be replaced.
+    #[error("{path} already exists (not replaced)")]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
     /// Writing into an OCI layout failed.
     #[error("writing into OCI layout")]
     Layout(#[source] Box<LayoutError>),
@@ -292,15 +298,38 @@ impl PendingArchive {
         Ok(ArchiveWriter::new(BufWriter::new(tmp)))
     }
 
-    /// Finishes the archive and renames it to `path` atomically.
+    /// Finishes the archive and renames it to `path` atomically, replacing
+    /// a file that is there.
     ///
     /// # Errors
     /// [`ArchiveError::Io`] on write or rename failure (the temporary file is removed).
     pub fn commit(self, path: &Path) -> Result<(), ArchiveError> {
+        self.commit_as(path, true)
+    }
+
+    /// Finishes the archive and links it at `path` atomically, only if no
+    /// file is there (as skopeo refuses to overwrite an archive), even when
+    /// one appeared while the archive was being written.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Exists`]; [`ArchiveError::Io`] on write failure (the
+    /// temporary file is removed).
+    pub fn commit_new(self, path: &Path) -> Result<(), ArchiveError> {
+        self.commit_as(path, false)
+    }
+
+    fn commit_as(self, path: &Path, replace: bool) -> Result<(), ArchiveError> {
         let io = |op| move |source| ArchiveError::Io { op, path: path.to_owned(), source };
         let tmp = self.finish()?.into_inner().map_err(|e| io("flush")(e.into_error()))?;
         tmp.as_file().sync_all().map_err(io("sync"))?;
-        tmp.persist(path).map_err(|e| io("rename into")(e.error))?;
+        if replace {
+            tmp.persist(path).map_err(|e| io("rename into")(e.error))?;
+        } else {
+            tmp.persist_noclobber(path).map_err(|e| match e.error.kind() {
+                io::ErrorKind::AlreadyExists => ArchiveError::Exists { path: path.to_owned() },
+                _ => io("link into")(e.error),
+            })?;
+        }
         Ok(())
     }
 }

@@ -412,13 +412,17 @@ pub enum VerifyError {
 
 /// A reader that passes content through while checking it against an expected
 /// digest and size; it fails with [`VerifyError`] (wrapped in an
-/// [`io::Error`]) as soon as the size is exceeded, and at end of input when the
-/// digest or size differ. Nothing past `size` bytes is ever returned.
+/// [`io::Error`]) as soon as the size is exceeded, on the read that reaches
+/// `size` bytes when the digest differs (so a consumer that stops at the
+/// size, as a chunked upload does, still sees the failure), and at end of
+/// input when fewer bytes came. Nothing past `size` bytes is ever returned.
 pub struct VerifyingReader<R> {
     inner: DigestReader<io::Take<R>>,
     expected: Digest,
     size: u64,
     done: bool,
+    /// The digest was checked when `size` bytes had passed.
+    checked: bool,
 }
 
 impl<R: Read> VerifyingReader<R> {
@@ -435,6 +439,7 @@ impl<R: Read> VerifyingReader<R> {
             expected: expected.clone(),
             size,
             done: false,
+            checked: false,
         })
     }
 
@@ -468,9 +473,14 @@ impl<R: Read> Read for VerifyingReader<R> {
                 VerifyError::SizeOverrun { digest: self.expected.clone(), expected: self.size },
             ));
         }
-        if n == 0 {
-            self.done = true;
-            self.check_end().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if n == 0 || (!self.checked && self.inner.size() == self.size) {
+            // at the size (or the end): the digest must match now
+            self.checked = true;
+            self.done = n == 0;
+            self.check_end().map_err(|e| {
+                self.done = true;
+                io::Error::new(io::ErrorKind::InvalidData, e)
+            })?;
         }
         Ok(n)
     }
@@ -507,6 +517,21 @@ mod tests {
     use super::*;
 
     const EMPTY: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn a_reader_that_stops_at_the_size_still_sees_a_wrong_digest() {
+        let expected = Digest::sha256(b"right bytes");
+        let mut buf = [0u8; 11];
+        let mut good = VerifyingReader::new(&b"right bytes"[..], &expected, 11).unwrap();
+        good.read_exact(&mut buf).unwrap();
+        let mut bad = VerifyingReader::new(&b"wrong bytes"[..], &expected, 11).unwrap();
+        let e = bad.read_exact(&mut buf).unwrap_err();
+        assert!(matches!(into_verify_error(e, &expected), VerifyError::DigestMismatch { .. }));
+        // short and long inputs still fail at the end
+        assert!(verify(&b"right"[..], &expected, 11).is_err());
+        assert!(verify(&b"right bytes!"[..], &expected, 11).is_err());
+        assert!(verify(&b"right bytes"[..], &expected, 11).is_ok());
+    }
 
     #[test]
     fn parses_registered_and_other_algorithms() {

@@ -3,7 +3,14 @@
 //! Blobs are written through a temporary file in the blob directory, checked
 //! against their digest and size, and renamed into place atomically;
 //! `index.json` is replaced atomically too. A failed or interrupted write
-//! leaves the layout as it was.
+//! leaves the layout as it was. A new layout is made in a temporary
+//! directory beside its place and renamed there whole, so nobody ever sees
+//! half a layout, and concurrent creators all end up with the same one.
+//!
+//! Every read-modify-write of `index.json` (tagging, untagging, gc) holds an
+//! exclusive `flock` on `index.json.lock` in the layout, so concurrent kiln
+//! writers never lose each other's tags. The lock coordinates kiln's writers
+//! only: skopeo and umoci take no lock.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -24,6 +31,7 @@ const INDEX_FILE: &str = "index.json";
 const BLOBS_DIR: &str = "blobs";
 const LAYOUT_VERSION: &str = "1.0.0";
 const TMP_PREFIX: &str = ".tmp-";
+const LOCK_FILE: &str = "index.json.lock";
 /// The largest manifest, index or config that is read into memory.
 pub const MAX_DOCUMENT_SIZE: u64 = 4 * 1024 * 1024;
 
@@ -144,8 +152,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
 }
 
 impl Layout {
-    /// Opens the layout at `root`, creating it (and the directory) when it
-    /// does not exist yet. An existing directory that is not empty and not a
+    /// Opens the layout at `root`, creating it when it does not exist yet
+    /// (or is an empty directory, whose mode it keeps). The new layout is
+    /// made whole in a temporary directory beside `root` and renamed into
+    /// place; when another process creates it at the same time, both open
+    /// the one that won. An existing directory that is not empty and not a
     /// layout is refused.
     ///
     /// # Errors
@@ -155,21 +166,73 @@ impl Layout {
         if root.join(LAYOUT_FILE).exists() {
             return Layout::open(root);
         }
-        fs::create_dir_all(root).map_err(io_err("create directory", root))?;
-        let non_empty = fs::read_dir(root).map_err(io_err("read directory", root))?.next().is_some();
-        if non_empty {
-            return Err(LayoutError::NotALayout {
-                path: root.to_owned(),
-                reason: "directory is not empty and has no oci-layout file".to_owned(),
-            });
-        }
-        let blobs = root.join(BLOBS_DIR).join("sha256");
+        let not_a_layout = |reason: &str| LayoutError::NotALayout { path: root.to_owned(), reason: reason.to_owned() };
+        let existing = match fs::metadata(root) {
+            Ok(m) if m.is_dir() => {
+                if fs::read_dir(root).map_err(io_err("read directory", root))?.next().is_some() {
+                    // a concurrent creator may have just finished
+                    return Layout::open(root)
+                        .map_err(|_| not_a_layout("directory is not empty and has no oci-layout file"));
+                }
+                Some(m.permissions())
+            }
+            Ok(_) => return Err(not_a_layout("not a directory")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(LayoutError::Io { op: "inspect", path: root.to_owned(), source: e }),
+        };
+        let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
+        fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-layout-")
+            .tempdir_in(parent)
+            .map_err(io_err("create temp directory in", parent))?;
+        let staged = Layout { root: tmp.path().to_owned() };
+        let blobs = staged.root.join(BLOBS_DIR).join("sha256");
         fs::create_dir_all(&blobs).map_err(io_err("create directory", &blobs))?;
-        let layout = Layout { root: root.to_owned() };
-        layout.write_index(&IndexBuilder::new().build())?;
-        // oci-layout last: a directory without it is not (yet) a layout
-        write_atomic(&root.join(LAYOUT_FILE), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        Ok(layout)
+        staged.write_index(&IndexBuilder::new().build())?;
+        write_atomic(&staged.root.join(LAYOUT_FILE), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        if let Some(perms) = existing {
+            fs::set_permissions(&staged.root, perms).map_err(io_err("chmod", &staged.root))?;
+        }
+        // replaces a missing or empty directory; fails when another creator won
+        match fs::rename(tmp.path(), root) {
+            Ok(()) => {
+                let _ = tmp.keep();
+                Ok(Layout { root: root.to_owned() })
+            }
+            Err(e) => {
+                Layout::open(root).map_err(|_| LayoutError::Io { op: "rename into", path: root.to_owned(), source: e })
+            }
+        }
+    }
+
+    /// Takes the exclusive lock on this layout's `index.json` (a `flock` on
+    /// `index.json.lock` beside it), waiting for other kiln writers; held
+    /// until the returned guard is dropped. [`Layout::set_tag`] and the
+    /// other index updates take it themselves; take it to make several
+    /// updates one. It coordinates kiln's writers only (skopeo and umoci
+    /// take no lock).
+    ///
+    /// # Errors
+    /// [`LayoutError::Io`] when the lock file cannot be opened or locked.
+    pub fn lock_index(&self) -> Result<IndexLock, LayoutError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.root.join(LOCK_FILE);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&path)
+            .map_err(io_err("open lock file", &path))?;
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
+                Ok(()) => return Ok(IndexLock { _file: file }),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(LayoutError::Io { op: "lock", path, source: e.into() }),
+            }
+        }
     }
 
     /// Opens an existing layout, checking its `oci-layout` file.
@@ -265,6 +328,58 @@ impl Layout {
         tmp.as_file().sync_all().map_err(io_err("sync", &path))?;
         tmp.persist(&path).map_err(|e| LayoutError::Io { op: "rename into", path: path.clone(), source: e.error })?;
         Ok(())
+    }
+
+    /// Copies the blob `desc` from this layout into `into` (unless it is
+    /// there already), checking the bytes against their digest and size on
+    /// the way: a reflink where the file system can share extents (the copy
+    /// is then read once to check it), else a copy through a verifying
+    /// reader. Never a hard link: the copy never shares an inode with this
+    /// layout, so nothing done to one reaches the other.
+    ///
+    /// # Errors
+    /// [`LayoutError::Verify`] naming this layout when its blob does not
+    /// match `desc` (nothing is written to `into`);
+    /// [`LayoutError::BlobNotFound`], [`LayoutError::Io`].
+    pub fn copy_blob_to(&self, desc: &Descriptor, into: &Layout) -> Result<BlobInfo, LayoutError> {
+        if into.has_blob(&desc.digest) {
+            return Ok(BlobInfo { digest: desc.digest.clone(), size: desc.size });
+        }
+        let verify_err = |source| LayoutError::Verify { path: self.root.clone(), source: Box::new(source) };
+        let src = self.open_blob(&desc.digest)?;
+        let tmp = into.temp_file()?;
+        if rustix::fs::ioctl_ficlone(tmp.as_file(), &src).is_ok() {
+            let copy = tmp.reopen().map_err(io_err("reopen", tmp.path()))?;
+            crate::verify(copy, &desc.digest, desc.size).map_err(verify_err)?;
+            into.persist(BufWriter::new(tmp), &desc.digest)?;
+            return Ok(BlobInfo { digest: desc.digest.clone(), size: desc.size });
+        }
+        let mut r = VerifyingReader::new(src, &desc.digest, desc.size).map_err(verify_err)?;
+        let mut w = BufWriter::with_capacity(256 * 1024, tmp);
+        io::copy(&mut r, &mut w).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => verify_err(into_verify_error(e, &desc.digest)),
+            _ => LayoutError::Io { op: "copy blob into", path: into.root.clone(), source: e },
+        })?;
+        into.persist(w, &desc.digest)?;
+        Ok(BlobInfo { digest: desc.digest.clone(), size: desc.size })
+    }
+
+    /// A writer for a new blob whose digest the caller computes in the same
+    /// pass as the bytes (the layer pipeline does): unlike
+    /// [`Layout::blob_writer`] it does not hash again, and
+    /// [`UnhashedBlobWriter::dangerous_finish`] names the blob by the
+    /// digest it is given. A wrong digest stores a blob under a name that
+    /// is not its own, hence the name; every copy out of a layout checks
+    /// the bytes again ([`Layout::copy_blob_to`]).
+    ///
+    /// # Errors
+    /// [`LayoutError::Io`] when the temporary file cannot be made.
+    pub fn dangerous_unhashed_blob_writer(&self) -> Result<UnhashedBlobWriter, LayoutError> {
+        Ok(UnhashedBlobWriter {
+            layout: self.clone(),
+            inner: BufWriter::with_capacity(256 * 1024, self.temp_file()?),
+            size: 0,
+        })
     }
 
     /// Writes a blob from memory (sha256).
@@ -421,6 +536,7 @@ impl Layout {
     /// [`LayoutError::BlobNotFound`] for an incomplete image, I/O failures.
     pub fn set_ref_name(&self, tag: &Tag, full_name: Option<&Reference>, desc: Descriptor) -> Result<(), LayoutError> {
         self.check_complete(&desc)?;
+        let _lock = self.lock_index()?;
         let mut index = self.index()?;
         index.manifests.retain(|d| d.annotation(ANNOTATION_REF_NAME) != Some(tag.as_str()));
         let mut d = desc.with_annotation(ANNOTATION_REF_NAME, tag.as_str());
@@ -437,6 +553,7 @@ impl Layout {
     /// [`LayoutError::BlobNotFound`] for an incomplete image, I/O failures.
     pub fn add_manifest(&self, desc: Descriptor) -> Result<(), LayoutError> {
         self.check_complete(&desc)?;
+        let _lock = self.lock_index()?;
         let mut index = self.index()?;
         if !index.manifests.iter().any(|d| d.digest == desc.digest) {
             index.manifests.push(desc);
@@ -476,6 +593,7 @@ impl Layout {
     /// # Errors
     /// [`LayoutError`] on I/O failure.
     pub fn remove_tag(&self, tag: &str) -> Result<bool, LayoutError> {
+        let _lock = self.lock_index()?;
         let mut index = self.index()?;
         let before = index.manifests.len();
         index.manifests.retain(|d| d.annotation(ANNOTATION_REF_NAME) != Some(tag));
@@ -520,6 +638,7 @@ impl Layout {
     /// # Errors
     /// [`LayoutError`] when the graph cannot be read (then nothing is deleted).
     pub fn gc(&self) -> Result<Vec<Digest>, LayoutError> {
+        let _lock = self.lock_index()?;
         let keep = self.reachable()?;
         let mut removed = Vec::new();
         let blobs = self.root.join(BLOBS_DIR);
@@ -546,6 +665,51 @@ impl Layout {
             }
         }
         Ok(removed)
+    }
+}
+
+/// The lock on a layout's `index.json` ([`Layout::lock_index`]); released
+/// when dropped.
+#[derive(Debug)]
+pub struct IndexLock {
+    _file: File,
+}
+
+/// Writes one blob into a layout without hashing it; see
+/// [`Layout::dangerous_unhashed_blob_writer`]. Dropping it without
+/// finishing discards the temporary file.
+pub struct UnhashedBlobWriter {
+    layout: Layout,
+    inner: BufWriter<NamedTempFile>,
+    size: u64,
+}
+
+impl Write for UnhashedBlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl UnhashedBlobWriter {
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Stores the blob under `digest`, which the caller computed over
+    /// exactly the bytes written (not checked here).
+    ///
+    /// # Errors
+    /// [`LayoutError::Io`] when flushing or renaming fails.
+    pub fn dangerous_finish(self, digest: &Digest) -> Result<BlobInfo, LayoutError> {
+        self.layout.persist(self.inner, digest)?;
+        Ok(BlobInfo { digest: digest.clone(), size: self.size })
     }
 }
 

@@ -82,6 +82,47 @@ impl BlobSource for LayoutBlob {
     }
 }
 
+/// A source whose every reader checks the bytes against the blob's digest
+/// and size as they stream: a push never completes an upload of bytes that
+/// are not the blob (a corrupt file in a local store), and says so instead
+/// of letting the registry's `DIGEST_INVALID` (or a retry loop) speak.
+struct CheckedSource {
+    inner: Arc<dyn BlobSource>,
+    digest: Digest,
+    size: u64,
+    /// What the last reader found wrong, if anything.
+    failed: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl BlobSource for CheckedSource {
+    fn open(&self) -> io::Result<Box<dyn Read + Send>> {
+        let r = self.inner.open()?;
+        let inner = oci_image::VerifyingReader::new(r, &self.digest, self.size).map_err(io::Error::other)?;
+        Ok(Box::new(CheckedReader { inner, digest: self.digest.clone(), failed: self.failed.clone() }))
+    }
+}
+
+struct CheckedReader {
+    inner: oci_image::VerifyingReader<Box<dyn Read + Send>>,
+    digest: Digest,
+    failed: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Read for CheckedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            if e.get_ref().is_some_and(|i| i.is::<oci_image::VerifyError>()) {
+                let why = oci_image::into_verify_error(e, &self.digest).to_string();
+                if let Ok(mut f) = self.failed.lock() {
+                    *f = Some(why.clone());
+                }
+                return io::Error::new(io::ErrorKind::InvalidData, why);
+            }
+            e
+        })
+    }
+}
+
 /// What happened to a blob in a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -560,8 +601,24 @@ impl Client {
                 Mount::Upload(loc) => location = loc.map(|url| Upload { url, min_chunk: None }),
             }
         }
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let source: Arc<dyn BlobSource> = Arc::new(CheckedSource {
+            inner: source,
+            digest: desc.digest.clone(),
+            size: desc.size,
+            failed: failed.clone(),
+        });
+        // the source's bytes are not the blob: no retry mends that
+        let corrupt = || {
+            failed.lock().ok().and_then(|f| f.clone()).map(|why| {
+                Error::new(
+                    ErrorKind::DigestMismatch,
+                    format!("blob {} to upload is not what its digest says: {why}", desc.digest),
+                )
+            })
+        };
         if location.is_none() && self.inner.single_request_uploads && self.inner.chunk_size.is_none() {
-            match self.single_request_upload(repo, desc, &source).await? {
+            match self.single_request_upload(repo, desc, &source).await.map_err(|e| corrupt().unwrap_or(e))? {
                 None => {
                     self.emit(&Progress::BlobUploaded { digest: desc.digest.clone(), size: desc.size });
                     return Ok(BlobPush::Uploaded);
@@ -581,6 +638,9 @@ impl Client {
                 (None, true) => self.upload_streamed(repo, desc, &source, loc).await,
                 (None, false) => self.upload_monolithic(repo, desc, &source, loc).await,
             };
+            if let Some(e) = corrupt() {
+                return Err(e);
+            }
             match result {
                 Ok(()) => break,
                 Err(e) if restartable(&e) && attempt < self.inner.retry.max_attempts => {

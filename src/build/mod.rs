@@ -101,6 +101,12 @@ pub enum Progress<'a> {
         /// The output (`oci:DIR`, `docker-archive:FILE`, a reference).
         target: &'a str,
     },
+    /// A blob in the cache did not match its digest when copied out: it was
+    /// dropped, and the build runs again to make or fetch it anew.
+    Corrupt {
+        /// The blob.
+        digest: &'a Digest,
+    },
 }
 
 type ProgressFn = Arc<dyn Fn(&Progress<'_>) + Send + Sync>;
@@ -292,9 +298,28 @@ pub enum BuildError {
     /// The cache directory cannot be used.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// Blobs in the cache did not match their digests when copied out; they
+    /// were dropped (the build makes or fetches them again once).
+    #[error("corrupt blobs in the cache, dropped: {}", digests.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    Corrupt {
+        /// The blobs dropped.
+        digests: Vec<Digest>,
+        /// How the copy out failed.
+        #[source]
+        source: Box<BuildError>,
+    },
     /// A blocking task died.
     #[error("build task failed: {0}")]
     Task(String),
+}
+
+impl Built {
+    /// Every blob of the image: config, manifest, layers.
+    fn blobs(&self) -> Vec<Descriptor> {
+        let mut all = vec![self.config.clone(), self.manifest.clone()];
+        all.extend(self.layers.iter().cloned());
+        all
+    }
 }
 
 impl BuildError {
@@ -353,6 +378,7 @@ pub struct Build {
     no_cache: bool,
     secrets: BTreeMap<String, PathBuf>,
     overlayfs: bool,
+    overwrite: bool,
 }
 
 impl fmt::Debug for Build {
@@ -401,6 +427,7 @@ impl Build {
             no_cache: false,
             secrets: BTreeMap::new(),
             overlayfs: true,
+            overwrite: false,
         }
     }
 
@@ -535,6 +562,14 @@ impl Build {
         self
     }
 
+    /// `--overwrite`: replace a docker-archive output file that exists
+    /// (refused otherwise, before the build starts, as skopeo refuses).
+    #[must_use]
+    pub fn overwrite(mut self, overwrite: bool) -> Build {
+        self.overwrite = overwrite;
+        self
+    }
+
     /// A secret for `RUN --mount=type=secret,id=ID` (the file's content).
     #[must_use]
     pub fn secret(mut self, id: impl Into<String>, file: impl Into<PathBuf>) -> Build {
@@ -544,11 +579,34 @@ impl Build {
 
     /// Runs the build, then writes every output.
     ///
+    /// Every blob is checked against its digest as it is copied out of the
+    /// cache into an output. A cached blob that fails (a flipped bit on
+    /// disk, a tampered cache) is dropped from the cache, reported
+    /// ([`Progress::Corrupt`]), and the build runs once more, which makes
+    /// or fetches it again: a corrupt blob is never shipped.
+    ///
     /// # Errors
     /// [`BuildError`], wrapped in [`BuildError::At`] with the Dockerfile
     /// line for failures of a step. No output is written unless the whole
     /// build succeeded.
     pub async fn build(self) -> Result<Built, BuildError> {
+        let progress = self.progress.clone();
+        match self.clone().build_once().await {
+            Err(BuildError::Corrupt { digests, .. }) => {
+                if let Some(f) = &progress {
+                    for d in &digests {
+                        f(&Progress::Corrupt { digest: d });
+                    }
+                }
+                // the dropped blobs are made or fetched again; a second
+                // failure is reported as it is
+                self.build_once().await
+            }
+            other => other,
+        }
+    }
+
+    async fn build_once(self) -> Result<Built, BuildError> {
         let ctx = Arc::new(self.prepare()?);
         // stages in waves: each wave's stages only need earlier waves
         let mut done_set: BTreeSet<usize> = BTreeSet::new();
@@ -587,11 +645,24 @@ impl Build {
         let built = tokio::task::spawn_blocking(move || ctx2.finish(image))
             .await
             .map_err(|e| BuildError::Task(e.to_string()))??;
-        ctx.write_outputs(&built).await?;
+        if let Err(e) = ctx.write_outputs(&built).await {
+            // was it the cache? each blob of the image read once more (only
+            // now, on a failure): the ones that do not match are dropped
+            let ctx2 = Arc::clone(&ctx);
+            let built2 = built.clone();
+            let dropped = tokio::task::spawn_blocking(move || ctx2.store.drop_corrupt(&built2.blobs()))
+                .await
+                .map_err(|e| BuildError::Task(e.to_string()))?;
+            if !dropped.is_empty() {
+                return Err(BuildError::Corrupt { digests: dropped, source: Box::new(e) });
+            }
+            return Err(e);
+        }
         Ok(built)
     }
 
-    fn prepare(self) -> Result<Ctx, BuildError> {
+    /// Outputs that cannot be written are refused before anything runs.
+    fn check_outputs(&self) -> Result<(), BuildError> {
         if self.outputs.contains(&Output::Registry) && self.tags.is_empty() {
             return Err(BuildError::Flag {
                 flag: "--output",
@@ -599,6 +670,22 @@ impl Build {
                 reason: "pushing needs at least one -t reference",
             });
         }
+        for out in &self.outputs {
+            if let Output::DockerArchive(file) = out
+                && !self.overwrite
+                && std::fs::symlink_metadata(file).is_ok()
+            {
+                return Err(BuildError::Output {
+                    target: out.to_string(),
+                    source: Box::new(oci_image::ArchiveError::Exists { path: file.clone() }.into()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn prepare(self) -> Result<Ctx, BuildError> {
+        self.check_outputs()?;
         // every host path absolute before it reaches a runtime spec
         let context =
             std::fs::canonicalize(&self.context).map_err(BuildError::io("open the build context", &self.context))?;
@@ -670,6 +757,7 @@ impl Build {
             progress: self.progress,
             executor: self.executor,
             outputs: self.outputs,
+            overwrite: self.overwrite,
             tags: self.tags,
             client,
             store,
@@ -864,6 +952,7 @@ struct Ctx {
     progress: Option<ProgressFn>,
     executor: Arc<dyn Executor>,
     outputs: Vec<Output>,
+    overwrite: bool,
     tags: Vec<Reference>,
     client: Client,
     store: Store,
@@ -1575,16 +1664,25 @@ impl Ctx {
     /// Writes a layer through `f` into the store; `None` when `f` wrote no entries.
     fn write_layer(
         &self,
-        f: impl FnOnce(&mut layer_diff::LayerWriter<oci_image::BlobWriter>) -> Result<usize, BuildError>,
+        f: impl FnOnce(&mut layer_diff::LayerWriter<oci_image::UnhashedBlobWriter>) -> Result<usize, BuildError>,
     ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
-        let blob = self.store.layout.blob_writer()?;
+        // the layer pipeline hashes the blob in the pass that makes it: the
+        // store takes that digest instead of hashing a second time
+        let blob = self.store.layout.dangerous_unhashed_blob_writer()?;
         let mut w = layer_diff::LayerWriter::new(blob, &self.pack)?;
         let entries = f(&mut w)?;
         if entries == 0 {
             return Ok(None);
         }
         let (blob, info) = w.finish()?;
-        blob.finish()?;
+        if blob.size() != info.size {
+            return Err(BuildError::Task(format!(
+                "layer writer reported {} bytes but wrote {}",
+                info.size,
+                blob.size()
+            )));
+        }
+        blob.dangerous_finish(&info.digest)?;
         Ok(Some((info.descriptor(), info.diff_id)))
     }
 
@@ -2053,8 +2151,9 @@ impl Ctx {
                     let file = file.clone();
                     let desc = built.manifest.clone();
                     let name = tags.first().cloned();
+                    let overwrite = self.overwrite;
                     tokio::task::spawn_blocking(move || {
-                        crate::copy::write_archive(&store, &desc, &file, name.as_ref())
+                        crate::copy::write_archive(&store, &desc, &file, name.as_ref(), overwrite)
                     })
                     .await
                     .map_err(|e| BuildError::Task(e.to_string()))?
@@ -2099,41 +2198,41 @@ fn default_name(context: &Path) -> Option<Reference> {
     format!("kiln/{name}:latest").parse().ok().or_else(|| "kiln/image:latest".parse().ok())
 }
 
-/// Copies the built image from the store into the layout at `dir` (created
-/// in a temporary directory beside it when new, then renamed) and names it.
+/// Copies the built image from the store into the layout at `dir` and
+/// names it: every blob copied (reflinked where the file system can, never
+/// hard-linked) and checked against its digest on the way. A new layout is
+/// filled in a temporary directory beside `dir` and renamed into place, so
+/// it appears whole; when another writer makes `dir` first, the image goes
+/// into theirs. Tags are set under the layout's index lock.
 fn write_layout(store: &Layout, built: &Built, dir: &Path, tags: &[Reference]) -> Result<(), crate::CopyError> {
-    let fresh = !dir.exists();
-    let (tmp, target) = if fresh {
-        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
-        std::fs::create_dir_all(parent).map_err(crate::CopyError::Temp)?;
-        let tmp = tempfile::Builder::new().prefix(".kiln-out-").tempdir_in(parent).map_err(crate::CopyError::Temp)?;
-        let target = tmp.path().join("layout");
-        (Some(tmp), target)
-    } else {
-        (None, dir.to_owned())
+    let fill = |out: &Layout| -> Result<(), crate::CopyError> {
+        for d in built.blobs() {
+            store.copy_blob_to(&d, out)?;
+        }
+        for t in tags {
+            match t.tag() {
+                Some(tag) => out.set_ref_name(tag, Some(t), built.manifest.clone())?,
+                None => out.add_manifest(built.manifest.clone())?,
+            }
+        }
+        Ok(())
     };
-    let out = Layout::create(&target)?;
-    let mut blobs = vec![built.config.clone(), built.manifest.clone()];
-    blobs.extend(built.layers.iter().cloned());
-    for d in &blobs {
-        // blobs are immutable: a hard link shares the store's copy on the
-        // same file system; elsewhere the blob is copied and verified
-        if !out.has_blob(&d.digest) && std::fs::hard_link(store.blob_path(&d.digest), out.blob_path(&d.digest)).is_err()
-        {
-            out.write_blob(store.open_blob(&d.digest)?, Some((&d.digest, d.size)))?;
-        }
+    let exists = std::fs::symlink_metadata(dir).is_ok();
+    if exists && !std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
+        // an existing layout (or something that is not one: refused)
+        return fill(&Layout::create(dir)?);
     }
-    for t in tags {
-        match t.tag() {
-            Some(tag) => out.set_ref_name(tag, Some(t), built.manifest.clone())?,
-            None => out.add_manifest(built.manifest.clone())?,
-        }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(parent).map_err(crate::CopyError::Temp)?;
+    let tmp = tempfile::Builder::new().prefix(".kiln-out-").tempdir_in(parent).map_err(crate::CopyError::Temp)?;
+    let staged = tmp.path().join("layout");
+    fill(&Layout::create(&staged)?)?;
+    match std::fs::rename(&staged, dir) {
+        Ok(()) => Ok(()),
+        // another writer made it meanwhile: add the image to theirs
+        Err(_) if Layout::open(dir).is_ok() => fill(&Layout::open(dir)?),
+        Err(e) => Err(crate::CopyError::Temp(e)),
     }
-    if let Some(tmp) = tmp {
-        std::fs::rename(&target, dir).map_err(crate::CopyError::Temp)?;
-        drop(tmp);
-    }
-    Ok(())
 }
 
 impl fmt::Display for Output {

@@ -177,6 +177,21 @@ impl Store {
         }
     }
 
+    /// Reads each blob of `blobs` in the store again and drops the ones
+    /// that do not match their digest or size (a flipped bit, a tampered
+    /// file), so that they are made or fetched again; returns those.
+    pub fn drop_corrupt(&self, blobs: &[Descriptor]) -> Vec<Digest> {
+        let mut dropped = Vec::new();
+        for d in blobs {
+            let Ok(f) = self.layout.open_blob(&d.digest) else { continue };
+            if oci_image::verify(f, &d.digest, d.size).is_err() {
+                let _ = fs::remove_file(self.layout.blob_path(&d.digest));
+                dropped.push(d.digest.clone());
+            }
+        }
+        dropped
+    }
+
     /// Moves a finished extraction into place as the layer `digest`'s
     /// directory (another build may have got there first: then keeps theirs).
     pub fn adopt_layer_dir(&self, digest: &Digest, dir: tempfile::TempDir) -> io::Result<PathBuf> {

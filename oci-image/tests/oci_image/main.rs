@@ -7,6 +7,7 @@
 
 mod bad_input;
 mod cases;
+mod concurrent;
 mod conformance;
 mod interop;
 mod props;

@@ -387,7 +387,8 @@ async fn endless_tag_pagination_is_cut_off() {
 #[tokio::test]
 async fn hostile_blob_source_sizes_never_reach_the_registry() {
     // a blob whose bytes do not match its descriptor (the source lies): the
-    // registry refuses the upload and the client says it is a digest mismatch
+    // client checks the bytes as they stream, breaks the upload off and says
+    // it is a digest mismatch; the registry never stores it
     let Some(_) = testkit::tool("docker-registry") else { return };
     let reg = Registry::start().unwrap();
     let c = Client::builder().retry(quick()).build().unwrap();
@@ -401,12 +402,51 @@ async fn hostile_blob_source_sizes_never_reach_the_registry() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::DigestMismatch, "{e}");
     assert_eq!(c.head_blob(&r, &desc.digest).await.unwrap(), None);
-    // a source shorter than its descriptor breaks the upload off
+    // a source shorter than its descriptor breaks the upload off too
     desc.size = 20_000;
     let e = c
         .push_blob(&r, &desc, std::sync::Arc::new(registry_client::BytesSource(bytes::Bytes::from(data))), None)
         .await
         .unwrap_err();
-    assert!(matches!(e.kind(), ErrorKind::Transport | ErrorKind::Io), "{e:?}");
+    assert_eq!(e.kind(), ErrorKind::DigestMismatch, "{e:?}");
+    assert!(e.to_string().contains("20000"), "{e}");
     assert_eq!(c.head_blob(&r, &desc.digest).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_local_blob_that_is_not_its_digest_is_never_uploaded_in_any_mode() {
+    let Some(s) = Setup::start().await else { return };
+    let src = src_layout(&s);
+    let corrupt = s.layout("corrupt");
+    let m = src.read_manifest(&s.image).unwrap();
+    for d in registry_client::image_blobs(std::slice::from_ref(&m)) {
+        src.copy_blob_to(&d, &corrupt).unwrap();
+    }
+    corrupt.write_blob_bytes(m.bytes()).unwrap();
+    let oci_image::AnyManifest::Image(image) = &m else { panic!("an image") };
+    let bad = image.value().layers[1].clone();
+    let path = corrupt.blob_path(&bad.digest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x04;
+    std::fs::write(&path, bytes).unwrap();
+    let modes = [
+        ("monolithic", Client::builder().build().unwrap()),
+        ("chunked", Client::builder().chunk_size(8 * 1024).build().unwrap()),
+        ("streamed", Client::builder().streamed_uploads(true).build().unwrap()),
+        ("single request", Client::builder().single_request_uploads(true).build().unwrap()),
+    ];
+    for (n, (mode, c)) in modes.into_iter().enumerate() {
+        let repo = format!("kiln/corrupt-{n}");
+        let target: Reference = format!("{}/{repo}:v1", s.reg.host()).parse().unwrap();
+        let e = c.push_from_layout(&corrupt, &s.image, &target, None).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::DigestMismatch, "{mode}: {e}");
+        // kiln says its own blob is bad, rather than leaving it to the registry
+        assert!(e.to_string().contains("not what its digest says"), "{mode}: {e}");
+        assert!(e.to_string().contains(&bad.digest.to_string()), "{mode}: {e}");
+        let r = Repo { registry: s.reg.host(), path: repo.clone() };
+        assert_eq!(c.head_blob(&r, &bad.digest).await.unwrap(), None, "{mode}: the bad blob was stored");
+        let by_digest: Reference = format!("{}/{repo}@{}", s.reg.host(), s.image.digest).parse().unwrap();
+        assert_eq!(c.head_manifest(&by_digest).await.unwrap(), None, "{mode}: the manifest was pushed");
+    }
 }
