@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kiln::build::{Build, BuildContext, Output, Progress};
+use kiln::build::{Build, BuildContext, Cancel, Output, Progress};
 
 #[derive(Parser)]
 #[command(about = "Build an image from a Dockerfile and a context directory")]
@@ -76,6 +76,23 @@ fn pair(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?}: expected KEY=value"))
 }
 
+/// `id=ID,src=FILE`.
+fn secret(s: &str) -> Result<(String, PathBuf), String> {
+    let mut id = None;
+    let mut src = None;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_owned()),
+            Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+            _ => return Err(format!("--secret {s:?}: expected id=ID,src=FILE")),
+        }
+    }
+    match (id, src) {
+        (Some(id), Some(src)) => Ok((id, src)),
+        _ => Err(format!("--secret {s:?}: expected id=ID,src=FILE")),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let rt = match tokio::runtime::Runtime::new() {
@@ -123,18 +140,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     build = build.compression(compression, args.level);
     for s in &args.secrets {
-        let mut id = None;
-        let mut src = None;
-        for part in s.split(',') {
-            match part.split_once('=') {
-                Some(("id", v)) => id = Some(v.to_owned()),
-                Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
-                _ => return Err(format!("--secret {s:?}: expected id=ID,src=FILE").into()),
-            }
-        }
-        let (Some(id), Some(src)) = (id, src) else {
-            return Err(format!("--secret {s:?}: expected id=ID,src=FILE").into());
-        };
+        let (id, src) = secret(s)?;
         build = build.secret(id, src);
     }
     if args.outputs.is_empty() {
@@ -172,7 +178,18 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             };
         });
     }
-    let built = build.build().await?;
+    // SIGINT / SIGTERM stop the build: its RUN processes are killed and
+    // its scratch state removed before the command exits (128 + signal)
+    let cancel = Cancel::new();
+    let (result, signal) = kiln::cli::until_signalled(&cancel, build.cancel(cancel.clone()).build()).await?;
+    if let Some(signal) = signal {
+        let source: Box<dyn std::error::Error + Send + Sync> = match result {
+            Err(e) => Box::new(e),
+            Ok(_) => "the build had finished".into(),
+        };
+        return Err(Box::new(kiln::cli::Interrupted { signal, source }));
+    }
+    let built = result?;
     println!("config:   {}", built.config.digest);
     println!("layers:   {}", built.layers.len());
     println!("{}", built.manifest.digest);

@@ -289,13 +289,21 @@ impl PendingArchive {
     /// [`ArchiveError::Io`] when the temporary file cannot be made.
     pub fn create(path: &Path) -> Result<Self, ArchiveError> {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
-        // 0644 less the umask, as `docker save -o` and skopeo create it
-        let tmp = tempfile::Builder::new()
-            .prefix(".tmp-kiln-archive-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .tempfile_in(dir)
-            .map_err(|source| ArchiveError::Io { op: "create temp file in", path: dir.to_owned(), source })?;
-        Ok(ArchiveWriter::new(BufWriter::new(tmp)))
+        // what a writer killed halfway left here
+        let _ = crate::reclaim_stale(dir, ".tmp-kiln-archive-");
+        // 0644 less the umask, as `docker save -o` and skopeo create it;
+        // locked while written, so that the next writer can tell it from a
+        // dead writer's leftover
+        loop {
+            let tmp = tempfile::Builder::new()
+                .prefix(".tmp-kiln-archive-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .tempfile_in(dir)
+                .map_err(|source| ArchiveError::Io { op: "create temp file in", path: dir.to_owned(), source })?;
+            if crate::stale::lock_new(tmp.path(), tmp.as_file()) {
+                return Ok(ArchiveWriter::new(BufWriter::new(tmp)));
+            }
+        }
     }
 
     /// Finishes the archive and renames it to `path` atomically, replacing

@@ -131,14 +131,21 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Lay
 
 /// A temporary file in `dir` that will become one of the layout's files:
 /// created `0644` (less the umask), so a layout is as readable as one
-/// skopeo writes (its directories are `0755` the same way).
+/// skopeo writes (its directories are `0755` the same way), and locked
+/// while it is written, so that a writer killed halfway leaves a file the
+/// next writer can tell is stale ([`Layout::reclaim`]).
 fn layout_temp_file(dir: &Path) -> Result<NamedTempFile, LayoutError> {
     use std::os::unix::fs::PermissionsExt;
-    tempfile::Builder::new()
-        .prefix(TMP_PREFIX)
-        .permissions(fs::Permissions::from_mode(0o644))
-        .tempfile_in(dir)
-        .map_err(io_err("create temp file in", dir))
+    loop {
+        let tmp = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .permissions(fs::Permissions::from_mode(0o644))
+            .tempfile_in(dir)
+            .map_err(io_err("create temp file in", dir))?;
+        if crate::stale::lock_new(tmp.path(), tmp.as_file()) {
+            return Ok(tmp);
+        }
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary file beside it and an atomic rename.
@@ -182,10 +189,20 @@ impl Layout {
         };
         let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
         fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".tmp-layout-")
-            .tempdir_in(parent)
-            .map_err(io_err("create temp directory in", parent))?;
+        // what a creator killed halfway left beside it
+        let _ = crate::reclaim_stale(parent, ".tmp-layout-");
+        let (tmp, _held) = loop {
+            let tmp = tempfile::Builder::new()
+                .prefix(".tmp-layout-")
+                .tempdir_in(parent)
+                .map_err(io_err("create temp directory in", parent))?;
+            // another creator's reclaim may take it before it is locked: then again
+            if let Ok(held) = File::open(tmp.path())
+                && crate::stale::lock_new(tmp.path(), &held)
+            {
+                break (tmp, held);
+            }
+        };
         let staged = Layout { root: tmp.path().to_owned() };
         let blobs = staged.root.join(BLOBS_DIR).join("sha256");
         fs::create_dir_all(&blobs).map_err(io_err("create directory", &blobs))?;
@@ -204,6 +221,27 @@ impl Layout {
                 Layout::open(root).map_err(|_| LayoutError::Io { op: "rename into", path: root.to_owned(), source: e })
             }
         }
+    }
+
+    /// Removes the temporary blob files that writers killed halfway left in
+    /// this layout (never those a live writer holds); returns them.
+    ///
+    /// # Errors
+    /// [`LayoutError::Io`] when the blob directory cannot be listed.
+    pub fn reclaim(&self) -> Result<Vec<PathBuf>, LayoutError> {
+        let blobs = self.root.join(BLOBS_DIR);
+        let mut dirs = vec![self.root.clone(), blobs.clone()];
+        for e in fs::read_dir(&blobs).map_err(io_err("read directory", &blobs))? {
+            let e = e.map_err(io_err("read directory", &blobs))?;
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(e.path());
+            }
+        }
+        let mut removed = Vec::new();
+        for d in dirs {
+            removed.extend(crate::reclaim_stale(&d, TMP_PREFIX).map_err(io_err("reclaim temporary files in", &d))?);
+        }
+        Ok(removed)
     }
 
     /// Takes the exclusive lock on this layout's `index.json` (a `flock` on
@@ -632,8 +670,9 @@ impl Layout {
         Ok(())
     }
 
-    /// Deletes blobs not reachable from `index.json` and stale temporary
-    /// files; returns the digests removed.
+    /// Deletes blobs not reachable from `index.json` and the temporary
+    /// files of dead writers (never a live writer's); returns the digests
+    /// removed.
     ///
     /// # Errors
     /// [`LayoutError`] when the graph cannot be read (then nothing is deleted).
@@ -642,15 +681,12 @@ impl Layout {
         let keep = self.reachable()?;
         let mut removed = Vec::new();
         let blobs = self.root.join(BLOBS_DIR);
+        self.reclaim()?;
         for alg_entry in fs::read_dir(&blobs).map_err(io_err("read directory", &blobs))? {
             let alg_entry = alg_entry.map_err(io_err("read directory", &blobs))?;
             let alg_path = alg_entry.path();
             let name = alg_entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(TMP_PREFIX) {
-                fs::remove_file(&alg_path).map_err(io_err("remove", &alg_path))?;
-                continue;
-            }
-            if !alg_path.is_dir() {
+            if name.starts_with(TMP_PREFIX) || !alg_path.is_dir() {
                 continue;
             }
             for blob in fs::read_dir(&alg_path).map_err(io_err("read directory", &alg_path))? {
@@ -658,7 +694,7 @@ impl Layout {
                 let file = blob.file_name().to_string_lossy().into_owned();
                 let path = blob.path();
                 let digest = format!("{name}:{file}").parse::<Digest>().ok();
-                if file.starts_with(TMP_PREFIX) || digest.as_ref().is_some_and(|d| !keep.contains(d)) {
+                if !file.starts_with(TMP_PREFIX) && digest.as_ref().is_some_and(|d| !keep.contains(d)) {
                     fs::remove_file(&path).map_err(io_err("remove", &path))?;
                     removed.extend(digest);
                 }

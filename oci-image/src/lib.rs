@@ -31,6 +31,7 @@ mod media_type;
 mod platform;
 mod reference;
 mod release;
+mod stale;
 
 pub use archive::{ArchiveError, ArchiveImage, ArchiveReader, ArchiveWriter, PendingArchive};
 pub use descriptor::{ANNOTATION_CONTAINERD_NAME, ANNOTATION_CREATED, ANNOTATION_REF_NAME, Descriptor, EMPTY_JSON};
@@ -48,6 +49,7 @@ pub use media_type::{Compression, MediaType, MediaTypeError};
 pub use platform::{Platform, PlatformError};
 pub use reference::{DOCKER_HUB, NAME_MAX, Reference, ReferenceError, Tag};
 pub use release::{Release, ReleaseTagError, release_tags};
+pub use stale::reclaim_stale;
 
 /// oci-spec, re-exported for interop conversions and runtime bundles.
 pub use oci_spec;

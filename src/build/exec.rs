@@ -116,6 +116,36 @@ pub enum ExecError {
         #[source]
         source: Option<std::io::Error>,
     },
+    /// The runtime could not start the command (no user namespaces for a
+    /// non-root build, the executable missing from the image, ...): the
+    /// command never ran.
+    #[error("the command could not be started: {cause}")]
+    Start {
+        /// What the runtime said.
+        cause: String,
+    },
+    /// The build was cancelled; the command's processes were killed.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// What a run may use besides its process.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct RunEnv<'a> {
+    /// A directory of the build's own for the run's state (bundles,
+    /// runtime state): the build removes it, and the next build on the same
+    /// cache reclaims it when the process died first.
+    pub scratch: &'a Path,
+    /// The build's cancellation: the run stops its processes when it fires.
+    pub cancel: &'a super::Cancel,
+}
+
+impl<'a> RunEnv<'a> {
+    /// A run's environment.
+    pub fn new(scratch: &'a Path, cancel: &'a super::Cancel) -> RunEnv<'a> {
+        RunEnv { scratch, cancel }
+    }
 }
 
 /// Runs `RUN` commands in a stage's root filesystem.
@@ -125,11 +155,21 @@ pub enum ExecError {
 pub trait Executor: Send + Sync + fmt::Debug {
     /// Runs `process` with `rootfs` as its root directory (writable: what
     /// the command changes there becomes the step's layer). Output lines
-    /// are passed to `output` as they arrive.
+    /// are passed to `output` as they arrive. State the executor keeps goes
+    /// under `env.scratch`; when `env.cancel` fires, the command's processes
+    /// are stopped and [`ExecError::Cancelled`] returned.
     ///
     /// # Errors
-    /// [`ExecError`] when the command could not be started.
-    fn run(&self, rootfs: &Path, process: &Process, output: &mut dyn FnMut(&[u8])) -> Result<Exit, ExecError>;
+    /// [`ExecError::Start`] when the command could not be started (an exit
+    /// code is reported only for a command that ran), [`ExecError::Setup`],
+    /// [`ExecError::Cancelled`].
+    fn run(
+        &self,
+        rootfs: &Path,
+        process: &Process,
+        env: RunEnv<'_>,
+        output: &mut dyn FnMut(&[u8]),
+    ) -> Result<Exit, ExecError>;
 }
 
 /// Runs commands with `runc` (found on `PATH`, or the path given).
@@ -268,21 +308,97 @@ impl Runc {
 
 static CONTAINERS: AtomicU64 = AtomicU64::new(0);
 
+/// The runtime's own failure, from its JSON log (`--log-format json`):
+/// the messages of its `error` entries, when there are any.
+fn runtime_errors(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let msgs: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("level").and_then(serde_json::Value::as_str) == Some("error"))
+        .filter_map(|v| v.get("msg").and_then(serde_json::Value::as_str).map(str::to_owned))
+        .collect();
+    (!msgs.is_empty()).then(|| msgs.join("; "))
+}
+
+/// Whether runc can be started as the init of a PID namespace that dies
+/// with this process (root, with util-linux's `setpriv` and `unshare`).
+fn can_isolate() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        let on_path = |name: &str| {
+            std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        };
+        rustix::process::geteuid().is_root() && on_path("setpriv") && on_path("unshare")
+    })
+}
+
+impl Runc {
+    /// `runc run` for the bundle, wrapped (as root) so that runc is the
+    /// init of a PID namespace whose launcher dies with this process.
+    fn command(&self, state: &Path, log: &Path, bundle: &Path, id: &str) -> Command {
+        let mut cmd = if can_isolate() {
+            let mut c = Command::new("setpriv");
+            c.args(["--pdeathsig", "KILL", "unshare", "--pid", "--fork", "--kill-child", "--mount-proc"])
+                .arg(&self.binary);
+            c
+        } else {
+            Command::new(&self.binary)
+        };
+        cmd.arg("--root").arg(state).arg("--log").arg(log).args(["--log-format", "json", "run", "--bundle"]);
+        cmd.arg(bundle).arg(id);
+        cmd
+    }
+
+    /// Deletes the container's runtime state (and its cgroups), whatever
+    /// became of it.
+    fn delete(&self, state: &Path, id: &str) {
+        let _ = Command::new(&self.binary)
+            .arg("--root")
+            .arg(state)
+            .args(["delete", "--force"])
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 impl Executor for Runc {
-    fn run(&self, rootfs: &Path, process: &Process, output: &mut dyn FnMut(&[u8])) -> Result<Exit, ExecError> {
+    /// Runs `runc run` in a bundle under `env.scratch`. As root, runc is the
+    /// init of a PID namespace of its own (`unshare --pid --fork
+    /// --kill-child --mount-proc`) whose launcher gets `SIGKILL` when this
+    /// process dies (`setpriv --pdeathsig KILL`): killing the build, even
+    /// with `SIGKILL`, makes the kernel kill every process of the `RUN`.
+    /// Cancelling kills them the same way; the container's runtime state is
+    /// deleted (`runc delete --force`) whatever happened.
+    fn run(
+        &self,
+        rootfs: &Path,
+        process: &Process,
+        env: RunEnv<'_>,
+        output: &mut dyn FnMut(&[u8]),
+    ) -> Result<Exit, ExecError> {
+        use std::os::unix::fs::PermissionsExt;
+        if env.cancel.is_cancelled() {
+            return Err(ExecError::Cancelled);
+        }
         let setup = |what: &str| {
             let what = what.to_owned();
             move |e: std::io::Error| ExecError::Setup { what, source: Some(e) }
         };
         // the bundle (the command's environment, build arguments included)
-        // and runc's state are this user's alone
+        // and runc's state are this user's alone, in the build's own scratch
+        // directory: a build killed here leaves them for the next to reclaim
         let bundle = tempfile::Builder::new()
-            .prefix("kiln-bundle-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .tempdir()
+            .prefix("bundle-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(env.scratch)
             .map_err(setup("bundle directory"))?;
         let state = bundle.path().join("state");
         std::fs::create_dir(&state).map_err(setup("runc state directory"))?;
+        let log = bundle.path().join("runc.log");
         let spec = self.spec(rootfs, process)?;
         let json = serde_json::to_vec(&spec)
             .map_err(|e| ExecError::Setup { what: format!("runtime config: {e}"), source: None })?;
@@ -290,36 +406,56 @@ impl Executor for Runc {
         let id = format!("kiln-{}-{}", std::process::id(), CONTAINERS.fetch_add(1, Ordering::Relaxed));
         let (reader, writer) = std::io::pipe().map_err(setup("output pipe"))?;
         let writer2 = writer.try_clone().map_err(setup("output pipe"))?;
-        let mut child = Command::new(&self.binary)
-            .arg("--root")
-            .arg(&state)
-            .args(["run", "--bundle"])
-            .arg(bundle.path())
-            .arg(&id)
-            .stdin(Stdio::null())
-            .stdout(writer)
-            .stderr(writer2)
-            .spawn()
-            .map_err(setup(&format!("starting {}", self.binary.display())))?;
+        let mut cmd = self.command(&state, &log, bundle.path(), &id);
+        cmd.stdin(Stdio::null()).stdout(writer).stderr(writer2);
+        let mut child = cmd.spawn().map_err(setup(&format!("starting {}", self.binary.display())))?;
+        drop(cmd);
+        let pid = rustix::process::Pid::from_child(&child);
+        let finished = std::sync::atomic::AtomicBool::new(false);
+        let cancelled = std::sync::atomic::AtomicBool::new(false);
         let mut tail = Vec::new();
-        let mut reader = reader;
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let chunk = buf.get(..n).unwrap_or_default();
-                    output(chunk);
-                    tail.extend_from_slice(chunk);
-                    if tail.len() > 2 * OUTPUT_TAIL {
-                        tail.drain(..tail.len() - OUTPUT_TAIL);
+        let read = std::thread::scope(|scope| {
+            // kills the launcher when the build is cancelled: its PID
+            // namespace, the container's processes with it, dies
+            scope.spawn(|| {
+                while !finished.load(Ordering::Acquire) {
+                    if env.cancel.wait_timeout(std::time::Duration::from_millis(50))
+                        && !finished.load(Ordering::Acquire)
+                    {
+                        cancelled.store(true, Ordering::Release);
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                        return;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(setup("reading the command's output")(e)),
-            }
+            });
+            let mut reader = reader;
+            let mut buf = vec![0u8; 16 * 1024];
+            let result = loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        let chunk = buf.get(..n).unwrap_or_default();
+                        output(chunk);
+                        tail.extend_from_slice(chunk);
+                        if tail.len() > 2 * OUTPUT_TAIL {
+                            tail.drain(..tail.len() - OUTPUT_TAIL);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            // reaped after the watcher stops: it never signals a recycled pid
+            finished.store(true, Ordering::Release);
+            result
+        });
+        let status = child.wait().map_err(setup("waiting for runc"));
+        self.delete(&state, &id);
+        if cancelled.load(Ordering::Acquire) {
+            return Err(ExecError::Cancelled);
         }
-        let status = child.wait().map_err(setup("waiting for runc"))?;
+        read.map_err(setup("reading the command's output"))?;
+        let status = status?;
         if tail.len() > OUTPUT_TAIL {
             tail.drain(..tail.len() - OUTPUT_TAIL);
         }
@@ -327,6 +463,17 @@ impl Executor for Runc {
             use std::os::unix::process::ExitStatusExt;
             128 + status.signal().unwrap_or(0)
         });
+        if code != 0 {
+            // the command never ran: the runtime says why in its log, or
+            // (the launcher failed before runc started) there is no log
+            if let Some(cause) = runtime_errors(&log) {
+                return Err(ExecError::Start { cause });
+            }
+            if !log.exists() {
+                let said = String::from_utf8_lossy(&tail).trim().to_owned();
+                return Err(ExecError::Start { cause: format!("{} did not start: {said}", self.binary.display()) });
+            }
+        }
         Ok(Exit { code, output: tail })
     }
 }

@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cancel;
 mod context;
 mod exec;
 mod files;
@@ -47,8 +48,9 @@ use oci_image::{
 };
 use registry_client::{Client, Repo};
 
+pub use cancel::Cancel;
 pub use context::{BuildContext, BuildContextError};
-pub use exec::{ExecError, Executor, Exit, MountKind, Network, OUTPUT_TAIL, Process, ProcessMount, Runc};
+pub use exec::{ExecError, Executor, Exit, MountKind, Network, OUTPUT_TAIL, Process, ProcessMount, RunEnv, Runc};
 pub use store::{CacheError, default_cache_dir};
 
 use rootfs::OverlayMount;
@@ -298,6 +300,14 @@ pub enum BuildError {
     /// The cache directory cannot be used.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// The build was cancelled ([`Build::cancel`]): its `RUN` processes were
+    /// killed and its scratch state removed before this was returned.
+    #[error("build cancelled{}", if problems.is_empty() { String::new() } else { format!("; clean-up left: {}", problems.join("; ")) })]
+    Cancelled {
+        /// What the clean-up could not undo (the next build on the cache
+        /// reclaims it).
+        problems: Vec<String>,
+    },
     /// Blobs in the cache did not match their digests when copied out; they
     /// were dropped (the build makes or fetches them again once).
     #[error("corrupt blobs in the cache, dropped: {}", digests.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
@@ -319,6 +329,15 @@ impl Built {
         let mut all = vec![self.config.clone(), self.manifest.clone()];
         all.extend(self.layers.iter().cloned());
         all
+    }
+}
+
+/// Whether `e` (or the step failure wrapping it) is a cancellation.
+fn is_cancelled_err(e: &BuildError) -> bool {
+    match e {
+        BuildError::Cancelled { .. } | BuildError::Exec(ExecError::Cancelled) => true,
+        BuildError::At { source, .. } => is_cancelled_err(source),
+        _ => false,
     }
 }
 
@@ -379,6 +398,7 @@ pub struct Build {
     secrets: BTreeMap<String, PathBuf>,
     overlayfs: bool,
     overwrite: bool,
+    cancel: Option<Cancel>,
 }
 
 impl fmt::Debug for Build {
@@ -428,6 +448,7 @@ impl Build {
             secrets: BTreeMap::new(),
             overlayfs: true,
             overwrite: false,
+            cancel: None,
         }
     }
 
@@ -562,6 +583,16 @@ impl Build {
         self
     }
 
+    /// Stops the build when `cancel` fires: running `RUN` processes are
+    /// killed, transfers stop, the build's scratch state is removed, and
+    /// [`Build::build`] returns [`BuildError::Cancelled`] once all that is
+    /// done (see [`Cancel`]; dropping the build future cancels too).
+    #[must_use]
+    pub fn cancel(mut self, cancel: Cancel) -> Build {
+        self.cancel = Some(cancel);
+        self
+    }
+
     /// `--overwrite`: replace a docker-archive output file that exists
     /// (refused otherwise, before the build starts, as skopeo refuses).
     #[must_use]
@@ -591,7 +622,7 @@ impl Build {
     /// build succeeded.
     pub async fn build(self) -> Result<Built, BuildError> {
         let progress = self.progress.clone();
-        match self.clone().build_once().await {
+        match Box::pin(self.clone().build_once()).await {
             Err(BuildError::Corrupt { digests, .. }) => {
                 if let Some(f) = &progress {
                     for d in &digests {
@@ -600,65 +631,35 @@ impl Build {
                 }
                 // the dropped blobs are made or fetched again; a second
                 // failure is reported as it is
-                self.build_once().await
+                Box::pin(self.build_once()).await
             }
             other => other,
         }
     }
 
     async fn build_once(self) -> Result<Built, BuildError> {
+        let user = self.cancel.clone().unwrap_or_default();
         let ctx = Arc::new(self.prepare()?);
-        // stages in waves: each wave's stages only need earlier waves
-        let mut done_set: BTreeSet<usize> = BTreeSet::new();
-        let needed = ctx.plan.needed.clone();
-        while done_set.len() < needed.len() {
-            let wave: Vec<usize> = needed
-                .iter()
-                .copied()
-                .filter(|i| !done_set.contains(i))
-                .filter(|i| ctx.plan.stages.get(*i).is_some_and(|s| s.depends_on.iter().all(|d| done_set.contains(d))))
-                .collect();
-            if wave.is_empty() {
-                return Err(BuildError::Task("stage dependencies do not resolve".into()));
-            }
-            let mut handles = Vec::new();
-            for i in &wave {
-                let ctx = Arc::clone(&ctx);
-                let i = *i;
-                handles.push(tokio::task::spawn_blocking(move || ctx.run_stage(i)));
-            }
-            for (i, h) in wave.iter().zip(handles) {
-                let image = h.await.map_err(|e| BuildError::Task(e.to_string()))??;
-                ctx.done.lock().map_err(|_| BuildError::Task("poisoned".into()))?.insert(*i, image);
-                done_set.insert(*i);
-            }
-        }
-        let target = ctx.plan.target;
-        let image = ctx
-            .done
-            .lock()
-            .map_err(|_| BuildError::Task("poisoned".into()))?
-            .get(&target)
-            .cloned()
-            .ok_or_else(|| BuildError::Task("target stage did not run".into()))?;
+        // dropping this future cancels the build's own handle (a flag, no
+        // I/O): its blocking tasks stop and clean up in the background
+        let _on_drop = cancel::CancelOnDrop(ctx.cancel.clone());
+        let forward = {
+            let (user, own) = (user.clone(), ctx.cancel.clone());
+            tokio::spawn(async move {
+                user.cancelled().await;
+                own.cancel();
+            })
+        };
+        let result = Arc::clone(&ctx).run_build().await;
+        forward.abort();
         let ctx2 = Arc::clone(&ctx);
-        let built = tokio::task::spawn_blocking(move || ctx2.finish(image))
+        let problems = tokio::task::spawn_blocking(move || ctx2.store.finish())
             .await
-            .map_err(|e| BuildError::Task(e.to_string()))??;
-        if let Err(e) = ctx.write_outputs(&built).await {
-            // was it the cache? each blob of the image read once more (only
-            // now, on a failure): the ones that do not match are dropped
-            let ctx2 = Arc::clone(&ctx);
-            let built2 = built.clone();
-            let dropped = tokio::task::spawn_blocking(move || ctx2.store.drop_corrupt(&built2.blobs()))
-                .await
-                .map_err(|e| BuildError::Task(e.to_string()))?;
-            if !dropped.is_empty() {
-                return Err(BuildError::Corrupt { digests: dropped, source: Box::new(e) });
-            }
-            return Err(e);
+            .unwrap_or_else(|e| vec![format!("clean-up task: {e}")]);
+        if user.is_cancelled() {
+            return Err(BuildError::Cancelled { problems });
         }
-        Ok(built)
+        result
     }
 
     /// Outputs that cannot be written are refused before anything runs.
@@ -720,9 +721,8 @@ impl Build {
             Some(c) => c,
             None => crate::cli::client(&[]).map_err(|e| BuildError::Task(format!("registry client: {e}")))?,
         };
-        let overlay = self.overlayfs
-            && rustix::process::geteuid().is_root()
-            && rootfs::overlay_available(&store.root.join("tmp"));
+        let overlay =
+            self.overlayfs && rustix::process::geteuid().is_root() && rootfs::overlay_available(store.build_dir());
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let pack = PackOptions {
             epoch: self.epoch,
@@ -773,6 +773,7 @@ impl Build {
             done: Mutex::new(BTreeMap::new()),
             images: Mutex::new(HashMap::new()),
             counts: Mutex::new((0, 0)),
+            cancel: Cancel::new(),
         })
     }
 }
@@ -970,6 +971,9 @@ struct Ctx {
     images: Mutex<HashMap<String, Image>>,
     /// (cached, run) steps.
     counts: Mutex<(usize, usize)>,
+    /// The build's own cancellation: the caller's [`Build::cancel`], a
+    /// dropped build future, or a failed stage stopping its siblings.
+    cancel: Cancel,
 }
 
 /// A named context, ready to use.
@@ -1093,6 +1097,9 @@ impl Ctx {
             }
         }
         for step in &stage.steps {
+            if self.cancel.is_cancelled() {
+                return Err(BuildError::Cancelled { problems: Vec::new() });
+            }
             let original = self.text.get(step.span.start..step.span.end).unwrap_or_default().trim().to_owned();
             self.step(&mut st, &stage, &step.command, &original, step.span.line)
                 .map_err(self.at(step.span.line, &original))?;
@@ -1122,6 +1129,99 @@ impl Ctx {
             Named::Dir { .. } if !built_on => Ok(Image::scratch(platform)),
             n => self.named_image(&name, n, platform),
         }
+    }
+
+    /// Runs the stages in waves (each wave's stages need only earlier
+    /// waves), then finishes the image and writes the outputs. A failing
+    /// stage cancels the others; every task is awaited before this returns.
+    async fn run_build(self: Arc<Self>) -> Result<Built, BuildError> {
+        let ctx = self;
+        let mut done_set: BTreeSet<usize> = BTreeSet::new();
+        let needed = ctx.plan.needed.clone();
+        while done_set.len() < needed.len() {
+            let wave: Vec<usize> = needed
+                .iter()
+                .copied()
+                .filter(|i| !done_set.contains(i))
+                .filter(|i| ctx.plan.stages.get(*i).is_some_and(|s| s.depends_on.iter().all(|d| done_set.contains(d))))
+                .collect();
+            if wave.is_empty() {
+                return Err(BuildError::Task("stage dependencies do not resolve".into()));
+            }
+            let mut handles = Vec::new();
+            for i in &wave {
+                let ctx = Arc::clone(&ctx);
+                let i = *i;
+                handles.push(tokio::task::spawn_blocking(move || {
+                    let r = ctx.run_stage(i);
+                    if r.is_err() {
+                        // the other stages of the wave stop too
+                        ctx.cancel.cancel();
+                    }
+                    r
+                }));
+            }
+            let mut first_err = None;
+            for (i, h) in wave.iter().zip(handles) {
+                match h.await.map_err(|e| BuildError::Task(e.to_string())).and_then(|r| r) {
+                    Ok(image) => {
+                        ctx.done.lock().map_err(|_| BuildError::Task("poisoned".into()))?.insert(*i, image);
+                        done_set.insert(*i);
+                    }
+                    // a stage stopped by another's failure is not the failure
+                    Err(e) if first_err.is_none() || !is_cancelled_err(&e) => {
+                        if first_err.as_ref().is_none_or(is_cancelled_err) {
+                            first_err = Some(e);
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+        }
+        let target = ctx.plan.target;
+        let image = ctx
+            .done
+            .lock()
+            .map_err(|_| BuildError::Task("poisoned".into()))?
+            .get(&target)
+            .cloned()
+            .ok_or_else(|| BuildError::Task("target stage did not run".into()))?;
+        let ctx2 = Arc::clone(&ctx);
+        let built = tokio::task::spawn_blocking(move || ctx2.finish(image))
+            .await
+            .map_err(|e| BuildError::Task(e.to_string()))??;
+        if let Err(e) = ctx.write_outputs(&built).await {
+            // was it the cache? each blob of the image read once more (only
+            // now, on a failure): the ones that do not match are dropped
+            let ctx2 = Arc::clone(&ctx);
+            let built2 = built.clone();
+            let dropped = tokio::task::spawn_blocking(move || ctx2.store.drop_corrupt(&built2.blobs()))
+                .await
+                .map_err(|e| BuildError::Task(e.to_string()))?;
+            if !dropped.is_empty() {
+                return Err(BuildError::Corrupt { digests: dropped, source: Box::new(e) });
+            }
+            return Err(e);
+        }
+        Ok(built)
+    }
+
+    /// Runs `fut` on the build's runtime from a blocking task, stopping
+    /// when the build is cancelled.
+    fn block_on<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, registry_client::Error>>,
+    ) -> Result<Result<T, registry_client::Error>, BuildError> {
+        let cancel = self.cancel.clone();
+        self.rt.block_on(async move {
+            tokio::select! {
+                r = fut => Ok(r),
+                () = cancel.cancelled() => Err(BuildError::Cancelled { problems: Vec::new() }),
+            }
+        })
     }
 
     /// The lookup for word expansion: `ARG`s, overridden by `ENV`.
@@ -1458,7 +1558,6 @@ impl Ctx {
         let platform2 = platform.clone();
         let reference2 = reference.clone();
         let (image, config) = self
-            .rt
             .block_on(async move {
                 let reference = reference2;
                 let mut m = client.get_manifest(&reference).await?;
@@ -1473,7 +1572,7 @@ impl Ctx {
                 };
                 let config = client.fetch_small_blob(&Repo::of(&reference), &image.value().config).await?;
                 Ok((image, config))
-            })
+            })?
             .map_err(|e: registry_client::Error| BuildError::Base { image: name.to_owned(), source: Box::new(e) })?;
         let img = self.adopt_image(name, &image, config, &BlobSource::Registry(Repo::of(reference)))?;
         if let Ok(mut m) = self.images.lock() {
@@ -1528,7 +1627,7 @@ impl Ctx {
     ) -> Result<Image, BuildError> {
         let mut image = Image::scratch(platform);
         name.clone_into(&mut image.name);
-        let scratch = self.store.tempdir("c-").map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+        let scratch = self.store.tempdir("c-")?;
         let vars = BTreeMap::new();
         let fetch = |url: &str, _: &Path| -> Result<(Digest, Option<std::time::SystemTime>), BuildError> {
             Err(BuildError::Unsupported { what: format!("a download ({url}) in a directory context") })
@@ -1582,7 +1681,7 @@ impl Ctx {
                 let client = self.client.clone();
                 let layout = self.store.layout.clone();
                 let desc = desc.clone();
-                self.rt.block_on(async move { client.fetch_blob_to_layout(&repo, &desc, &layout).await })?;
+                self.block_on(async move { client.fetch_blob_to_layout(&repo, &desc, &layout).await })??;
             }
             None => {
                 return Err(BuildError::Base {
@@ -1601,7 +1700,7 @@ impl Ctx {
             let dir = self.store.layer_dir(&desc.digest);
             if !dir.exists() {
                 self.ensure_blob(desc, &image.name)?;
-                let tmp = self.store.tempdir("x-").map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+                let tmp = self.store.tempdir("x-")?;
                 let blob = self.store.layout.open_blob(&desc.digest)?;
                 let opts = ApplyOptions { overlay: Some(OverlayXattrs::Trusted), ..ApplyOptions::default() };
                 layer_diff::apply_blob(std::io::BufReader::new(blob), desc, tmp.path(), &opts)?;
@@ -1623,7 +1722,7 @@ impl Ctx {
         if image.layers.is_empty() {
             return Ok(None);
         }
-        let dir = self.store.tempdir("v-").map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+        let dir = self.store.tempdir("v-")?;
         if self.overlay {
             let mut lowers = vec![self.empty_dir()?];
             lowers.extend(self.layer_dirs(image)?);
@@ -1759,12 +1858,12 @@ impl Ctx {
             None => None,
         };
         let vars = Self::vars(st);
-        let scratch = self.store.tempdir("c-").map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+        let scratch = self.store.tempdir("c-")?;
         let fetch = |url: &str, path: &Path| -> Result<(Digest, Option<std::time::SystemTime>), BuildError> {
             let file = std::fs::File::create(path).map_err(BuildError::io("create", path))?;
             let client = self.client.clone();
             let url = url.to_owned();
-            let d = self.rt.block_on(async move { client.download(&url, &mut FileSink(file)).await })?;
+            let d = self.block_on(async move { client.download(&url, &mut FileSink(file)).await })??;
             Ok((d.digest, d.last_modified))
         };
         let req = files::CopyRequest {
@@ -1849,7 +1948,7 @@ impl Ctx {
                 });
             }
         };
-        let work = self.store.tempdir("r-").map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+        let work = self.store.tempdir("r-")?;
         let (upper, workdir, merged) =
             (work.path().join("upper"), work.path().join("work"), work.path().join("merged"));
         for d in [&upper, &workdir, &merged] {
@@ -1933,7 +2032,9 @@ impl Ctx {
         process.network = network;
         process.mounts = mounts;
         let index = st.index;
-        let exit = self.executor.run(&merged, &process, &mut |bytes| {
+        let scratch = self.store.tempdir("x-")?;
+        let env = RunEnv::new(scratch.path(), &self.cancel);
+        let exit = self.executor.run(&merged, &process, env, &mut |bytes| {
             self.emit(&Progress::Output { stage: index, bytes });
         })?;
         drop(held_views);
@@ -2017,10 +2118,7 @@ impl Ctx {
                         let tree = files::tree_mount(&src, source_rel)?;
                         if tree.filtered || writable {
                             // what COPY would see, and nothing else
-                            let dir = self
-                                .store
-                                .tempdir("b-")
-                                .map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+                            let dir = self.store.tempdir("b-")?;
                             files::materialize(&tree, dir.path(), !writable)?;
                             let path = if tree.is_dir {
                                 dir.path().to_owned()
@@ -2039,10 +2137,7 @@ impl Ctx {
                             v
                         } else {
                             // an image without layers: an empty directory of its own
-                            let dir = self
-                                .store
-                                .tempdir("b-")
-                                .map_err(BuildError::io("create", self.store.root.join("tmp")))?;
+                            let dir = self.store.tempdir("b-")?;
                             View { mount: None, dir }
                         };
                         let source = files::inside(view.path(), source_rel)

@@ -6,7 +6,9 @@
 //! <root>/oci/            OCI layout: every blob a build made or pulled
 //! <root>/l/<id>/         one extracted layer per blob digest (overlay form)
 //! <root>/cache/<key>     step cache records: key -> layer (or none)
-//! <root>/tmp/            scratch space on the same file system
+//! <root>/tmp/build-*/    each build's scratch space on the same file system
+//!                        (overlay mounts, runc bundles and state, staged
+//!                        files), locked by its build while it runs
 //! <root>/cache-mounts/   `RUN --mount=type=cache` directories
 //! ```
 //!
@@ -38,6 +40,138 @@ pub(crate) struct CacheRecord {
 pub(crate) struct Store {
     pub root: PathBuf,
     pub layout: Layout,
+    build: std::sync::Arc<BuildDir>,
+}
+
+/// A build's own scratch directory under `tmp/`, held by an exclusive
+/// `flock` on the directory for as long as the build runs: a build killed
+/// (even by `SIGKILL`) loses the lock with its process, and the next build
+/// on the cache reclaims what it left ([`reclaim_builds`]) without touching
+/// a live build's directory.
+#[derive(Debug)]
+struct BuildDir {
+    path: PathBuf,
+    _lock: fs::File,
+}
+
+/// Takes the exclusive lock on `file` without waiting.
+fn try_lock(file: &fs::File) -> bool {
+    loop {
+        match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return true,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+impl BuildDir {
+    fn create(tmp: &Path) -> Result<BuildDir, BuildError> {
+        use std::os::unix::fs::MetadataExt;
+        loop {
+            let dir =
+                tempfile::Builder::new().prefix("build-").tempdir_in(tmp).map_err(BuildError::io("create", tmp))?;
+            let path = dir.keep();
+            // a reclaiming build may take it between creation and lock: then again
+            let Ok(lock) = fs::File::open(&path) else { continue };
+            let same = match (fs::symlink_metadata(&path), lock.metadata()) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                _ => false,
+            };
+            if try_lock(&lock) && same {
+                return Ok(BuildDir { path, _lock: lock });
+            }
+        }
+    }
+}
+
+/// The mount points under `dir` (from `/proc/self/mountinfo`), deepest first.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let mut out: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|p| p.starts_with(dir) && p != dir)
+        .collect();
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    out.dedup();
+    out
+}
+
+/// A mountinfo path: spaces, tabs, newlines and backslashes come octal-escaped.
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let octal = bytes.get(i + 1..i + 4).filter(|d| b == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let Some(v) = octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// Everything a build left in its scratch directory `dir`: its containers'
+/// runtime state (`runc delete --force`, which also removes their cgroups),
+/// the mounts under it (lazily unmounted, deepest first), then the files.
+/// Returns what could not be undone.
+fn clean_build_dir(dir: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    for bundle in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let state = bundle.path().join("state");
+        for container in fs::read_dir(&state).into_iter().flatten().flatten() {
+            let deleted = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(&state)
+                .args(["delete", "--force"])
+                .arg(container.file_name())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            if !deleted.is_ok_and(|s| s.success()) {
+                problems.push(format!("runc delete {}", container.path().display()));
+            }
+        }
+    }
+    for m in mounts_under(dir) {
+        if let Err(e) = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH) {
+            problems.push(format!("unmount {}: {e}", m.display()));
+        }
+    }
+    if let Err(e) = fs::remove_dir_all(dir)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        problems.push(format!("remove {}: {e}", dir.display()));
+    }
+    problems
+}
+
+/// Reclaims what killed builds left under `tmp/`: every `build-*`
+/// directory whose lock no live build holds, and the temporary blob files
+/// of dead writers in the store's layout. Returns the directories reclaimed.
+fn reclaim_builds(tmp: &Path, layout: &Layout) -> Vec<PathBuf> {
+    let mut reclaimed = Vec::new();
+    for entry in fs::read_dir(tmp).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with("build-") || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Ok(lock) = fs::File::open(&path) else { continue };
+        if try_lock(&lock) {
+            let _ = clean_build_dir(&path);
+            reclaimed.push(path);
+        }
+    }
+    let _ = layout.reclaim();
+    reclaimed
 }
 
 fn short(digest: &Digest) -> String {
@@ -140,7 +274,21 @@ impl Store {
             check_private_dir(&dir, false)?;
         }
         let layout = Layout::create(root.join("oci")).map_err(|e| BuildError::Layout(Box::new(e)))?;
-        Ok(Store { root: root.to_owned(), layout })
+        let tmp = root.join("tmp");
+        reclaim_builds(&tmp, &layout);
+        let build = std::sync::Arc::new(BuildDir::create(&tmp)?);
+        Ok(Store { root: root.to_owned(), layout, build })
+    }
+
+    /// This build's own scratch directory.
+    pub fn build_dir(&self) -> &Path {
+        &self.build.path
+    }
+
+    /// Removes this build's scratch directory (what a killed build leaves,
+    /// the next one reclaims instead); returns what could not be undone.
+    pub fn finish(&self) -> Vec<String> {
+        clean_build_dir(&self.build.path)
     }
 
     /// Where the layer blob `digest` is (or will be) extracted.
@@ -148,9 +296,12 @@ impl Store {
         self.root.join("l").join(short(digest))
     }
 
-    /// A fresh directory on the store's file system, removed when dropped.
-    pub fn tempdir(&self, prefix: &str) -> io::Result<tempfile::TempDir> {
-        tempfile::Builder::new().prefix(prefix).tempdir_in(self.root.join("tmp"))
+    /// A fresh directory in this build's scratch space, removed when dropped.
+    pub fn tempdir(&self, prefix: &str) -> Result<tempfile::TempDir, BuildError> {
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(&self.build.path)
+            .map_err(BuildError::io("create", &self.build.path))
     }
 
     fn cache_path(&self, key: &Digest) -> PathBuf {
@@ -171,7 +322,7 @@ impl Store {
     pub fn cache_put(&self, key: &Digest, rec: &CacheRecord) {
         let Ok(bytes) = serde_json::to_vec(rec) else { return };
         let path = self.cache_path(key);
-        let Ok(mut tmp) = tempfile::NamedTempFile::new_in(self.root.join("tmp")) else { return };
+        let Ok(mut tmp) = tempfile::NamedTempFile::new_in(&self.build.path) else { return };
         if io::Write::write_all(&mut tmp, &bytes).is_ok() {
             let _ = tmp.persist(path);
         }
@@ -268,6 +419,28 @@ mod tests {
         assert_eq!(cache_dir_from(own).unwrap(), Path::new("/k"));
         let msg = CacheError::NoDirectory.to_string();
         assert!(msg.contains("HOME") && msg.contains("XDG_CACHE_HOME"), "{msg}");
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo("/a\\040b/c\\134d"), Path::new("/a b/c\\d"));
+        assert_eq!(unescape_mountinfo("/plain"), Path::new("/plain"));
+    }
+
+    #[test]
+    fn a_dead_builds_scratch_is_reclaimed_and_a_live_ones_is_not() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("cache");
+        let live = Store::open(&root).unwrap();
+        std::fs::write(live.build_dir().join("work"), "x").unwrap();
+        // a build that died: its directory, with no lock held on it
+        let dead = root.join("tmp/build-dead");
+        std::fs::create_dir_all(dead.join("r-1/upper")).unwrap();
+        let other = Store::open(&root).unwrap();
+        assert!(!dead.exists(), "a dead build's scratch stays");
+        assert!(live.build_dir().join("work").exists(), "a live build's scratch was taken");
+        assert!(live.finish().is_empty() && other.finish().is_empty());
+        assert!(!live.build_dir().exists());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod build;
 mod buildah;
 mod copy;
+mod crash;
 mod hostile;
 mod outputs;
 mod promote;

@@ -1,0 +1,97 @@
+//! Temporary files and directories that a writer holds an exclusive
+//! `flock` on while it works: when the writer dies (even by `SIGKILL`) the
+//! kernel drops the lock, and the next writer in the same place can tell
+//! the leftovers of a dead writer (lock free) from the work of a live one
+//! (lock held) and remove only the former.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Takes the exclusive lock on `file` without waiting; true when taken.
+pub(crate) fn try_lock(file: &File) -> bool {
+    loop {
+        match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return true,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Locks a temporary file or directory just made at `path` through
+/// `file`, its open handle: true when the lock is held and `path` still
+/// names that file (a reclaimer may have taken it between the creation and
+/// the lock; the caller then makes another).
+pub(crate) fn lock_new(path: &Path, file: &File) -> bool {
+    if !try_lock(file) {
+        return false;
+    }
+    match (std::fs::symlink_metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Removes the entries of `dir` whose names start with `prefix` and that
+/// no live writer holds (their lock can be taken): the leftovers of killed
+/// writers. Symlinks are never followed. Returns what was removed.
+///
+/// # Errors
+/// When `dir` cannot be listed (a missing `dir` has nothing to reclaim).
+pub fn reclaim_stale(dir: &Path, prefix: &str) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if !(meta.is_dir() || meta.is_file()) {
+            continue;
+        }
+        // opening a directory read-only is enough to lock it
+        let Ok(file) = File::open(&path) else { continue };
+        if !try_lock(&file) {
+            continue;
+        }
+        let gone = if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        if gone.is_ok() {
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unheld_leftovers_are_reclaimed() {
+        let d = tempfile::tempdir().unwrap();
+        let live = d.path().join(".tmp-live");
+        let dead = d.path().join(".tmp-dead");
+        let dead_dir = d.path().join(".tmp-dead-dir");
+        std::fs::write(&live, "x").unwrap();
+        std::fs::write(&dead, "x").unwrap();
+        std::fs::create_dir_all(dead_dir.join("inner")).unwrap();
+        std::fs::write(d.path().join("other"), "x").unwrap();
+        let held = File::open(&live).unwrap();
+        assert!(lock_new(&live, &held));
+        let mut removed = reclaim_stale(d.path(), ".tmp-").unwrap();
+        removed.sort();
+        assert_eq!(removed, vec![dead, dead_dir]);
+        assert!(live.exists() && d.path().join("other").exists());
+        drop(held);
+        assert_eq!(reclaim_stale(d.path(), ".tmp-").unwrap(), vec![live]);
+        assert!(reclaim_stale(&d.path().join("missing"), ".tmp-").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,250 @@
+//! A build killed (`SIGKILL`, or the `SIGTERM` of `timeout` and CI
+//! cancellations) during a `RUN`, a large `COPY` and while writing its
+//! outputs, through the build example as a user runs it: within 5 s no
+//! process of the `RUN` is left; the next build on the same cache reclaims
+//! every mount and temporary file, the output is absent or the previous
+//! one, and the next build gives the digest a clean build gives.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::tool;
+
+use crate::build::{Base, base_layout, write};
+
+/// The marker argument of the `RUN` to kill: no other process has it.
+const MARKER: &str = "31.337";
+
+fn example() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("examples/build");
+    if !bin.is_file() {
+        assert!(!testkit::in_ci(), "{} not built (cargo test builds the examples)", bin.display());
+        return None;
+    }
+    Some(bin)
+}
+
+/// Processes whose command line has `MARKER` as an argument.
+fn marked() -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else { continue };
+        if cmdline.split(|b| *b == 0).any(|a| a == MARKER.as_bytes()) {
+            out.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
+    out
+}
+
+/// Mount points under `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&dir))
+        .collect()
+}
+
+/// Temporary leftovers under `dir`: kiln's staging names, and build
+/// scratch directories (extracted layers, under `skip`, are the image's).
+fn leftovers(dir: &Path, skip: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let in_tmp = d.file_name().is_some_and(|n| n == "tmp");
+            if name.starts_with(".tmp") || name.starts_with(".kiln-out-") || (in_tmp && name.starts_with("build-")) {
+                out.push(e.path());
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) && e.path() != skip {
+                todo.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+struct Scene {
+    bin: PathBuf,
+    base: Base,
+    ctx: PathBuf,
+    cache: PathBuf,
+    out: PathBuf,
+    archive: PathBuf,
+}
+
+impl Scene {
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg(&self.ctx)
+            .arg("--build-context")
+            .arg(format!("kiln-base={}", self.base.context()))
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .arg("--output")
+            .arg(format!("oci:{}", self.out.display()))
+            .arg("--output")
+            .arg(format!("docker-archive:{}", self.archive.display()))
+            .arg("--overwrite")
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// A build to the end: its digest.
+    fn build(&self) -> String {
+        let out = self.command().output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap().to_owned()
+    }
+
+    /// Starts a build and kills it with `signal` once `ready` says so.
+    fn kill_when(&self, signal: rustix::process::Signal, what: &str, ready: &dyn Fn() -> bool) -> Child {
+        let mut child = self.command().spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("{what}: the build ended ({status}) before it could be killed");
+            }
+            assert!(Instant::now() < deadline, "{what}: never got there");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        rustix::process::kill_process(rustix::process::Pid::from_child(&child), signal).unwrap();
+        child
+    }
+
+    /// After a kill: the next build reclaims everything and gives `clean`.
+    fn next_build_is_clean(&self, what: &str, clean: &str, previous: Option<&str>) {
+        // the output is absent or the previous one
+        match previous {
+            None => assert!(!self.out.exists(), "{what}: a partial output appeared"),
+            Some(p) => {
+                let layout = kiln::oci_image::Layout::open(&self.out).unwrap();
+                layout.verify().unwrap();
+                assert_eq!(layout.resolve("latest").unwrap().digest.to_string(), p, "{what}");
+            }
+        }
+        assert_eq!(self.build(), clean, "{what}: the next build gave another image");
+        assert!(mounts_under(&self.cache).is_empty(), "{what}: mounts left: {:?}", mounts_under(&self.cache));
+        let parent = self.out.parent().unwrap();
+        assert_eq!(leftovers(parent, &self.cache.join("l")), Vec::<PathBuf>::new(), "{what}: temporary files left");
+        kiln::oci_image::Layout::open(&self.out).unwrap().verify().unwrap();
+    }
+}
+
+#[test]
+fn a_killed_build_leaves_nothing_running_and_the_next_build_reclaims_the_rest() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let Some(bin) = example() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(base) = base_layout(tmp.path()) else { return };
+    let Some(_) = tool("runc") else { return };
+    let work = tmp.path().join("work");
+    let scene = Scene {
+        bin,
+        base,
+        ctx: work.join("ctx"),
+        cache: work.join("cache"),
+        out: work.join("out"),
+        archive: work.join("out.tar"),
+    };
+    // the RUN sleeps as long as the context's `nap` file says: MARKER while
+    // it is to be killed, 0 for the clean builds (a RUN that changes no file
+    // makes the same image either way)
+    write(
+        &scene.ctx.join("Dockerfile"),
+        "FROM kiln-base\nCOPY big /big\nRUN --mount=type=bind,source=nap,target=/nap sleep $(cat /nap)\n",
+    );
+    write(&scene.ctx.join("nap"), "0");
+    let noise: Vec<u8> = {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        (0..48 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[5]
+            })
+            .collect()
+    };
+    fs::write(scene.ctx.join("big"), &noise).unwrap();
+    let clean = {
+        let reference = Scene { cache: work.join("reference-cache"), out: work.join("reference"), ..scene.clone() };
+        let digest = reference.build();
+        fs::remove_dir_all(&reference.out).unwrap();
+        fs::remove_file(&reference.archive).ok();
+        digest
+    };
+
+    // during a large COPY: its layer is being written into the cache
+    let blobs = scene.cache.join("oci/blobs");
+    let copying = || {
+        fs::read_dir(&blobs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+    };
+    let mut child = scene.kill_when(rustix::process::Signal::KILL, "COPY", &copying);
+    child.wait().unwrap();
+    scene.next_build_is_clean("killed during COPY", &clean, None);
+
+    // during a RUN, with SIGKILL and with SIGTERM
+    write(&scene.ctx.join("nap"), MARKER);
+    for (signal, name) in [(rustix::process::Signal::KILL, "SIGKILL"), (rustix::process::Signal::TERM, "SIGTERM")] {
+        let running = || !marked().is_empty();
+        let mut child = scene.kill_when(signal, name, &running);
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{name}: the killed build succeeded");
+        if signal == rustix::process::Signal::TERM {
+            // stopped in order: its containers killed, then exit 128 + 15
+            assert_eq!(status.code(), Some(143), "{name}: {status}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !marked().is_empty() {
+            assert!(Instant::now() < deadline, "{name}: the RUN outlived the build: {:?}", marked());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        write(&scene.ctx.join("nap"), "0");
+        scene.next_build_is_clean(&format!("killed by {name} during RUN"), &clean, Some(&clean));
+        write(&scene.ctx.join("nap"), MARKER);
+    }
+    write(&scene.ctx.join("nap"), "0");
+
+    // while writing the outputs: the docker-archive is being staged beside its place
+    let staging = || {
+        fs::read_dir(&work)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-kiln-archive-"))
+    };
+    let archive_before = fs::read(&scene.archive).unwrap();
+    let mut child = scene.kill_when(rustix::process::Signal::KILL, "outputs", &staging);
+    child.wait().unwrap();
+    assert_eq!(fs::read(&scene.archive).unwrap(), archive_before, "a killed write changed the archive");
+    scene.next_build_is_clean("killed while writing outputs", &clean, Some(&clean));
+}
+
+impl Clone for Scene {
+    fn clone(&self) -> Scene {
+        Scene {
+            bin: self.bin.clone(),
+            base: Base { layout: self.base.layout.clone() },
+            ctx: self.ctx.clone(),
+            cache: self.cache.clone(),
+            out: self.out.clone(),
+            archive: self.archive.clone(),
+        }
+    }
+}
