@@ -325,7 +325,7 @@ impl Command {
     /// [`ExpandError`] from the first word that cannot be expanded.
     pub fn expand<L: Lookup + ?Sized>(
         &self,
-        lexer: Lexer,
+        lexer: &Lexer,
         env: &L,
     ) -> Result<(Command, BTreeSet<String>), ExpandError> {
         let mut used = BTreeSet::new();
@@ -1061,13 +1061,13 @@ mod tests {
         let env =
             std::collections::BTreeMap::from([("V".to_string(), "1".to_string()), ("D".to_string(), "/d".to_string())]);
         let l = Lexer::new('\\');
-        let (c, used) = cmd("COPY --chown=$V a$V \"$D/x\"").unwrap().expand(l, &env).unwrap();
+        let (c, used) = cmd("COPY --chown=$V a$V \"$D/x\"").unwrap().expand(&l, &env).unwrap();
         let Command::Copy(c) = c else { panic!() };
         assert_eq!((c.chown.as_deref(), c.sources[0].as_str(), c.dest.as_str()), (Some("1"), "a1", "/d/x"));
         assert_eq!(used, BTreeSet::from(["D".to_string(), "V".to_string()]));
-        let (c, _) = cmd("ENV a=$V b=\"x y\"").unwrap().expand(l, &env).unwrap();
+        let (c, _) = cmd("ENV a=$V b=\"x y\"").unwrap().expand(&l, &env).unwrap();
         assert_eq!(c, Command::Env(vec![("a".into(), "1".into()), ("b".into(), "x y".into())]));
-        let (c, used) = cmd("RUN echo $V").unwrap().expand(l, &env).unwrap();
+        let (c, used) = cmd("RUN echo $V").unwrap().expand(&l, &env).unwrap();
         assert_eq!(
             c,
             Command::Run(Run {
@@ -1079,7 +1079,7 @@ mod tests {
             })
         );
         assert!(used.is_empty());
-        assert!(cmd("WORKDIR ${X:?no}").unwrap().expand(l, &env).is_err());
+        assert!(cmd("WORKDIR ${X:?no}").unwrap().expand(&l, &env).is_err());
     }
 
     #[test]

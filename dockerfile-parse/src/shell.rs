@@ -31,6 +31,53 @@ const MAX_DEPTH: usize = 128;
 /// (found by fuzzing: four nested `//` on a 32-byte value took 8 s and
 /// 488 MB).
 pub const MAX_EXPANSION: usize = 1 << 20;
+/// The most bytes all the expansions of one build may produce together
+/// ([`Budget::for_build`]): 64 MiB, thousands of times what real
+/// Dockerfiles expand to, while forty lines of `ENV V2=$V1$V1` would
+/// otherwise ask for terabytes.
+pub const MAX_BUILD_EXPANSION: usize = 64 << 20;
+
+/// A budget of expansion output that every expansion through a lexer
+/// holding it draws from ([`Lexer::with_budget`]); clones share it. Once
+/// spent, expansions fail with [`ExpandError::OverBudget`]. Each variable
+/// value an expansion copies is charged as it is copied, so no expansion
+/// allocates more than the budget left (plus the one value being copied).
+#[derive(Debug, Clone)]
+pub struct Budget {
+    left: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    total: usize,
+}
+
+impl Budget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Budget {
+        Budget { left: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(bytes)), total: bytes }
+    }
+
+    /// The budget of one build: [`MAX_BUILD_EXPANSION`].
+    pub fn for_build() -> Budget {
+        Budget::new(MAX_BUILD_EXPANSION)
+    }
+
+    /// The bytes left.
+    pub fn left(&self) -> usize {
+        self.left.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes `n` bytes; false (taking nothing) when fewer are left.
+    fn take(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(n)).is_ok()
+    }
+}
+
+impl PartialEq for Budget {
+    fn eq(&self, other: &Budget) -> bool {
+        std::sync::Arc::ptr_eq(&self.left, &other.left)
+    }
+}
+
+impl Eq for Budget {}
 
 /// A source of variable values for expansion.
 pub trait Lookup {
@@ -149,6 +196,17 @@ pub enum ExpandError {
         /// Where the problem was found.
         offset: usize,
     },
+    /// The expansions of the build together would produce more than its
+    /// [`Budget`] allows.
+    #[error("failed to process {word:?}: the build's variable expansions grow past {limit} bytes (at byte {offset})")]
+    OverBudget {
+        /// The input (its first bytes).
+        word: String,
+        /// The budget, in bytes.
+        limit: usize,
+        /// Where the problem was found.
+        offset: usize,
+    },
 }
 
 /// The result of expanding one input.
@@ -176,7 +234,7 @@ impl Expansion {
 }
 
 /// BuildKit's shell lexer, configured with an escape character and options.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(clippy::struct_excessive_bools)] // BuildKit's Lex options, one switch each
 pub struct Lexer {
     escape: char,
@@ -184,6 +242,7 @@ pub struct Lexer {
     raw_escapes: bool,
     skip_unset: bool,
     skip_quotes: bool,
+    budget: Option<Budget>,
 }
 
 impl Default for Lexer {
@@ -195,7 +254,15 @@ impl Default for Lexer {
 impl Lexer {
     /// A lexer using `escape` (`\` or `` ` ``) as the escape character.
     pub fn new(escape: char) -> Self {
-        Self { escape, raw_quotes: false, raw_escapes: false, skip_unset: false, skip_quotes: false }
+        Self { escape, raw_quotes: false, raw_escapes: false, skip_unset: false, skip_quotes: false, budget: None }
+    }
+
+    /// Charge every expansion through this lexer (and its clones) to
+    /// `budget` (none by default).
+    #[must_use]
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Keep quote characters in the output (BuildKit's `RawQuotes`).
@@ -246,7 +313,7 @@ impl Lexer {
     /// [`Lexer::expand`], keeping only the split words for which `keep` is
     /// true (saves allocating words nobody looks at).
     pub(crate) fn expand_keeping<L: Lookup + ?Sized>(
-        self,
+        &self,
         word: &str,
         env: &L,
         keep: fn(&str) -> bool,
@@ -344,7 +411,7 @@ struct State<'a, L: ?Sized> {
     keep: fn(&str) -> bool,
     src: &'a str,
     pos: usize,
-    lexer: Lexer,
+    lexer: &'a Lexer,
     raw_escapes: bool,
     env: &'a L,
     matched: BTreeSet<String>,
@@ -353,6 +420,18 @@ struct State<'a, L: ?Sized> {
 }
 
 impl<L: Lookup + ?Sized> State<'_, L> {
+    /// Charges `n` bytes of expansion output to the lexer's budget.
+    fn charge(&self, n: usize) -> Result<(), ExpandError> {
+        match &self.lexer.budget {
+            Some(b) if !b.take(n) => Err(ExpandError::OverBudget {
+                word: self.src.chars().take(80).collect(),
+                limit: b.total,
+                offset: self.pos,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn peek(&self) -> Option<char> {
         self.src.get(self.pos..).and_then(|s| s.chars().next())
     }
@@ -396,6 +475,7 @@ impl<L: Lookup + ?Sized> State<'_, L> {
             match ch {
                 '$' => {
                     let tmp = self.process_dollar()?;
+                    self.charge(tmp.len())?;
                     result.push_str(&tmp);
                     words.add_string(&tmp);
                 }
@@ -486,6 +566,7 @@ impl<L: Lookup + ?Sized> State<'_, L> {
                 }
                 Some('$') => {
                     let v = self.process_dollar()?;
+                    self.charge(v.len())?;
                     result.push_str(&v);
                 }
                 Some(ch) => {

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ast::{Dockerfile, Span};
 use crate::command::{ArgDef, Command, CommandError};
-use crate::shell::{ExpandError, Lexer};
+use crate::shell::{Budget, ExpandError, Lexer};
 
 /// Why the stages could not be worked out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,6 +119,10 @@ pub struct BuildOptions {
     /// BuildKit does: it keeps its index and name, but its instructions are
     /// not planned and it depends on nothing ([`Stage::replaced`]).
     pub named_contexts: BTreeSet<String>,
+    /// The expansion budget the plan draws from (shared with whatever
+    /// expands the build's instructions later); a fresh
+    /// [`Budget::for_build`] when `None`.
+    pub budget: Option<Budget>,
 }
 
 impl BuildOptions {
@@ -248,7 +252,7 @@ fn find_stage(stages: &[Stage], reference: &str) -> Option<usize> {
     reference.parse::<usize>().ok().filter(|&i| i < stages.len())
 }
 
-fn expand(lexer: Lexer, word: &str, env: &BTreeMap<String, String>, span: Span) -> Result<String, StageError> {
+fn expand(lexer: &Lexer, word: &str, env: &BTreeMap<String, String>, span: Span) -> Result<String, StageError> {
     lexer.expand_word(word, env).map_err(|source| StageError::Expand {
         word: word.to_string(),
         span,
@@ -267,7 +271,7 @@ fn expand(lexer: Lexer, word: &str, env: &BTreeMap<String, String>, span: Span) 
 /// duplicate stage names, and an unknown target.
 #[allow(clippy::too_many_lines)] // one linear walk; splitting it scatters the scoping rules
 pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan, StageError> {
-    let lexer = Lexer::new(df.directives.escape);
+    let lexer = Lexer::new(df.directives.escape).with_budget(opts.budget.clone().unwrap_or_else(Budget::for_build));
     let mut global_args = Vec::new();
     let mut global_values: BTreeMap<String, String> = BTreeMap::new();
     let mut declared: BTreeSet<String> = BTreeSet::new();
@@ -343,8 +347,8 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan, StageError> {
                         scope.entry((*name).to_string()).or_insert_with(|| v.clone());
                     }
                 }
-                let image = expand(lexer, &from.image, &scope, span)?;
-                let platform = from.platform.as_deref().map(|p| expand(lexer, p, &scope, span)).transpose()?;
+                let image = expand(&lexer, &from.image, &scope, span)?;
+                let platform = from.platform.as_deref().map(|p| expand(&lexer, p, &scope, span)).transpose()?;
                 let index = stages.len();
                 if let Some(name) = &from.name
                     && stages.iter().any(|s| s.name.as_deref() == Some(name.as_str()))
@@ -392,7 +396,7 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan, StageError> {
                     // the named context stands in for everything the stage would do
                     continue;
                 }
-                let (expanded, used) = other.expand(lexer, &env).map_err(|source| StageError::Expand {
+                let (expanded, used) = other.expand(&lexer, &env).map_err(|source| StageError::Expand {
                     word: inst.original.clone(),
                     span,
                     source: Box::new(source),
@@ -532,6 +536,7 @@ mod tests {
             build_args: args.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
             target: target.map(str::to_string),
             named_contexts: BTreeSet::new(),
+            budget: None,
         };
         plan(&parse(src).unwrap(), &opts)
     }
@@ -580,6 +585,27 @@ FROM busybox AS tools\nFROM deps\nCOPY --from=deps /a /a\n";
         assert_eq!(plan.needed, vec![0, 2]);
         // without the context, the stage is planned (and fails here)
         assert!(p(src, &[], None).is_err());
+    }
+
+    #[test]
+    fn doubling_variables_exhaust_the_budget_instead_of_memory() {
+        use std::fmt::Write as _;
+        let mut src = String::from("FROM scratch\nENV V0=0123456789abcdef\n");
+        for i in 1..=40 {
+            let _ = writeln!(src, "ENV V{i}=${{V{}}}${{V{}}}", i - 1, i - 1);
+        }
+        let e = p(&src, &[], None).unwrap_err();
+        assert!(e.to_string().contains("expansion") || format!("{e:?}").contains("OverBudget"), "{e:?}");
+        // a word that names a big value many times is stopped as it grows
+        let opts = BuildOptions { budget: Some(Budget::new(1000)), ..BuildOptions::new() };
+        let src = format!("FROM scratch\nENV A={}\nENV B=$A$A$A$A$A$A$A$A$A$A$A$A\n", "x".repeat(100));
+        let e = plan(&parse(&src).unwrap(), &opts).unwrap_err();
+        assert!(format!("{e:?}").contains("OverBudget"), "{e:?}");
+        // an ordinary Dockerfile stays far below it
+        let budget = Budget::for_build();
+        let opts = BuildOptions { budget: Some(budget.clone()), ..BuildOptions::new() };
+        plan(&parse(SRC).unwrap(), &opts).unwrap();
+        assert!(budget.left() > crate::shell::MAX_BUILD_EXPANSION - 1000);
     }
 
     #[test]

@@ -46,7 +46,56 @@ pub trait CredentialProvider: Send + Sync {
     /// The credential for `repository` (a path like `team/app`) on
     /// `registry` (a host like `ghcr.io` or `localhost:5000`, `docker.io`
     /// for Docker Hub), or `None` for anonymous access.
-    fn credential(&self, registry: &str, repository: &str) -> Option<Credential>;
+    ///
+    /// # Errors
+    /// [`CredentialError`] when the source could not answer (a credential
+    /// helper that failed, hung or printed junk): the request fails with it
+    /// rather than going on anonymously.
+    fn credential(&self, registry: &str, repository: &str) -> Result<Option<Credential>, CredentialError>;
+}
+
+/// Why a credential source could not answer. Never carries a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CredentialError {
+    /// A `docker-credential-<helper>` exited with an error (docker's own
+    /// wording, with what the helper printed on stderr).
+    #[error("error getting credentials from docker-credential-{helper} - err: {status}, out: `{output}`")]
+    Helper {
+        /// The helper's name.
+        helper: String,
+        /// How it ended (`exit status 1`).
+        status: String,
+        /// What it printed on stderr (trimmed, cut off at 1000 bytes).
+        output: String,
+    },
+    /// A helper gave no answer in time; it was killed.
+    #[error("docker-credential-{helper} gave no answer within {}s", timeout.as_secs_f32())]
+    Timeout {
+        /// The helper's name.
+        helper: String,
+        /// The time it had.
+        timeout: Duration,
+    },
+    /// A helper answered with something that is not a credential.
+    #[error("docker-credential-{helper} answered with something that is not a credential: {why}")]
+    Invalid {
+        /// The helper's name.
+        helper: String,
+        /// What was wrong with it (never its content).
+        why: String,
+    },
+    /// A helper could not be run.
+    #[error("cannot run docker-credential-{helper}: {cause}")]
+    Start {
+        /// The helper's name.
+        helper: String,
+        /// Why.
+        cause: String,
+    },
+    /// Another credential source failed.
+    #[error("credential source failed")]
+    Source(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
 }
 
 /// No credentials: anonymous access only.
@@ -54,8 +103,8 @@ pub trait CredentialProvider: Send + Sync {
 pub struct Anonymous;
 
 impl CredentialProvider for Anonymous {
-    fn credential(&self, _: &str, _: &str) -> Option<Credential> {
-        None
+    fn credential(&self, _: &str, _: &str) -> Result<Option<Credential>, CredentialError> {
+        Ok(None)
     }
 }
 
@@ -80,8 +129,8 @@ impl StaticCredentials {
 }
 
 impl CredentialProvider for StaticCredentials {
-    fn credential(&self, registry: &str, _: &str) -> Option<Credential> {
-        self.by_registry.get(registry).cloned()
+    fn credential(&self, registry: &str, _: &str) -> Result<Option<Credential>, CredentialError> {
+        Ok(self.by_registry.get(registry).cloned())
     }
 }
 

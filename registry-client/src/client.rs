@@ -18,6 +18,13 @@ use crate::auth::{Anonymous, Challenge, Credential, CredentialProvider, TokenCac
 use crate::error::{Error, ErrorKind, Result, kind_for_status, parse_codes};
 use crate::progress::{Progress, ProgressFn};
 
+/// The default of [`ClientBuilder::max_download_size`]: 4 GiB.
+pub const DEFAULT_MAX_DOWNLOAD: u64 = 4 << 30;
+
+/// Request bodies larger than this go through the upload client, watched
+/// for progress.
+const LARGE_BODY: usize = 256 * 1024;
+
 /// How often and how long to retry.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -51,6 +58,8 @@ pub struct ClientBuilder {
     concurrency: usize,
     timeout: Option<Duration>,
     connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_download: u64,
     progress: Option<ProgressFn>,
     chunk_size: Option<u64>,
     single_request_uploads: bool,
@@ -78,6 +87,8 @@ impl Default for ClientBuilder {
             concurrency: 4,
             timeout: None,
             connect_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            max_download: DEFAULT_MAX_DOWNLOAD,
             progress: None,
             chunk_size: None,
             single_request_uploads: false,
@@ -135,6 +146,26 @@ impl ClientBuilder {
     #[must_use]
     pub fn connect_timeout(mut self, t: Duration) -> Self {
         self.connect_timeout = t;
+        self
+    }
+
+    /// How long a request may make no progress (default 30 s): no byte of
+    /// an answer arriving, or of an upload leaving, for this long fails it
+    /// ([`ErrorKind::Transport`], retried where the request is
+    /// idempotent; an upload restarts). Transfers of any length go on as
+    /// long as bytes move.
+    #[must_use]
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.idle_timeout = t.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The most bytes [`Client::download`] accepts from one URL (default
+    /// [`DEFAULT_MAX_DOWNLOAD`]): a body without a size the protocol fixes
+    /// must not fill the disk.
+    #[must_use]
+    pub fn max_download_size(mut self, bytes: u64) -> Self {
+        self.max_download = bytes;
         self
     }
 
@@ -211,22 +242,36 @@ impl ClientBuilder {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
-        let mut http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(self.connect_timeout)
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")));
-        if let Some(t) = self.timeout {
-            http = http.timeout(t);
-        }
-        if let Some(p) = &self.proxy {
-            let proxy = reqwest::Proxy::all(p).map_err(|_| Error::new(ErrorKind::Invalid, "invalid proxy URL"))?;
-            http = http.proxy(proxy);
-        }
-        let http = http.build().map_err(|e| Error::transport("building the HTTP client", &e))?;
+        // two clients on one configuration: reqwest's read timeout restarts
+        // on every byte read, but until the answer's head it is a deadline
+        // from the request's start, which a long upload would miss; uploads
+        // go through a client without it, watched by `send` instead
+        let make = |read_timeout: Option<Duration>| -> Result<reqwest::Client> {
+            let mut http = reqwest::Client::builder()
+                .tls_backend_preconfigured(tls.clone())
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(self.connect_timeout)
+                .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")));
+            if let Some(t) = read_timeout {
+                http = http.read_timeout(t);
+            }
+            if let Some(t) = self.timeout {
+                http = http.timeout(t);
+            }
+            if let Some(p) = &self.proxy {
+                let proxy = reqwest::Proxy::all(p).map_err(|_| Error::new(ErrorKind::Invalid, "invalid proxy URL"))?;
+                http = http.proxy(proxy);
+            }
+            http.build().map_err(|e| Error::transport("building the HTTP client", &e))
+        };
+        let http = make(Some(self.idle_timeout))?;
+        let upload_http = make(None)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
+                upload_http,
+                idle: self.idle_timeout,
+                max_download: self.max_download,
                 credentials: self.credentials,
                 tokens: TokenCache::default(),
                 basic_hosts: Mutex::new(BTreeSet::new()),
@@ -245,6 +290,13 @@ impl ClientBuilder {
 
 pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
+    /// The same client without a read timeout, for requests with large
+    /// bodies (watched for progress by [`Client::send`]).
+    upload_http: reqwest::Client,
+    /// [`ClientBuilder::idle_timeout`].
+    pub(crate) idle: Duration,
+    /// [`ClientBuilder::max_download_size`].
+    pub(crate) max_download: u64,
     credentials: Arc<dyn CredentialProvider>,
     tokens: TokenCache,
     basic_hosts: Mutex<BTreeSet<String>>,
@@ -300,8 +352,56 @@ pub(crate) enum Body {
     /// Opens a fresh stream of exactly `len` bytes each time it is called.
     Stream {
         len: Option<u64>,
-        open: Arc<dyn Fn() -> BoxFuture<'static, Result<reqwest::Body>> + Send + Sync>,
+        open: Arc<dyn Fn() -> BoxFuture<'static, Result<BodyStream>> + Send + Sync>,
     },
+}
+
+/// The chunks of a streamed request body.
+pub(crate) type BodyStream = futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>;
+
+/// When a request last made progress (a body chunk sent), in milliseconds
+/// since it started, and whether its body is all sent.
+#[derive(Clone)]
+struct Activity {
+    start: std::time::Instant,
+    last: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { start: std::time::Instant::now(), last: Arc::new(std::sync::atomic::AtomicU64::new(0)) }
+    }
+
+    fn tick(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+
+    /// Completes once nothing happened for `idle`.
+    async fn stalled(&self, idle: Duration) {
+        loop {
+            let quiet = self.idle();
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle.saturating_sub(quiet)).await;
+        }
+    }
+
+    /// `stream` with every chunk counted as progress.
+    fn watch(&self, stream: BodyStream) -> reqwest::Body {
+        use futures_util::StreamExt as _;
+        let me = self.clone();
+        reqwest::Body::wrap_stream(stream.map(move |chunk| {
+            me.tick();
+            chunk
+        }))
+    }
 }
 
 /// One request, described so it can be sent again.
@@ -476,16 +576,28 @@ impl Client {
         scopes.join(" ")
     }
 
-    fn auth_header(&self, repo: &Repo, scopes: &[String]) -> Option<HeaderValue> {
+    /// The credential for `repo`, asked of the provider only when a
+    /// request needs one (a registry that never challenges never makes a
+    /// credential helper run).
+    fn credential(&self, repo: &Repo) -> Result<Option<Credential>> {
+        self.inner.credentials.credential(&repo.registry, &repo.path).map_err(|e| {
+            Error::new(ErrorKind::Credentials, format!("credentials for {}: {e}", repo.registry)).with_source(e)
+        })
+    }
+
+    fn auth_header(&self, repo: &Repo, scopes: &[String]) -> Result<Option<HeaderValue>> {
         let registry = repo.registry.as_str();
         if let Some(t) = self.inner.tokens.get(registry, &Self::scope_key(scopes)) {
-            return bearer(&t);
+            return Ok(bearer(&t));
         }
         let is_basic = self.inner.basic_hosts.lock().is_ok_and(|h| h.contains(registry));
-        match self.inner.credentials.credential(registry, &repo.path) {
-            Some(Credential::Basic { username, password }) if is_basic => basic(&username, &password),
-            _ => None,
+        if !is_basic {
+            return Ok(None);
         }
+        Ok(match self.credential(repo)? {
+            Some(Credential::Basic { username, password }) => basic(&username, &password),
+            _ => None,
+        })
     }
 
     /// Handles a 401: learns the scheme, fetches a token when needed.
@@ -499,7 +611,7 @@ impl Client {
     ) -> Result<Option<HeaderValue>> {
         let registry = repo.registry.as_str();
         let Some(challenge) = challenge.and_then(parse_challenge) else { return Ok(None) };
-        let credential = self.inner.credentials.credential(registry, &repo.path);
+        let credential = self.credential(repo)?;
         match challenge {
             Challenge::Basic => {
                 if let Ok(mut h) = self.inner.basic_hosts.lock() {
@@ -594,7 +706,7 @@ impl Client {
             };
             return Err(Error::new(kind, "the token server refused the credentials").with_status(status.as_u16()));
         }
-        let body = resp.bytes().await.map_err(|e| Error::transport("reading a token", &e))?;
+        let body = read_capped_idle(resp, 1024 * 1024, self.inner.idle, "reading a token").await?;
         serde_json::from_slice::<TokenResponse>(&body)
             .ok()
             .and_then(TokenResponse::into_token)
@@ -612,32 +724,33 @@ impl Client {
         let mut fresh: Option<HeaderValue> = None;
         loop {
             attempt += 1;
-            let mut builder = self.inner.http.request(req.method.clone(), req.url.clone()).headers(req.headers.clone());
             // credentials go only to the registry itself, never to another host
             let (sent, sent_fresh) = if same_host(&req.url, repo.api_host()) {
                 match fresh.take() {
                     Some(h) => (Some(h), true),
-                    None => (self.auth_header(repo, &req.scopes), false),
+                    None => (self.auth_header(repo, &req.scopes)?, false),
                 }
             } else {
                 (None, false)
             };
-            if let Some(h) = &sent {
-                builder = builder.header(AUTHORIZATION, h.clone());
-            }
-            builder = match &req.body {
-                Body::Empty => builder,
-                Body::Bytes(b) => builder.body(b.clone()),
-                Body::Stream { len, open } => {
-                    let body = open().await?;
-                    let b = builder.body(body);
-                    match len {
-                        Some(n) => b.header(reqwest::header::CONTENT_LENGTH, *n),
-                        None => b,
+            let idle = self.inner.idle;
+            let result = self.transmit(req, sent.as_ref()).await?;
+            let result = match result {
+                Err(Sent::Stalled) => {
+                    let err = Error::new(
+                        ErrorKind::Transport,
+                        format!("{} {}: no progress for {}s", req.method, redact(&req.url), idle.as_secs_f32()),
+                    );
+                    if !req.idempotent || attempt >= policy.max_attempts {
+                        return Err(err);
                     }
+                    tracing::debug!(error = %err, "stalled; retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    continue;
                 }
+                Err(Sent::Failed(e)) => Err(e),
+                Ok(r) => Ok(r),
             };
-            let result = builder.send().await;
             let delay = match result {
                 Err(e) => {
                     let context = format!("{} {}", req.method, redact(&req.url));
@@ -693,6 +806,55 @@ impl Client {
         }
     }
 
+    /// Sends `req` once with `auth`. A large body goes through the upload
+    /// client and is watched: no progress for the idle timeout (the
+    /// registry stopped taking the body or, after the last byte, answering)
+    /// is [`Sent::Stalled`].
+    async fn transmit(
+        &self,
+        req: &Request,
+        auth: Option<&HeaderValue>,
+    ) -> Result<std::result::Result<reqwest::Response, Sent>> {
+        let large = match &req.body {
+            Body::Empty => false,
+            Body::Bytes(b) => b.len() > LARGE_BODY,
+            Body::Stream { .. } => true,
+        };
+        let http = if large { &self.inner.upload_http } else { &self.inner.http };
+        let activity = Activity::new();
+        let mut builder = http.request(req.method.clone(), req.url.clone()).headers(req.headers.clone());
+        if let Some(h) = auth {
+            builder = builder.header(AUTHORIZATION, h.clone());
+        }
+        builder = match &req.body {
+            Body::Empty => builder,
+            Body::Bytes(b) if !large => builder.body(b.clone()),
+            Body::Bytes(b) => {
+                let chunks: Vec<std::io::Result<Bytes>> =
+                    (0..b.len()).step_by(LARGE_BODY).map(|i| Ok(b.slice(i..b.len().min(i + LARGE_BODY)))).collect();
+                builder
+                    .body(activity.watch(Box::pin(futures_util::stream::iter(chunks))))
+                    .header(reqwest::header::CONTENT_LENGTH, b.len())
+            }
+            Body::Stream { len, open } => {
+                let body = activity.watch(open().await?);
+                let b = builder.body(body);
+                match len {
+                    Some(n) => b.header(reqwest::header::CONTENT_LENGTH, *n),
+                    None => b,
+                }
+            }
+        };
+        Ok(if large {
+            tokio::select! {
+                r = builder.send() => r.map_err(Sent::Failed),
+                () = activity.stalled(self.inner.idle) => Err(Sent::Stalled),
+            }
+        } else {
+            builder.send().await.map_err(Sent::Failed)
+        })
+    }
+
     fn backoff(&self, attempt: u32) -> Duration {
         let p = &self.inner.retry;
         let exp = p.base_delay.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
@@ -706,17 +868,43 @@ impl Client {
     }
 }
 
+/// How a request send ended, when it did not answer.
+enum Sent {
+    Failed(reqwest::Error),
+    Stalled,
+}
+
+/// Reads a response body of at most `cap` bytes (an error past it, nothing
+/// buffered beyond it); a body that stalls for `idle` fails too.
+pub(crate) async fn read_capped_idle(resp: reqwest::Response, cap: u64, idle: Duration, what: &str) -> Result<Bytes> {
+    use futures_util::StreamExt as _;
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    loop {
+        let next = tokio::time::timeout(idle, stream.next()).await.map_err(|_| {
+            Error::new(ErrorKind::Transport, format!("{what}: no progress for {}s", idle.as_secs_f32()))
+        })?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| Error::transport(what.to_owned(), &e))?;
+        if buf.len() as u64 + chunk.len() as u64 > cap {
+            return Err(Error::new(ErrorKind::Protocol, format!("{what}: the answer is over {cap} bytes")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
 /// Turns a non-2xx response into an error carrying status and codes.
 pub(crate) async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
     }
-    let body = resp.bytes().await.unwrap_or_default();
-    let body = body.get(..64 * 1024).unwrap_or(&body);
+    // an error envelope is small; a bigger or stalled body is cut off
+    let body = read_capped_idle(resp, 64 * 1024, Duration::from_secs(30), what).await.unwrap_or_default();
     Err(Error::new(kind_for_status(status.as_u16()), what.to_owned())
         .with_status(status.as_u16())
-        .with_codes(parse_codes(body)))
+        .with_codes(parse_codes(&body)))
 }
 
 /// Whether `url` points at `host` (`name[:port]`, `[v6][:port]`).

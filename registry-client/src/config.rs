@@ -5,15 +5,17 @@
 //! `auth.json` (`$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
 //! keys scoped to a repository, the most specific winning).
 
-use std::collections::BTreeMap;
-use std::io::Write;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::auth::{Credential, CredentialProvider};
+use crate::auth::{Credential, CredentialError, CredentialProvider};
 
 const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
 
@@ -75,11 +77,33 @@ pub enum AuthFileError {
     },
 }
 
-/// Credentials from docker's and podman's files, read once.
-#[derive(Clone, Default)]
+/// A helper's answer for one server, kept for the client's lifetime.
+type HelperAnswers = Arc<Mutex<HashMap<(String, String), Result<Option<Credential>, CredentialError>>>>;
+
+/// How long a credential helper may take by default: 30 s.
+pub const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Credentials from docker's and podman's files, read once. A credential
+/// helper is asked at most once per server (its answer, an error too, is
+/// kept for as long as this value, and the client holding it, lives), and
+/// killed when it does not answer within [`DockerConfig::with_helper_timeout`].
+#[derive(Clone)]
 pub struct DockerConfig {
     files: Vec<ConfigFile>,
     helper_dirs: Option<Vec<PathBuf>>,
+    helper_timeout: Duration,
+    answers: HelperAnswers,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            files: Vec::new(),
+            helper_dirs: None,
+            helper_timeout: DEFAULT_HELPER_TIMEOUT,
+            answers: Arc::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for DockerConfig {
@@ -144,7 +168,7 @@ impl DockerConfig {
                 Err(source) => return Err(AuthFileError::Io { path: path.clone(), source }),
             }
         }
-        Ok(DockerConfig { files, helper_dirs: None })
+        Ok(DockerConfig { files, ..DockerConfig::default() })
     }
 
     /// Looks for `docker-credential-*` helpers only in these directories
@@ -152,6 +176,14 @@ impl DockerConfig {
     #[must_use]
     pub fn with_helper_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
         self.helper_dirs = Some(dirs);
+        self
+    }
+
+    /// How long a helper may take before it is killed and its registry's
+    /// requests fail (default [`DEFAULT_HELPER_TIMEOUT`]).
+    #[must_use]
+    pub fn with_helper_timeout(mut self, timeout: Duration) -> Self {
+        self.helper_timeout = timeout;
         self
     }
 
@@ -164,30 +196,96 @@ impl DockerConfig {
         dirs.into_iter().map(|d| d.join(&exe)).find(|p| p.is_file())
     }
 
-    /// Runs `docker-credential-<name> get` with the server URL on stdin.
-    fn run_helper(&self, name: &str, server: &str) -> Option<Credential> {
-        let path = self.helper_path(name)?;
+    /// `docker-credential-<name> get` for `server`, asked once per server.
+    fn run_helper(&self, name: &str, server: &str) -> Result<Option<Credential>, CredentialError> {
+        let key = (name.to_owned(), server.to_owned());
+        if let Some(a) = self.answers.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return a;
+        }
+        let answer = self.ask_helper(name, server);
+        if let Ok(mut m) = self.answers.lock() {
+            m.insert(key, answer.clone());
+        }
+        answer
+    }
+
+    /// Runs `docker-credential-<name> get` with the server URL on stdin, as
+    /// docker does: "credentials not found" is anonymous access; any other
+    /// failure, a hang past the timeout, or an answer that is not a
+    /// credential is an error naming the helper.
+    fn ask_helper(&self, name: &str, server: &str) -> Result<Option<Credential>, CredentialError> {
+        let helper = name.to_owned();
+        let Some(path) = self.helper_path(name) else {
+            return Err(CredentialError::Start { helper, cause: "not found on PATH".into() });
+        };
         let mut child = Command::new(path)
             .arg("get")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
-            .ok()?;
-        child.stdin.take()?.write_all(server.as_bytes()).ok()?;
-        let out = child.wait_with_output().ok()?;
-        if !out.status.success() {
-            return None;
+            .map_err(|e| CredentialError::Start { helper: helper.clone(), cause: e.to_string() })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // a helper that does not read its input is found out by the timeout
+            let _ = stdin.write_all(server.as_bytes());
         }
-        let a: HelperAnswer = serde_json::from_slice(&out.stdout).ok()?;
+        let read_all = |r: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut r) = r {
+                    // a credential is small: at most 1 MiB is read
+                    let _ = r.by_ref().take(1 << 20).read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let out = read_all(child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>));
+        let err = read_all(child.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>));
+        let deadline = Instant::now() + self.helper_timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(CredentialError::Timeout { helper, timeout: self.helper_timeout });
+                }
+                Err(e) => return Err(CredentialError::Start { helper, cause: e.to_string() }),
+            }
+        };
+        let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+        if !status.success() {
+            let said = |b: &[u8]| String::from_utf8_lossy(b).to_lowercase();
+            if said(&stdout).contains("credentials not found") || said(&stderr).contains("credentials not found") {
+                return Ok(None);
+            }
+            let mut output = String::from_utf8_lossy(&stderr).trim().to_owned();
+            if output.len() > 1000 {
+                let cut = (0..=1000).rev().find(|i| output.is_char_boundary(*i)).unwrap_or(0);
+                output.truncate(cut);
+            }
+            let status = status.code().map_or_else(|| status.to_string(), |c| format!("exit status {c}"));
+            return Err(CredentialError::Helper { helper, status, output });
+        }
+        let a: HelperAnswer = serde_json::from_slice(&stdout).map_err(|e| CredentialError::Invalid {
+            helper: helper.clone(),
+            why: format!(
+                "not the JSON of a credential ({} bytes; {:?} error at line {} column {})",
+                stdout.len(),
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        })?;
         if a.secret.is_empty() {
-            return None;
+            return Ok(None);
         }
-        Some(if a.username == "<token>" {
+        Ok(Some(if a.username == "<token>" {
             Credential::IdentityToken(a.secret)
         } else {
             Credential::basic(a.username, a.secret)
-        })
+        }))
     }
 
     fn entry_credential(e: &AuthEntry) -> Option<Credential> {
@@ -211,7 +309,7 @@ impl DockerConfig {
 }
 
 impl CredentialProvider for DockerConfig {
-    fn credential(&self, registry: &str, repository: &str) -> Option<Credential> {
+    fn credential(&self, registry: &str, repository: &str) -> Result<Option<Credential>, CredentialError> {
         let registry = normalise_key(registry);
         let full = format!("{registry}/{repository}");
         let server_url = if registry == "docker.io" { DOCKER_HUB_KEY.to_owned() } else { registry.clone() };
@@ -230,13 +328,15 @@ impl CredentialProvider for DockerConfig {
                 }
             }
             if let Some(c) = best.and_then(|(_, e)| Self::entry_credential(e)) {
-                return Some(c);
+                return Ok(Some(c));
             }
-            if let Some(c) = file.creds_store.as_ref().and_then(|store| self.run_helper(store, &server_url)) {
-                return Some(c);
+            if let Some(store) = &file.creds_store
+                && let Some(c) = self.run_helper(store, &server_url)?
+            {
+                return Ok(Some(c));
             }
         }
-        None
+        Ok(None)
     }
 }
 
@@ -277,11 +377,14 @@ mod tests {
             ),
         );
         let c = DockerConfig::from_paths(&[p]).unwrap();
-        assert_eq!(c.credential("docker.io", "library/nginx"), Some(Credential::basic("hub-user", "hub-pass")));
-        assert_eq!(c.credential("quay.io", "team/app"), Some(Credential::basic("q", "team-only")));
-        assert_eq!(c.credential("quay.io", "other/app"), Some(Credential::basic("q", "general")));
-        assert_eq!(c.credential("ghcr.io", "x/y"), Some(Credential::IdentityToken("refresh-me".into())));
-        assert_eq!(c.credential("example.com", "x"), None);
+        assert_eq!(
+            c.credential("docker.io", "library/nginx").unwrap(),
+            Some(Credential::basic("hub-user", "hub-pass"))
+        );
+        assert_eq!(c.credential("quay.io", "team/app").unwrap(), Some(Credential::basic("q", "team-only")));
+        assert_eq!(c.credential("quay.io", "other/app").unwrap(), Some(Credential::basic("q", "general")));
+        assert_eq!(c.credential("ghcr.io", "x/y").unwrap(), Some(Credential::IdentityToken("refresh-me".into())));
+        assert_eq!(c.credential("example.com", "x").unwrap(), None);
     }
 
     #[test]
@@ -300,8 +403,57 @@ mod tests {
             r#"{"credHelpers": {"registry.example.com": "kilntest"}, "credsStore": "kilntest"}"#,
         );
         let c = DockerConfig::from_paths(&[p]).unwrap().with_helper_dirs(vec![d.path().to_owned()]);
-        assert_eq!(c.credential("registry.example.com", "a"), Some(Credential::basic("helper-user", "helper-secret")));
-        assert_eq!(c.credential("other.example.com", "a"), None, "the store answers not found");
+        assert_eq!(
+            c.credential("registry.example.com", "a").unwrap(),
+            Some(Credential::basic("helper-user", "helper-secret"))
+        );
+        assert_eq!(c.credential("other.example.com", "a").unwrap(), None, "the store answers not found");
+    }
+
+    fn helper(dir: &Path, name: &str, script: &str) {
+        let p = dir.join(format!("docker-credential-{name}"));
+        std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn failing_hanging_and_junk_helpers_are_errors_naming_the_helper() {
+        let d = tempfile::tempdir().unwrap();
+        helper(d.path(), "hangs", "sleep 60");
+        helper(d.path(), "fails", "echo 'keychain locked: unlock it first' >&2; exit 1");
+        helper(d.path(), "junk", "echo 'this is not json'");
+        helper(
+            d.path(),
+            "counts",
+            "echo run >> \"$(dirname \"$0\")/runs\"; printf '{\"Username\":\"u\",\"Secret\":\"s\"}'",
+        );
+        let p = write(
+            d.path(),
+            "config.json",
+            r#"{"credHelpers": {"hang.example": "hangs", "fail.example": "fails", "junk.example": "junk", "count.example": "counts"}}"#,
+        );
+        let c = DockerConfig::from_paths(&[p])
+            .unwrap()
+            .with_helper_dirs(vec![d.path().to_owned()])
+            .with_helper_timeout(Duration::from_millis(500));
+        let started = Instant::now();
+        let e = c.credential("hang.example", "a").unwrap_err();
+        assert!(matches!(e, CredentialError::Timeout { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        let e = c.credential("fail.example", "a").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("docker-credential-fails") && msg.contains("exit status 1"), "{msg}");
+        assert!(msg.contains("keychain locked: unlock it first"), "{msg}");
+        let e = c.credential("junk.example", "a").unwrap_err();
+        assert!(matches!(e, CredentialError::Invalid { .. }) && !e.to_string().contains("this is not json"), "{e}");
+        // asked once per server for the client's lifetime, errors included
+        for _ in 0..3 {
+            assert_eq!(c.credential("count.example", "x").unwrap(), Some(Credential::basic("u", "s")));
+        }
+        assert_eq!(std::fs::read_to_string(d.path().join("runs")).unwrap(), "run\n");
+        let again = Instant::now();
+        assert!(c.credential("hang.example", "b").is_err());
+        assert!(again.elapsed() < Duration::from_millis(100), "a hung helper is asked again");
     }
 
     #[test]

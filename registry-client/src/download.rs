@@ -29,11 +29,26 @@ impl Client {
     /// plain-HTTP rules (HTTP only for loopback and insecure hosts),
     /// following up to 10 redirects. No registry credentials are ever sent.
     ///
+    /// At most [`ClientBuilder::max_download_size`](crate::ClientBuilder::max_download_size)
+    /// bytes are accepted ([`Client::download_limited`] sets another
+    /// limit), and a server that sends nothing for the client's idle
+    /// timeout is given up on.
+    ///
     /// # Errors
     /// [`ErrorKind::Invalid`] for a URL that is not http(s) or plain HTTP
     /// to a host not allowed; the status error of a failed request;
-    /// transport errors; the sink's error.
+    /// transport errors (a stall among them); [`ErrorKind::Protocol`] for a
+    /// body over the limit (the sink then holds a part, for the caller to
+    /// discard); the sink's error.
     pub async fn download(&self, url: &str, sink: &mut impl BlobSink) -> Result<Download> {
+        self.download_limited(url, sink, self.inner.max_download).await
+    }
+
+    /// [`Client::download`] accepting at most `max` bytes.
+    ///
+    /// # Errors
+    /// As [`Client::download`].
+    pub async fn download_limited(&self, url: &str, sink: &mut impl BlobSink, max: u64) -> Result<Download> {
         let mut current = Url::parse(url)
             .map_err(|_| Error::new(ErrorKind::Invalid, format!("invalid URL {:?}", redact_str(url))))?;
         match current.scheme() {
@@ -58,11 +73,18 @@ impl Client {
             resp = check(resp, &what).await?;
             let last_modified =
                 resp.headers().get(LAST_MODIFIED).and_then(|v| v.to_str().ok()).and_then(crate::client::httpdate_parse);
+            let too_big = || Error::new(ErrorKind::Protocol, format!("{what}: the file is over the {max}-byte limit"));
+            if resp.content_length().is_some_and(|n| n > max) {
+                return Err(too_big());
+            }
             let mut hasher = Hasher::sha256();
             let mut size = 0u64;
             while let Some(chunk) = resp.chunk().await.map_err(|e| Error::transport(what.clone(), &e))? {
-                hasher.update(&chunk);
                 size += chunk.len() as u64;
+                if size > max {
+                    return Err(too_big());
+                }
+                hasher.update(&chunk);
                 sink.accept(chunk).await?;
             }
             return Ok(Download { url: redact(&current), size, digest: hasher.finish(), last_modified });

@@ -31,6 +31,9 @@ pub enum ErrorKind {
     Invalid,
     /// The registry failed (5xx).
     Server,
+    /// The credential source could not answer (a `docker-credential-*`
+    /// helper failed, hung or printed junk).
+    Credentials,
 }
 
 /// One entry of the registry's error envelope (`{"errors":[{code,message}]}`).
@@ -79,6 +82,13 @@ impl Error {
     pub(crate) fn transport(context: impl Into<String>, e: &reqwest::Error) -> Self {
         // reqwest's Display can include the URL; ours never carries credentials
         // (they travel in headers), so it is safe to keep as text.
+        let mut context = context.into();
+        if e.is_timeout() {
+            // the connect or idle timeout: say so, not "error decoding the body"
+            context.push_str(": timed out (nothing arrived within the client's timeout)");
+        } else if e.is_connect() {
+            context.push_str(": cannot connect");
+        }
         Error::new(ErrorKind::Transport, context).with_source(SourceText(strip_url_userinfo(&format!("{e}"))))
     }
 

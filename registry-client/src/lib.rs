@@ -25,9 +25,9 @@ mod progress;
 mod tls;
 mod transfer;
 
-pub use auth::{Anonymous, Credential, CredentialProvider, StaticCredentials};
-pub use client::{Client, ClientBuilder, Repo, RetryPolicy};
-pub use config::{AuthFileError, DockerConfig};
+pub use auth::{Anonymous, Credential, CredentialError, CredentialProvider, StaticCredentials};
+pub use client::{Client, ClientBuilder, DEFAULT_MAX_DOWNLOAD, Repo, RetryPolicy};
+pub use config::{AuthFileError, DEFAULT_HELPER_TIMEOUT, DockerConfig};
 pub use download::Download;
 pub use error::{Error, ErrorCode, ErrorKind, Result};
 pub use ops::{

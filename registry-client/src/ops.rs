@@ -159,7 +159,7 @@ pub(crate) fn source_body(
     offset: u64,
     len: u64,
     on_bytes: Option<Arc<dyn Fn(u64) + Send + Sync>>,
-) -> reqwest::Body {
+) -> crate::client::BodyStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
         let run = || -> io::Result<()> {
@@ -190,8 +190,7 @@ pub(crate) fn source_body(
             let _ = tx.blocking_send(Err(e));
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    reqwest::Body::wrap_stream(stream)
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
 }
 
 /// A request body that re-opens `source` for every attempt and streams its

@@ -5,11 +5,11 @@
 //! before [`Build::build`](super::Build::build) returns
 //! [`BuildError::Cancelled`](super::BuildError::Cancelled).
 //!
-//! Dropping the build future instead cancels the same way (its drop only
-//! sets the flag, no I/O): the build's blocking tasks, still running on the
-//! runtime's blocking pool, notice and clean up after themselves, in the
-//! background. Whatever a process that exits (or is killed) leaves is
-//! reclaimed by the next build on the same cache.
+//! Dropping the build future instead cancels the same way: its drop only
+//! sets the flag and hands the clean-up to a background reaper, a blocking
+//! task on the runtime that waits for the build's own tasks to stop, then
+//! removes the build's scratch state. Whatever a process that exits (or is
+//! killed) first leaves is reclaimed by the next build on the same cache.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -71,16 +71,6 @@ impl Cancel {
     }
 }
 
-/// Cancels its handle when dropped (only a flag: no I/O in `Drop`).
-#[derive(Debug)]
-pub(crate) struct CancelOnDrop(pub Cancel);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,8 +87,5 @@ mod tests {
         assert!(c.is_cancelled());
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(c.cancelled());
-        let d = Cancel::new();
-        drop(CancelOnDrop(d.clone()));
-        assert!(d.is_cancelled());
     }
 }

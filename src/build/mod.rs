@@ -188,6 +188,14 @@ pub enum BuildError {
         /// The path.
         path: PathBuf,
     },
+    /// A Dockerfile or ignore file over [`MAX_DOCKERFILE_SIZE`].
+    #[error("{path}: larger than {limit} bytes, the most kiln reads as a Dockerfile")]
+    TooLarge {
+        /// The path.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
     /// The Dockerfile names a host path (`oci:DIR`, a `file://` git
     /// repository), which only the invoker may.
     #[error(
@@ -329,6 +337,29 @@ impl Built {
         let mut all = vec![self.config.clone(), self.manifest.clone()];
         all.extend(self.layers.iter().cloned());
         all
+    }
+}
+
+/// The background reaper of a build whose future was dropped: its drop sets
+/// the build's cancellation flag and hands the clean-up to a blocking task
+/// on the runtime (no I/O in `Drop` itself). That task waits until the
+/// build's own tasks, which stop at the flag, have let go of the build,
+/// then removes its scratch state. When the process exits first, the next
+/// build on the same cache reclaims what is left.
+struct Reaper(Option<Arc<Ctx>>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Some(ctx) = self.0.take() else { return };
+        ctx.cancel.cancel();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || {
+                while Arc::strong_count(&ctx) > 1 {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                ctx.store.finish();
+            });
+        }
     }
 }
 
@@ -640,9 +671,9 @@ impl Build {
     async fn build_once(self) -> Result<Built, BuildError> {
         let user = self.cancel.clone().unwrap_or_default();
         let ctx = Arc::new(self.prepare()?);
-        // dropping this future cancels the build's own handle (a flag, no
-        // I/O): its blocking tasks stop and clean up in the background
-        let _on_drop = cancel::CancelOnDrop(ctx.cancel.clone());
+        // dropping this future cancels the build and hands its clean-up to
+        // the background reaper (see `Reaper`)
+        let mut reaper = Reaper(Some(Arc::clone(&ctx)));
         let forward = {
             let (user, own) = (user.clone(), ctx.cancel.clone());
             tokio::spawn(async move {
@@ -652,6 +683,7 @@ impl Build {
         };
         let result = Arc::clone(&ctx).run_build().await;
         forward.abort();
+        reaper.0 = None;
         let ctx2 = Arc::clone(&ctx);
         let problems = tokio::task::spawn_blocking(move || ctx2.store.finish())
             .await
@@ -708,6 +740,10 @@ impl Build {
         for key in self.contexts.keys() {
             opts = opts.named_context(key.clone());
         }
+        // one budget for every variable expansion of the build, the plan's
+        // and the steps': a hostile Dockerfile runs out of it, not of memory
+        let budget = dockerfile_parse::shell::Budget::for_build();
+        opts.budget = Some(budget.clone());
         let plan = dockerfile_parse::stages::plan(&df, &opts)
             .map_err(|e| BuildError::Plan { dockerfile: dockerfile_name.clone(), source: Box::new(e) })?;
         let ignore = read_ignore(&context, &dockerfile_path, self.dockerfile.is_none())?;
@@ -764,7 +800,7 @@ impl Build {
             no_cache: self.no_cache,
             ignore,
             named,
-            lexer: Lexer::new(df.directives.escape),
+            lexer: Lexer::new(df.directives.escape).with_budget(budget),
             secrets,
             overlay,
             plan,
@@ -823,17 +859,32 @@ fn read_inside(root: &Path, file: &Path) -> Result<Option<String>, BuildError> {
     read_regular(&resolved).map(Some)
 }
 
+/// The largest Dockerfile (or `.dockerignore`) kiln reads: 16 MiB, some
+/// twenty times the largest real Dockerfiles seen in public corpora, and
+/// small enough to hold and parse without a second thought.
+pub const MAX_DOCKERFILE_SIZE: u64 = 16 << 20;
+
 /// Reads a regular file as text, refusing anything else (a FIFO would
-/// block, a device would never end).
+/// block, a device would never end) and anything over
+/// [`MAX_DOCKERFILE_SIZE`]. The file is opened without blocking, so a FIFO
+/// is refused rather than waited on.
 fn read_regular(path: &Path) -> Result<String, BuildError> {
     use std::io::Read as _;
-    let mut f = std::fs::File::open(path).map_err(BuildError::io("open", path))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
+        .open(path)
+        .map_err(BuildError::io("open", path))?;
     let meta = f.metadata().map_err(BuildError::io("inspect", path))?;
     if !meta.is_file() {
         return Err(BuildError::NotAFile { path: path.to_owned() });
     }
     let mut text = String::new();
-    f.read_to_string(&mut text).map_err(BuildError::io("read", path))?;
+    f.take(MAX_DOCKERFILE_SIZE + 1).read_to_string(&mut text).map_err(BuildError::io("read", path))?;
+    if text.len() as u64 > MAX_DOCKERFILE_SIZE {
+        return Err(BuildError::TooLarge { path: path.to_owned(), limit: MAX_DOCKERFILE_SIZE });
+    }
     Ok(text)
 }
 
@@ -1264,7 +1315,7 @@ impl Ctx {
         line: usize,
     ) -> Result<(), BuildError> {
         let vars = Self::vars(st);
-        let (cmd, _) = command.expand(self.lexer, &vars).map_err(|e| BuildError::Expand(Box::new(e)))?;
+        let (cmd, _) = command.expand(&self.lexer, &vars).map_err(|e| BuildError::Expand(Box::new(e)))?;
         let created_by = instr::created_by(original);
         let key_text = format!("{created_by}\n{cmd:?}");
         let stage_index = st.index;
@@ -1645,7 +1696,7 @@ impl Ctx {
             checksum: None,
             keep_git_dir: false,
             unpack: None,
-            lexer: self.lexer,
+            lexer: self.lexer.clone(),
             vars: &vars,
             fetch: &fetch,
         };
@@ -1879,7 +1930,7 @@ impl Ctx {
             checksum: c.checksum.as_deref(),
             keep_git_dir: c.keep_git_dir,
             unpack: c.unpack,
-            lexer: self.lexer,
+            lexer: self.lexer.clone(),
             vars: &vars,
             fetch: &fetch,
         };
@@ -2005,20 +2056,33 @@ impl Ctx {
         }
         let mut mounts = Vec::new();
         let mut mount_stubs = Vec::new();
+        let mut parents: Vec<rootfs::Parent> = Vec::new();
         let mut held_views = Vec::new();
         for m in &run.mounts {
+            if let Some((name, value)) = self.secret_env(m)? {
+                instr::set_env(&mut env, &name, &value);
+                if m.target.is_none() {
+                    // env= alone: no file
+                    continue;
+                }
+            }
             let (pm, view) = self.run_mount(st, m, &cwd)?;
-            // every directory runc will create for the mount point, top down
+            // every directory runc will create for the mount point, top
+            // down, and those above it as they are now
             let mut prefix = String::new();
             for part in pm.destination.split('/').filter(|p| !p.is_empty()) {
                 prefix.push('/');
                 prefix.push_str(part);
                 let Some(path) = files::inside(&merged, &prefix) else { break };
-                if std::fs::symlink_metadata(&path).is_err()
-                    && let Ok(rel) = path.strip_prefix(&merged)
-                    && !mount_stubs.iter().any(|s: &PathBuf| s == rel)
+                let Ok(rel) = path.strip_prefix(&merged) else { break };
+                if std::fs::symlink_metadata(&path).is_err() {
+                    if !mount_stubs.iter().any(|s: &PathBuf| s == rel) {
+                        mount_stubs.push(rel.to_owned());
+                    }
+                } else if prefix != pm.destination
+                    && let Some(p) = rootfs::Parent::read(&merged, rel)
                 {
-                    mount_stubs.push(rel.to_owned());
+                    parents.push(p);
                 }
             }
             mounts.push(pm);
@@ -2053,6 +2117,8 @@ impl Ctx {
         for p in mount_stubs.iter().rev().chain(stubs.iter()) {
             rootfs::remove_stub(stub_root, p);
         }
+        // and the directories above them are what they were
+        rootfs::restore_parents(stub_root, &parents, stub_root == &upper);
         if exit.code != 0 {
             return Err(BuildError::RunFailed { code: exit.code, output: exit.output });
         }
@@ -2083,6 +2149,43 @@ impl Ctx {
             }
         }
         Ok(layer)
+    }
+
+    /// `RUN --mount=type=secret,env=NAME`: `NAME` and the secret's value
+    /// (`None` for other mounts, and for an optional secret not given).
+    fn secret_env(&self, m: &dockerfile_parse::command::Mount) -> Result<Option<(String, String)>, BuildError> {
+        use dockerfile_parse::command::MountType;
+        let (MountType::Secret, Some(name)) = (&m.kind, &m.env) else { return Ok(None) };
+        let id = Self::secret_id(m);
+        let Some(file) = self.secrets.get(&id) else {
+            return if m.required {
+                Err(BuildError::Flag {
+                    flag: "--mount",
+                    value: format!("type=secret,id={id}"),
+                    reason: "secret not given to the build",
+                })
+            } else {
+                Ok(None)
+            };
+        };
+        // an environment variable: a small value, read whole
+        let mut value = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(
+                std::fs::File::open(file).map_err(BuildError::io("open the secret", file))?,
+                1 << 20,
+            ),
+            &mut value,
+        )
+        .map_err(BuildError::io("read the secret", file))?;
+        Ok(Some((name.clone(), value)))
+    }
+
+    /// A secret mount's id: `id=`, else the target's last component.
+    fn secret_id(m: &dockerfile_parse::command::Mount) -> String {
+        m.id.clone()
+            .or_else(|| m.target.as_deref().and_then(|t| t.rsplit('/').next()).map(str::to_owned))
+            .unwrap_or_default()
     }
 
     /// One `RUN --mount`: what to mount and any view that must stay mounted meanwhile.
@@ -2163,10 +2266,7 @@ impl Ctx {
                 Ok((ProcessMount { destination: dest, kind: MountKind::Tmpfs { size } }, None))
             }
             MountType::Secret => {
-                let id =
-                    m.id.clone()
-                        .or_else(|| m.target.as_deref().and_then(|t| t.rsplit('/').next()).map(str::to_owned))
-                        .unwrap_or_default();
+                let id = Self::secret_id(m);
                 let dest = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
                 match self.secrets.get(&id) {
                     Some(file) => Ok((

@@ -97,14 +97,12 @@ pub(crate) fn overlay_available(scratch: &Path) -> bool {
     })
 }
 
-/// Removes the mount point `rel` that the runtime made under `root` for a
-/// `RUN`, if it is still what the runtime made: an empty directory or an
-/// empty regular file. Every component is opened relative to the one
-/// before without following symlinks, so a path the container changed (a
-/// parent swapped for a symlink to a host directory) is left alone rather
-/// than followed out of `root`.
-pub(crate) fn remove_stub(root: &Path, rel: &Path) {
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+/// Opens the directory holding `rel` under `root`, component by component
+/// without following symlinks: the directory and the last name. `None`
+/// when a component is missing, not a directory, or a symlink (a path the
+/// container changed is never followed out of `root`).
+fn open_parent(root: &Path, rel: &Path) -> Option<(rustix::fd::OwnedFd, std::ffi::OsString)> {
+    use rustix::fs::{Mode, OFlags};
     let parts: Vec<&std::ffi::OsStr> = rel
         .components()
         .filter_map(|c| match c {
@@ -112,26 +110,94 @@ pub(crate) fn remove_stub(root: &Path, rel: &Path) {
             _ => None,
         })
         .collect();
-    let Some((last, parents)) = parts.split_last() else { return };
+    let (last, parents) = parts.split_last()?;
     let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
-    let Ok(mut dir) = rustix::fs::open(root, flags, Mode::empty()) else { return };
+    let mut dir = rustix::fs::open(root, flags, Mode::empty()).ok()?;
     for p in parents {
-        match rustix::fs::openat(&dir, *p, flags, Mode::empty()) {
-            Ok(d) => dir = d,
-            // gone, not a directory, or a symlink: not the runtime's any more
-            Err(_) => return,
-        }
+        dir = rustix::fs::openat(&dir, *p, flags, Mode::empty()).ok()?;
     }
-    let Ok(st) = rustix::fs::statat(&dir, *last, AtFlags::SYMLINK_NOFOLLOW) else { return };
+    Some((dir, (*last).to_owned()))
+}
+
+/// Removes the mount point `rel` that the runtime made under `root` for a
+/// `RUN`, if it is still what the runtime made: an empty directory or an
+/// empty regular file. Every component is opened relative to the one
+/// before without following symlinks, so a path the container changed (a
+/// parent swapped for a symlink to a host directory) is left alone rather
+/// than followed out of `root`.
+pub(crate) fn remove_stub(root: &Path, rel: &Path) {
+    use rustix::fs::{AtFlags, FileType};
+    let Some((dir, last)) = open_parent(root, rel) else { return };
+    let Ok(st) = rustix::fs::statat(&dir, &last, AtFlags::SYMLINK_NOFOLLOW) else { return };
     match FileType::from_raw_mode(st.st_mode) {
         // fails when not empty: then the command put something there
         FileType::Directory => {
-            let _ = rustix::fs::unlinkat(&dir, *last, AtFlags::REMOVEDIR);
+            let _ = rustix::fs::unlinkat(&dir, &last, AtFlags::REMOVEDIR);
         }
         FileType::RegularFile if st.st_size == 0 => {
-            let _ = rustix::fs::unlinkat(&dir, *last, AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&dir, &last, AtFlags::empty());
         }
         _ => {}
+    }
+}
+
+/// A directory above a mount point, as it was before the `RUN`.
+#[derive(Debug, Clone)]
+pub(crate) struct Parent {
+    rel: PathBuf,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    atime: rustix::fs::Timespec,
+    mtime: rustix::fs::Timespec,
+}
+
+impl Parent {
+    /// `rel` under `root` as it is now, when it is a directory.
+    pub(crate) fn read(root: &Path, rel: &Path) -> Option<Parent> {
+        let (dir, last) = open_parent(root, rel)?;
+        let st = rustix::fs::statat(&dir, &last, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory).then(|| Parent {
+            rel: rel.to_owned(),
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            atime: rustix::fs::Timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec.cast_signed() },
+            mtime: rustix::fs::Timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec.cast_signed() },
+        })
+    }
+}
+
+/// Makes the directories above the mount points of a `RUN` what they were
+/// before it, when the command left them alone (same mode and owner, and
+/// nothing in them the command made), so that no mount point leaves a
+/// trace in the layer. On an overlay's upper directory (`upper`), a parent
+/// the runtime's `mkdir` copied up is dropped again (unless opaque: the
+/// command re-created it); on a flattened tree, its times are put back.
+/// Paths are opened without following symlinks, as in [`remove_stub`].
+pub(crate) fn restore_parents(root: &Path, parents: &[Parent], upper: bool) {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let mut deepest_first: Vec<&Parent> = parents.iter().collect();
+    deepest_first.sort_by_key(|p| std::cmp::Reverse(p.rel.components().count()));
+    for p in deepest_first {
+        let Some(now) = Parent::read(root, &p.rel) else { continue };
+        if (now.mode, now.uid, now.gid) != (p.mode, p.uid, p.gid) {
+            continue;
+        }
+        let Some((dir, last)) = open_parent(root, &p.rel) else { continue };
+        if upper {
+            let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
+            let Ok(fd) = rustix::fs::openat(&dir, &last, flags, Mode::empty()) else { continue };
+            let mut buf = [0u8; 8];
+            if rustix::fs::fgetxattr(&fd, "trusted.overlay.opaque", &mut buf).is_ok() {
+                continue;
+            }
+            // fails when not empty: then the command changed something in it
+            let _ = rustix::fs::unlinkat(&dir, &last, AtFlags::REMOVEDIR);
+        } else {
+            let times = rustix::fs::Timestamps { last_access: p.atime, last_modification: p.mtime };
+            let _ = rustix::fs::utimensat(&dir, &last, &times, AtFlags::SYMLINK_NOFOLLOW);
+        }
     }
 }
 

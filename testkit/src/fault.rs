@@ -67,6 +67,17 @@ pub enum Fault {
     /// Forward, then add a `Link: <...>; rel="next"` to the same path with a
     /// new query every time (pagination that never ends).
     EndlessLink,
+    /// Read the request, then answer nothing: the connection stays open,
+    /// silent (a registry that froze), until the client hangs up or a
+    /// minute passes.
+    StallResponse,
+    /// Forward, send the answer's head and half its body, then nothing more
+    /// (a transfer that froze halfway).
+    StallBody,
+    /// Read the request's head, then stop reading its body: an upload
+    /// stalls once the socket's buffers are full (a registry frozen
+    /// mid-push).
+    StallRequestBody,
 }
 
 impl Fault {
@@ -263,11 +274,49 @@ fn choose(head: &Head, sh: &Shared) -> io::Result<Option<Fault>> {
     Ok(f)
 }
 
+/// Keeps a stalled connection open (sending nothing) until the client
+/// hangs up, or a minute passes; reads and discards what the client still
+/// sends unless `read` is false.
+fn hold(conn: &mut (impl Read + ?Sized), stream: &TcpStream, read: bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(100)));
+    let mut buf = vec![0u8; 64 * 1024];
+    while std::time::Instant::now() < deadline {
+        if !read {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            // a client that gave up closed its end: peek sees the end
+            let mut one = [0u8; 1];
+            if matches!(stream.peek(&mut one), Ok(0)) {
+                return;
+            }
+            continue;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 fn handle(client: TcpStream, sh: &Shared) -> io::Result<()> {
     let mut client_r = BufReader::new(client.try_clone()?);
     let mut client_w = client;
     let Some(head) = read_head(&mut client_r)? else { return Ok(()) };
     let fault = choose(&head, sh)?;
+    match fault {
+        Some(Fault::StallRequestBody) => {
+            hold(&mut client_r, &client_w, false);
+            return Ok(());
+        }
+        Some(Fault::StallResponse) => {
+            copy_body(&mut client_r, &mut io::sink(), &head, None)?;
+            hold(&mut client_r, &client_w, true);
+            return Ok(());
+        }
+        _ => {}
+    }
     if let Some(
         Fault::Status500 | Fault::Status503 | Fault::TooManyRequests | Fault::Unauthorized | Fault::ExpiredToken,
     ) = fault
@@ -331,6 +380,14 @@ fn handle(client: TcpStream, sh: &Shared) -> io::Result<()> {
         let half = resp.content_length.map_or(1024, |l| l / 2);
         io::copy(&mut up_r.take(half), &mut client_w)?;
         let _ = client_w.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    if fault == Some(Fault::StallBody) {
+        let half = resp.content_length.map_or(1024, |l| l / 2);
+        io::copy(&mut (&mut up_r).take(half), &mut client_w)?;
+        client_w.flush()?;
+        let stream = client_w.try_clone()?;
+        hold(&mut client_r, &stream, true);
         return Ok(());
     }
     io::copy(&mut up_r, &mut client_w)?;

@@ -257,7 +257,7 @@ pub async fn build_rootfs(ctx: &Path, tmp: &Path, base: Option<&Base>) -> PathBu
 }
 
 /// Runs a build expected to fail and returns its error; checks the output was not written.
-async fn failing(dockerfile: &str, files: &[(&str, &str)]) -> BuildError {
+pub async fn failing(dockerfile: &str, files: &[(&str, &str)]) -> BuildError {
     failing_with(dockerfile, files, |b| b).await
 }
 

@@ -13,6 +13,7 @@ mod hostile;
 mod outputs;
 mod promote;
 mod safety;
+mod stops;
 
 use std::fs;
 use std::path::Path;

@@ -202,3 +202,59 @@ async fn through_a_proxy_both_https_tunnels_and_plain_http() {
     c.push_blob(&repo, &desc, Arc::new(BytesSource(Bytes::from(data))), None).await.unwrap();
     assert!(proxy.forwarded() >= 3, "HEAD, POST and PUT were forwarded: {}", proxy.forwarded());
 }
+
+/// A `docker-credential-<name>` script in `dir`.
+fn helper(dir: &std::path::Path, name: &str, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(format!("docker-credential-{name}"));
+    std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test]
+async fn credential_helpers_that_hang_fail_or_print_junk_are_errors_not_anonymous_access() {
+    let Some(reg) = secured() else { return };
+    let Some(_) = testkit::tool("docker-registry") else { return };
+    let open = Registry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    helper(dir.path(), "hangs", "sleep 60");
+    helper(dir.path(), "fails", "echo 'the keychain is locked' >&2; exit 1");
+    helper(dir.path(), "junk", "echo '<html>surprise</html>'");
+    let repo = Repo { registry: reg.host(), path: "kiln/helped".into() };
+    let timeout = std::time::Duration::from_millis(800);
+    for (name, expect) in
+        [("hangs", "gave no answer within"), ("fails", "the keychain is locked"), ("junk", "not a credential")]
+    {
+        // the helper named for this registry, and a credsStore for every registry
+        std::fs::write(
+            dir.path().join("config.json"),
+            format!(r#"{{"credHelpers": {{"{}": "{name}"}}, "credsStore": "hangs"}}"#, reg.host()),
+        )
+        .unwrap();
+        let config = DockerConfig::from_paths(&[dir.path().join("config.json")])
+            .unwrap()
+            .with_helper_dirs(vec![dir.path().to_owned()])
+            .with_helper_timeout(timeout);
+        let c = Client::builder().credentials(config).build().unwrap();
+        let started = std::time::Instant::now();
+        let e = c.ping(&repo).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Credentials, "{name}: {e}");
+        let text = format!("{e}: {}", std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default());
+        assert!(text.contains(&format!("docker-credential-{name}")) && text.contains(expect), "{name}: {text}");
+        assert!(!text.contains("<html>"), "{name}: the helper's answer was quoted: {text}");
+        assert!(started.elapsed() < timeout * 4, "{name}: took {:?}", started.elapsed());
+        // a registry that asks for no credentials never runs the (hanging) store
+        let data = noise(5, 1000);
+        let desc = Descriptor::of_bytes(MediaType::OciLayer, &data);
+        let started = std::time::Instant::now();
+        c.push_blob(
+            &Repo { registry: open.host(), path: "kiln/open".into() },
+            &desc,
+            Arc::new(BytesSource(Bytes::from(data))),
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(started.elapsed() < timeout, "{name}: a registry without auth waited for a helper");
+    }
+}

@@ -450,3 +450,46 @@ async fn a_local_blob_that_is_not_its_digest_is_never_uploaded_in_any_mode() {
         assert_eq!(c.head_manifest(&by_digest).await.unwrap(), None, "{mode}: the manifest was pushed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_registry_ends_in_a_clear_error_within_the_idle_timeout() {
+    let Some(s) = Setup::start().await else { return };
+    let idle = Duration::from_secs(1);
+    let c = Client::builder().retry(quick()).idle_timeout(idle).build().unwrap();
+    // quick() tries 3 times, each ending after `idle` without progress
+    let bound = idle * 3 + Duration::from_secs(4);
+
+    // an answer that never comes
+    s.aim(Fault::StallResponse, "GET /v2/kiln/hostile/manifests/v1");
+    let started = Instant::now();
+    let e = c.get_manifest(&s.via_proxy("v1")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Transport, "{e}");
+    assert!(started.elapsed() < bound, "a stalled answer took {:?}", started.elapsed());
+
+    // a body that stops halfway
+    s.aim(Fault::StallBody, "GET /v2/kiln/hostile/blobs/");
+    let layout = s.layout("stalled-pull");
+    let started = Instant::now();
+    let e = c.pull_to_layout(&s.via_proxy("v1"), &layout, None, None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Transport, "{e}");
+    assert!(started.elapsed() < bound * 2, "a stalled body took {:?}", started.elapsed());
+    assert_untouched(&layout, "stalled body");
+
+    // a registry that stops taking an upload: 32 MiB, more than the
+    // sockets buffer, so the client's writes stall
+    s.aim(Fault::StallRequestBody, "PUT /v2/kiln/stalled-push/blobs/uploads/");
+    let src = s.layout("big");
+    let big = image(&src, "v1", 301, &[32 << 20], "linux/amd64");
+    let target: Reference = format!("{}/kiln/stalled-push:v1", s.proxy.host()).parse().unwrap();
+    let started = Instant::now();
+    let e = c.push_from_layout(&src, &big, &target, None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Transport, "{e}");
+    assert!(e.to_string().contains("no progress"), "{e}");
+    assert!(started.elapsed() < bound, "a stalled upload took {:?}", started.elapsed());
+    s.calm();
+    let by_digest: Reference = format!("{}/kiln/stalled-push@{}", s.reg.host(), big.digest).parse().unwrap();
+    assert_eq!(client().head_manifest(&by_digest).await.unwrap(), None);
+    // and bytes that keep moving are no stall, however long they take
+    let slow = Client::builder().idle_timeout(idle).build().unwrap();
+    slow.push_from_layout(&src, &big, &target, None).await.unwrap();
+}
