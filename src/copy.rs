@@ -208,6 +208,20 @@ pub(crate) fn write_archive(
     name: Option<&Reference>,
     overwrite: bool,
 ) -> Result<Digest, CopyError> {
+    write_archive_unless(layout, desc, file, name, overwrite, &|| false)
+        .and_then(|d| d.ok_or(CopyError::Temp(std::io::Error::from(std::io::ErrorKind::Interrupted))))
+}
+
+/// [`write_archive`], abandoned (nothing written) when `stop` says so
+/// before the file is put in place: `None` then.
+pub(crate) fn write_archive_unless(
+    layout: &Layout,
+    desc: &Descriptor,
+    file: &std::path::Path,
+    name: Option<&Reference>,
+    overwrite: bool,
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<Digest>, CopyError> {
     if !overwrite && std::fs::symlink_metadata(file).is_ok() {
         return Err(oci_image::ArchiveError::Exists { path: file.to_owned() }.into());
     }
@@ -227,12 +241,15 @@ pub(crate) fn write_archive(
     let tags: Vec<Reference> = name.into_iter().cloned().collect();
     let mut w = PendingArchive::create(file)?;
     w.add_image(manifest.value(), &config, &tags, |d| layout.open_blob(&d.digest).map_err(std::io::Error::other))?;
+    if stop() {
+        return Ok(None);
+    }
     if overwrite {
         w.commit(file)?;
     } else {
         w.commit_new(file)?;
     }
-    Ok(manifest.digest().clone())
+    Ok(Some(manifest.digest().clone()))
 }
 
 fn report(digest: Digest, uploaded: usize, mounted: usize, skipped: usize) -> CopyReport {

@@ -2322,7 +2322,11 @@ impl Ctx {
     async fn write_outputs(&self, built: &Built) -> Result<(), BuildError> {
         let tags: Vec<Reference> =
             if self.tags.is_empty() { default_name(&self.context).into_iter().collect() } else { self.tags.clone() };
+        let cancelled = || BuildError::Cancelled { problems: Vec::new() };
         for out in &self.outputs {
+            if self.cancel.is_cancelled() {
+                return Err(cancelled());
+            }
             let target = match out {
                 Output::Layout(d) => format!("oci:{}", d.display()),
                 Output::DockerArchive(f) => format!("docker-archive:{}", f.display()),
@@ -2336,10 +2340,15 @@ impl Ctx {
                     let dir = dir.clone();
                     let built = built.clone();
                     let tags = tags.clone();
-                    tokio::task::spawn_blocking(move || write_layout(&store, &built, &dir, &tags))
-                        .await
-                        .map_err(|e| BuildError::Task(e.to_string()))?
-                        .map_err(fail)?;
+                    let cancel = self.cancel.clone();
+                    let written =
+                        tokio::task::spawn_blocking(move || write_layout(&store, &built, &dir, &tags, &cancel))
+                            .await
+                            .map_err(|e| BuildError::Task(e.to_string()))?
+                            .map_err(fail)?;
+                    if !written {
+                        return Err(cancelled());
+                    }
                 }
                 Output::DockerArchive(file) => {
                     let store = self.store.layout.clone();
@@ -2347,21 +2356,28 @@ impl Ctx {
                     let desc = built.manifest.clone();
                     let name = tags.first().cloned();
                     let overwrite = self.overwrite;
-                    tokio::task::spawn_blocking(move || {
-                        crate::copy::write_archive(&store, &desc, &file, name.as_ref(), overwrite)
+                    let cancel = self.cancel.clone();
+                    let written = tokio::task::spawn_blocking(move || {
+                        crate::copy::write_archive_unless(&store, &desc, &file, name.as_ref(), overwrite, &|| {
+                            cancel.is_cancelled()
+                        })
                     })
                     .await
                     .map_err(|e| BuildError::Task(e.to_string()))?
                     .map_err(fail)?;
+                    if written.is_none() {
+                        return Err(cancelled());
+                    }
                 }
                 Output::Registry => {
                     for t in &self.tags {
                         // base layers already in the target registry are mounted, not uploaded
                         let mount_from = built.base_repo.as_ref().filter(|r| r.registry == Repo::of(t).registry);
-                        self.client
-                            .push_from_layout(&self.store.layout, &built.manifest, t, mount_from)
-                            .await
-                            .map_err(|e| fail(e.into()))?;
+                        let push = self.client.push_from_layout(&self.store.layout, &built.manifest, t, mount_from);
+                        tokio::select! {
+                            r = push => { r.map_err(|e| fail(e.into()))?; }
+                            () = self.cancel.cancelled() => return Err(cancelled()),
+                        }
                     }
                 }
             }
@@ -2399,10 +2415,24 @@ fn default_name(context: &Path) -> Option<Reference> {
 /// filled in a temporary directory beside `dir` and renamed into place, so
 /// it appears whole; when another writer makes `dir` first, the image goes
 /// into theirs. Tags are set under the layout's index lock.
-fn write_layout(store: &Layout, built: &Built, dir: &Path, tags: &[Reference]) -> Result<(), crate::CopyError> {
-    let fill = |out: &Layout| -> Result<(), crate::CopyError> {
+/// Returns false, having written no tag and renamed nothing into place,
+/// when `cancel` fires first.
+fn write_layout(
+    store: &Layout,
+    built: &Built,
+    dir: &Path,
+    tags: &[Reference],
+    cancel: &Cancel,
+) -> Result<bool, crate::CopyError> {
+    let fill = |out: &Layout| -> Result<bool, crate::CopyError> {
         for d in built.blobs() {
+            if cancel.is_cancelled() {
+                return Ok(false);
+            }
             store.copy_blob_to(&d, out)?;
+        }
+        if cancel.is_cancelled() {
+            return Ok(false);
         }
         for t in tags {
             match t.tag() {
@@ -2410,20 +2440,36 @@ fn write_layout(store: &Layout, built: &Built, dir: &Path, tags: &[Reference]) -
                 None => out.add_manifest(built.manifest.clone())?,
             }
         }
-        Ok(())
+        Ok(true)
     };
     let exists = std::fs::symlink_metadata(dir).is_ok();
     if exists && !std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
-        // an existing layout (or something that is not one: refused)
-        return fill(&Layout::create(dir)?);
+        // an existing layout (or something that is not one: refused); what
+        // writers killed halfway left in it goes first
+        let out = Layout::create(dir)?;
+        out.reclaim()?;
+        return fill(&out);
     }
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
     std::fs::create_dir_all(parent).map_err(crate::CopyError::Temp)?;
-    let tmp = tempfile::Builder::new().prefix(".kiln-out-").tempdir_in(parent).map_err(crate::CopyError::Temp)?;
+    // staging directories of writers killed halfway; ours is locked while
+    // it is filled, so that nobody takes it for one of those
+    oci_image::reclaim_stale(parent, ".kiln-out-").map_err(crate::CopyError::Temp)?;
+    let (tmp, _held) = loop {
+        let tmp = tempfile::Builder::new().prefix(".kiln-out-").tempdir_in(parent).map_err(crate::CopyError::Temp)?;
+        if let Ok(held) = std::fs::File::open(tmp.path())
+            && rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+            && tmp.path().exists()
+        {
+            break (tmp, held);
+        }
+    };
     let staged = tmp.path().join("layout");
-    fill(&Layout::create(&staged)?)?;
+    if !fill(&Layout::create(&staged)?)? {
+        return Ok(false);
+    }
     match std::fs::rename(&staged, dir) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         // another writer made it meanwhile: add the image to theirs
         Err(_) if Layout::open(dir).is_ok() => fill(&Layout::open(dir)?),
         Err(e) => Err(crate::CopyError::Temp(e)),

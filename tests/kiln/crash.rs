@@ -166,8 +166,9 @@ fn a_killed_build_leaves_nothing_running_and_the_next_build_reclaims_the_rest() 
         "FROM kiln-base\nCOPY big /big\nRUN --mount=type=bind,source=nap,target=/nap sleep $(cat /nap)\n",
     );
     write(&scene.ctx.join("nap"), "0");
-    let noise: Vec<u8> = {
-        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    // the big file, by seed: each COPY kill needs a COPY that runs
+    let big = |seed: u64| -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64 ^ seed;
         (0..48 << 20)
             .map(|_| {
                 x ^= x << 13;
@@ -177,13 +178,28 @@ fn a_killed_build_leaves_nothing_running_and_the_next_build_reclaims_the_rest() 
             })
             .collect()
     };
-    fs::write(scene.ctx.join("big"), &noise).unwrap();
-    let clean = {
-        let reference = Scene { cache: work.join("reference-cache"), out: work.join("reference"), ..scene.clone() };
-        let digest = reference.build();
-        fs::remove_dir_all(&reference.out).unwrap();
-        fs::remove_file(&reference.archive).ok();
+    // the digest a clean build of the context as it is gives
+    let reference = |n: usize| -> String {
+        let r = Scene {
+            cache: work.join(format!("reference-cache-{n}")),
+            out: work.join("reference"),
+            archive: work.join("reference.tar"),
+            ..scene.clone()
+        };
+        let digest = r.build();
+        fs::remove_dir_all(&r.out).unwrap();
+        fs::remove_file(&r.archive).ok();
+        fs::remove_dir_all(&r.cache).unwrap();
         digest
+    };
+    let signals = [(rustix::process::Signal::KILL, "SIGKILL"), (rustix::process::Signal::TERM, "SIGTERM")];
+    let stopped = |child: &mut Child, signal: rustix::process::Signal, what: &str| {
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{what}: the killed build succeeded");
+        if signal == rustix::process::Signal::TERM {
+            // stopped in order, then exit 128 + 15
+            assert_eq!(status.code(), Some(143), "{what}: {status}");
+        }
     };
 
     // during a large COPY: its layer is being written into the cache
@@ -195,28 +211,32 @@ fn a_killed_build_leaves_nothing_running_and_the_next_build_reclaims_the_rest() 
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
     };
-    let mut child = scene.kill_when(rustix::process::Signal::KILL, "COPY", &copying);
-    child.wait().unwrap();
-    scene.next_build_is_clean("killed during COPY", &clean, None);
+    let mut previous: Option<String> = None;
+    let mut clean = String::new();
+    for (n, (signal, name)) in signals.into_iter().enumerate() {
+        fs::write(scene.ctx.join("big"), big(n as u64)).unwrap();
+        clean = reference(n);
+        let what = format!("{name} during COPY");
+        let mut child = scene.kill_when(signal, &what, &copying);
+        stopped(&mut child, signal, &what);
+        scene.next_build_is_clean(&what, &clean, previous.as_deref());
+        previous = Some(clean.clone());
+    }
 
-    // during a RUN, with SIGKILL and with SIGTERM
+    // during a RUN
     write(&scene.ctx.join("nap"), MARKER);
-    for (signal, name) in [(rustix::process::Signal::KILL, "SIGKILL"), (rustix::process::Signal::TERM, "SIGTERM")] {
+    for (signal, name) in signals {
+        let what = format!("{name} during RUN");
         let running = || !marked().is_empty();
-        let mut child = scene.kill_when(signal, name, &running);
-        let status = child.wait().unwrap();
-        assert!(!status.success(), "{name}: the killed build succeeded");
-        if signal == rustix::process::Signal::TERM {
-            // stopped in order: its containers killed, then exit 128 + 15
-            assert_eq!(status.code(), Some(143), "{name}: {status}");
-        }
+        let mut child = scene.kill_when(signal, &what, &running);
+        stopped(&mut child, signal, &what);
         let deadline = Instant::now() + Duration::from_secs(5);
         while !marked().is_empty() {
-            assert!(Instant::now() < deadline, "{name}: the RUN outlived the build: {:?}", marked());
+            assert!(Instant::now() < deadline, "{what}: the RUN outlived the build: {:?}", marked());
             std::thread::sleep(Duration::from_millis(50));
         }
         write(&scene.ctx.join("nap"), "0");
-        scene.next_build_is_clean(&format!("killed by {name} during RUN"), &clean, Some(&clean));
+        scene.next_build_is_clean(&what, &clean, Some(&clean));
         write(&scene.ctx.join("nap"), MARKER);
     }
     write(&scene.ctx.join("nap"), "0");
@@ -229,11 +249,14 @@ fn a_killed_build_leaves_nothing_running_and_the_next_build_reclaims_the_rest() 
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-kiln-archive-"))
     };
-    let archive_before = fs::read(&scene.archive).unwrap();
-    let mut child = scene.kill_when(rustix::process::Signal::KILL, "outputs", &staging);
-    child.wait().unwrap();
-    assert_eq!(fs::read(&scene.archive).unwrap(), archive_before, "a killed write changed the archive");
-    scene.next_build_is_clean("killed while writing outputs", &clean, Some(&clean));
+    for (signal, name) in signals {
+        let what = format!("{name} while writing outputs");
+        let archive_before = fs::read(&scene.archive).unwrap();
+        let mut child = scene.kill_when(signal, &what, &staging);
+        stopped(&mut child, signal, &what);
+        assert_eq!(fs::read(&scene.archive).unwrap(), archive_before, "{what}: the archive changed");
+        scene.next_build_is_clean(&what, &clean, Some(&clean));
+    }
 }
 
 impl Clone for Scene {
