@@ -166,41 +166,7 @@ fn a_killed_build_leaves_nothing_running_and_the_next_build_reclaims_the_rest() 
         "FROM kiln-base\nCOPY big /big\nRUN --mount=type=bind,source=nap,target=/nap sleep $(cat /nap)\n",
     );
     write(&scene.ctx.join("nap"), "0");
-    // the big file, by seed: each COPY kill needs a COPY that runs
-    let big = |seed: u64| -> Vec<u8> {
-        let mut x = 0x2545_f491_4f6c_dd1d_u64 ^ seed;
-        (0..48 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x.to_le_bytes()[5]
-            })
-            .collect()
-    };
-    // the digest a clean build of the context as it is gives
-    let reference = |n: usize| -> String {
-        let r = Scene {
-            cache: work.join(format!("reference-cache-{n}")),
-            out: work.join("reference"),
-            archive: work.join("reference.tar"),
-            ..scene.clone()
-        };
-        let digest = r.build();
-        fs::remove_dir_all(&r.out).unwrap();
-        fs::remove_file(&r.archive).ok();
-        fs::remove_dir_all(&r.cache).unwrap();
-        digest
-    };
     let signals = [(rustix::process::Signal::KILL, "SIGKILL"), (rustix::process::Signal::TERM, "SIGTERM")];
-    let stopped = |child: &mut Child, signal: rustix::process::Signal, what: &str| {
-        let status = child.wait().unwrap();
-        assert!(!status.success(), "{what}: the killed build succeeded");
-        if signal == rustix::process::Signal::TERM {
-            // stopped in order, then exit 128 + 15
-            assert_eq!(status.code(), Some(143), "{what}: {status}");
-        }
-    };
 
     // during a large COPY: its layer is being written into the cache
     let blobs = scene.cache.join("oci/blobs");
@@ -215,7 +181,7 @@ fn a_killed_build_leaves_nothing_running_and_the_next_build_reclaims_the_rest() 
     let mut clean = String::new();
     for (n, (signal, name)) in signals.into_iter().enumerate() {
         fs::write(scene.ctx.join("big"), big(n as u64)).unwrap();
-        clean = reference(n);
+        clean = scene.reference(&work, n);
         let what = format!("{name} during COPY");
         let mut child = scene.kill_when(signal, &what, &copying);
         stopped(&mut child, signal, &what);
@@ -256,6 +222,47 @@ fn a_killed_build_leaves_nothing_running_and_the_next_build_reclaims_the_rest() 
         stopped(&mut child, signal, &what);
         assert_eq!(fs::read(&scene.archive).unwrap(), archive_before, "{what}: the archive changed");
         scene.next_build_is_clean(&what, &clean, Some(&clean));
+    }
+}
+
+/// 48 MiB of noise from `seed`: each COPY to kill needs a COPY that runs.
+fn big(seed: u64) -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1d_u64 ^ seed;
+    (0..48 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[5]
+        })
+        .collect()
+}
+
+/// Waits for a killed build: failed, and for `SIGTERM` stopped in order
+/// (exit 128 + 15).
+fn stopped(child: &mut Child, signal: rustix::process::Signal, what: &str) {
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "{what}: the killed build succeeded");
+    if signal == rustix::process::Signal::TERM {
+        assert_eq!(status.code(), Some(143), "{what}: {status}");
+    }
+}
+
+impl Scene {
+    /// The digest a clean build of the context as it is gives (in a cache
+    /// and outputs of its own under `work`, removed after).
+    fn reference(&self, work: &Path, n: usize) -> String {
+        let r = Scene {
+            cache: work.join(format!("reference-cache-{n}")),
+            out: work.join("reference"),
+            archive: work.join("reference.tar"),
+            ..self.clone()
+        };
+        let digest = r.build();
+        fs::remove_dir_all(&r.out).unwrap();
+        fs::remove_file(&r.archive).ok();
+        fs::remove_dir_all(&r.cache).unwrap();
+        digest
     }
 }
 
