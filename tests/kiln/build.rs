@@ -60,6 +60,31 @@ pub fn base_layout(dir: &Path) -> Option<Base> {
     Some(Base { layout })
 }
 
+/// The build example, as `cargo test` builds it beside the test binary
+/// (`None` outside CI when it is not there).
+pub fn example_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("examples/build");
+    if !bin.is_file() {
+        assert!(!testkit::in_ci(), "{} not built (cargo test builds the examples)", bin.display());
+        eprintln!("note: {} not built; skipping", bin.display());
+        return None;
+    }
+    Some(bin)
+}
+
+/// The processes with `arg` as one of their arguments (their command lines).
+pub fn processes_with_arg(arg: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else { continue };
+        if cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
+            out.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
+    out
+}
+
 pub fn client() -> Client {
     Client::builder().build().unwrap()
 }

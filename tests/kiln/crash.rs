@@ -12,32 +12,10 @@ use std::time::{Duration, Instant};
 
 use testkit::tool;
 
-use crate::build::{Base, base_layout, write};
+use crate::build::{Base, base_layout, example_binary, processes_with_arg, write};
 
 /// The marker argument of the `RUN` to kill: no other process has it.
 const MARKER: &str = "31.337";
-
-fn example() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("examples/build");
-    if !bin.is_file() {
-        assert!(!testkit::in_ci(), "{} not built (cargo test builds the examples)", bin.display());
-        return None;
-    }
-    Some(bin)
-}
-
-/// Processes whose command line has `MARKER` as an argument.
-fn marked() -> Vec<String> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else { continue };
-        if cmdline.split(|b| *b == 0).any(|a| a == MARKER.as_bytes()) {
-            out.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
-        }
-    }
-    out
-}
 
 /// Mount points under `dir`.
 fn mounts_under(dir: &Path) -> Vec<String> {
@@ -145,7 +123,7 @@ fn a_killed_build_leaves_nothing_running_and_the_next_build_reclaims_the_rest() 
     if !rustix::process::geteuid().is_root() {
         return;
     }
-    let Some(bin) = example() else { return };
+    let Some(bin) = example_binary() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let Some(base) = base_layout(tmp.path()) else { return };
     let Some(_) = tool("runc") else { return };
@@ -193,12 +171,12 @@ fn a_killed_build_leaves_nothing_running_and_the_next_build_reclaims_the_rest() 
     write(&scene.ctx.join("nap"), MARKER);
     for (signal, name) in signals {
         let what = format!("{name} during RUN");
-        let running = || !marked().is_empty();
+        let running = || !processes_with_arg(MARKER).is_empty();
         let mut child = scene.kill_when(signal, &what, &running);
         stopped(&mut child, signal, &what);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !marked().is_empty() {
-            assert!(Instant::now() < deadline, "{what}: the RUN outlived the build: {:?}", marked());
+        while !processes_with_arg(MARKER).is_empty() {
+            assert!(Instant::now() < deadline, "{what}: the RUN outlived the build: {:?}", processes_with_arg(MARKER));
             std::thread::sleep(Duration::from_millis(50));
         }
         write(&scene.ctx.join("nap"), "0");

@@ -15,7 +15,7 @@ use kiln::build::{Build, BuildContext, BuildError, CacheError, Output};
 use kiln::oci_image::{Compression, Layout};
 use testkit::{TestUser, run, shared_tempdir, test_user, tool, tree_manifest};
 
-use crate::build::{WithBase, base_layout, build, failing_with, inner, umoci_unpack, write};
+use crate::build::{WithBase, base_layout, build, example_binary, failing_with, inner, umoci_unpack, write};
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -71,24 +71,12 @@ async fn a_run_cannot_make_kiln_delete_host_files_through_a_planted_symlink() {
     }
 }
 
-/// The build example, as `cargo test` builds it beside the test binary.
-fn build_example() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("examples/build");
-    if !bin.is_file() {
-        assert!(!testkit::in_ci(), "{} not built (cargo test builds the examples)", bin.display());
-        eprintln!("note: {} not built; skipping", bin.display());
-        return None;
-    }
-    Some(bin)
-}
-
 #[test]
 fn without_home_or_xdg_cache_home_kiln_refuses_rather_than_use_a_shared_directory() {
     if !is_root() {
         return;
     }
-    let (Some(user), Some(bin)) = (test_user(), build_example()) else { return };
+    let (Some(user), Some(bin)) = (test_user(), example_binary()) else { return };
     let shared = shared_tempdir().unwrap();
     // a world-writable temporary directory, where the attacker squats the
     // old fallback location first

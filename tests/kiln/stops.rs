@@ -12,19 +12,9 @@ use std::time::{Duration, Instant};
 use kiln::build::{BuildError, Cancel, ExecError, Output};
 use testkit::{run, shared_tempdir, test_user};
 
-use crate::build::{WithBase, base_layout, build, failing, inner, umoci_unpack, write};
-
-/// Processes with `marker` as an argument.
-fn with_arg(marker: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else { continue };
-        if cmdline.split(|b| *b == 0).any(|a| a == marker.as_bytes()) {
-            out.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
-        }
-    }
-    out
-}
+use crate::build::{
+    WithBase, base_layout, build, example_binary, failing, inner, processes_with_arg, umoci_unpack, write,
+};
 
 async fn until(what: &str, timeout: Duration, check: impl Fn() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -51,14 +41,14 @@ async fn cancelling_a_build_kills_its_run_and_removes_its_state_before_it_return
     let task = tokio::spawn(
         build(&ctx, &cache).with_base(&base).cancel(cancel.clone()).output(Output::Layout(out.clone())).build(),
     );
-    until("the RUN never started", Duration::from_secs(60), || !with_arg("42.4242").is_empty()).await;
+    until("the RUN never started", Duration::from_secs(60), || !processes_with_arg("42.4242").is_empty()).await;
     let asked = Instant::now();
     cancel.cancel();
     let err = task.await.unwrap().unwrap_err();
     assert!(asked.elapsed() < Duration::from_secs(10), "the stop took {:?}", asked.elapsed());
     assert!(matches!(&err, BuildError::Cancelled { problems } if problems.is_empty()), "{err:?}");
     // by the time it returned: no process, no mount, no scratch, no output
-    assert!(with_arg("42.4242").is_empty(), "{:?}", with_arg("42.4242"));
+    assert!(processes_with_arg("42.4242").is_empty(), "{:?}", processes_with_arg("42.4242"));
     assert!(scratch_dirs(&cache).is_empty(), "{:?}", scratch_dirs(&cache));
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&cache.display().to_string()), "a mount under the cache is left");
@@ -73,10 +63,11 @@ async fn a_dropped_build_stops_in_the_background_and_the_next_build_reclaims_the
     write(&ctx.join("Dockerfile"), &format!("FROM {base}\nRUN sleep 43.4343\n"));
     let cache = tmp.path().join("cache");
     let task = tokio::spawn(build(&ctx, &cache).with_base(&base).build());
-    until("the RUN never started", Duration::from_secs(60), || !with_arg("43.4343").is_empty()).await;
+    until("the RUN never started", Duration::from_secs(60), || !processes_with_arg("43.4343").is_empty()).await;
     // dropping the future (here, by aborting its task) cancels the build
     task.abort();
-    until("the RUN outlived its dropped build", Duration::from_secs(10), || with_arg("43.4343").is_empty()).await;
+    until("the RUN outlived its dropped build", Duration::from_secs(10), || processes_with_arg("43.4343").is_empty())
+        .await;
     write(&ctx.join("Dockerfile"), &format!("FROM {base}\nRUN true\n"));
     build(&ctx, &cache).with_base(&base).build().await.unwrap();
     // the next build reclaimed whatever the dropped one had not removed yet,
@@ -168,23 +159,12 @@ async fn a_run_the_runtime_cannot_start_is_not_reported_as_an_exit_code() {
     assert!(!text.contains("exited with code"), "{text}");
 }
 
-/// The build example, as `cargo test` builds it beside the test binary.
-fn example() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("examples/build");
-    if !bin.is_file() {
-        assert!(!testkit::in_ci(), "{} not built (cargo test builds the examples)", bin.display());
-        return None;
-    }
-    Some(bin)
-}
-
 #[test]
 fn a_non_root_run_says_why_it_could_not_start() {
     if !rustix::process::geteuid().is_root() {
         return;
     }
-    let (Some(user), Some(bin)) = (test_user(), example()) else { return };
+    let (Some(user), Some(bin)) = (test_user(), example_binary()) else { return };
     let shared = shared_tempdir().unwrap();
     let Some(base) = base_layout(shared.path()) else { return };
     // what the user runs, where the user can reach it
@@ -219,7 +199,7 @@ fn build_dot_with_a_relative_secret_gives_run_mounts_absolute_paths() {
     if !rustix::process::geteuid().is_root() {
         return;
     }
-    let Some(bin) = example() else { return };
+    let Some(bin) = example_binary() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let Some(base) = base_layout(tmp.path()) else { return };
     let ctx = tmp.path().join("ctx");
