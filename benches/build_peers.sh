@@ -14,8 +14,12 @@
 #           (buildah: pulled into its fresh store untimed; kiln: its cache
 #           holds the base, the RUN is forced with --no-cache) target <= 0.3x
 #   cached  the copy build again with a warm cache (kiln only) target < 0.5 s
-# Needs buildah, docker-registry, curl, python3, GNU time, runc.
+# Needs buildah, docker-registry, curl, python3, runc and bc (installs them
+# when missing, as root).
 set -euo pipefail
+# shellcheck source=benches/need.sh
+. "$(dirname "$0")/need.sh"
+need buildah:buildah docker-registry:docker-registry curl:curl python3:python3 runc:runc bc:bc
 ROOTFS=$(realpath "$1"); WORK=$(realpath -m "$2")
 RUNS=${RUNS:-5}
 HERE=$(cd "$(dirname "$0")/.." && pwd)

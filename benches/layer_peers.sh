@@ -8,7 +8,8 @@
 #
 # ROOTFS_V1: e.g. `debootstrap --variant=minbase bookworm ROOTFS_V1`;
 # ROOTFS_V2: a copy of it after `chroot ROOTFS_V2 apt-get install -y curl`.
-# Needs umoci, pigz, zstd, GNU time; builds the examples in release mode.
+# Needs umoci, pigz, zstd, rsync, GNU time and bc (installs them when missing,
+# as root); builds the examples in release mode.
 # ONLY=NAME runs only the comparisons whose name contains NAME (ONLY=rss: only
 # the peak RSS part); SKIP_RSS=1 skips the peak RSS part.
 #
@@ -19,6 +20,9 @@
 # about 0.6 ms per create after removing a 6,800-file tree here), which
 # would time the previous run's `rm -rf` rather than the tools.
 set -euo pipefail
+# shellcheck source=benches/need.sh
+. "$(dirname "$0")/need.sh"
+need umoci:umoci pigz:pigz zstd:zstd rsync:rsync time:/usr/bin/time bc:bc
 V1=$(realpath "$1"); V2=$(realpath "$2"); WORK=$(realpath -m "$3")
 RUNS=${RUNS:-5}
 HERE=$(cd "$(dirname "$0")/.." && pwd)

@@ -31,13 +31,12 @@ part() { # name
 }
 current_part="setup"
 
-need=()
-for p in debootstrap:debootstrap skopeo:skopeo umoci:umoci buildah:buildah runc:runc docker-registry:docker-registry time:/usr/bin/time jq:jq curl:curl python3:python3 pigz:pigz zstd:zstd bc:bc; do
-  command -v "${p#*:}" >/dev/null 2>&1 || need+=("${p%%:*}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+# shellcheck source=benches/need.sh
+. benches/need.sh
+# every command this script and the part scripts it runs call, beyond
+# Debian's required packages (coreutils, util-linux, tar, gzip, sed, mawk)
+need debootstrap:debootstrap skopeo:skopeo umoci:umoci buildah:buildah runc:runc docker-registry:docker-registry \
+  time:/usr/bin/time jq:jq curl:curl python3:python3 pigz:pigz zstd:zstd bc:bc rsync:rsync procps:free
 
 part "build kiln (release)"
 cargo build --release --examples -q
