@@ -350,9 +350,26 @@ impl Runc {
         cmd
     }
 
+    /// `runc kill --all ID KILL`: every process of the container.
+    fn kill(&self, state: &Path, id: &str) {
+        let _ = Command::new(&self.binary)
+            .arg("--root")
+            .arg(state)
+            .args(["kill", "--all"])
+            .arg(id)
+            .arg("KILL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
     /// Deletes the container's runtime state (and its cgroups), whatever
-    /// became of it.
+    /// became of it (`runc run` removes it itself when it ends normally).
     fn delete(&self, state: &Path, id: &str) {
+        if !state.join(id).exists() {
+            return;
+        }
         let _ = Command::new(&self.binary)
             .arg("--root")
             .arg(state)
@@ -423,6 +440,10 @@ impl Executor for Runc {
                         && !finished.load(Ordering::Acquire)
                     {
                         cancelled.store(true, Ordering::Release);
+                        // the container first (all there is to stop when
+                        // runc could not be made a namespace's init), then
+                        // the launcher, whose PID namespace dies with it
+                        self.kill(&state, &id);
                         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
                         return;
                     }
