@@ -294,16 +294,12 @@ impl PendingArchive {
         // 0644 less the umask, as `docker save -o` and skopeo create it;
         // locked while written, so that the next writer can tell it from a
         // dead writer's leftover
-        loop {
-            let tmp = tempfile::Builder::new()
-                .prefix(".tmp-kiln-archive-")
-                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-                .tempfile_in(dir)
-                .map_err(|source| ArchiveError::Io { op: "create temp file in", path: dir.to_owned(), source })?;
-            if crate::stale::lock_new(tmp.path(), tmp.as_file()) {
-                return Ok(ArchiveWriter::new(BufWriter::new(tmp)));
-            }
-        }
+        let tmp = crate::stale::locked_tempfile_in(dir, ".tmp-kiln-archive-").map_err(|source| ArchiveError::Io {
+            op: "create temp file in",
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(ArchiveWriter::new(BufWriter::new(tmp)))
     }
 
     /// Finishes the archive and renames it to `path` atomically, replacing

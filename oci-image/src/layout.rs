@@ -135,17 +135,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Lay
 /// while it is written, so that a writer killed halfway leaves a file the
 /// next writer can tell is stale ([`Layout::reclaim`]).
 fn layout_temp_file(dir: &Path) -> Result<NamedTempFile, LayoutError> {
-    use std::os::unix::fs::PermissionsExt;
-    loop {
-        let tmp = tempfile::Builder::new()
-            .prefix(TMP_PREFIX)
-            .permissions(fs::Permissions::from_mode(0o644))
-            .tempfile_in(dir)
-            .map_err(io_err("create temp file in", dir))?;
-        if crate::stale::lock_new(tmp.path(), tmp.as_file()) {
-            return Ok(tmp);
-        }
-    }
+    crate::stale::locked_tempfile_in(dir, TMP_PREFIX).map_err(io_err("create temp file in", dir))
 }
 
 /// Writes `bytes` to `path` through a temporary file beside it and an atomic rename.
@@ -191,18 +181,8 @@ impl Layout {
         fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
         // what a creator killed halfway left beside it
         let _ = crate::reclaim_stale(parent, ".tmp-layout-");
-        let (tmp, _held) = loop {
-            let tmp = tempfile::Builder::new()
-                .prefix(".tmp-layout-")
-                .tempdir_in(parent)
-                .map_err(io_err("create temp directory in", parent))?;
-            // another creator's reclaim may take it before it is locked: then again
-            if let Ok(held) = File::open(tmp.path())
-                && crate::stale::lock_new(tmp.path(), &held)
-            {
-                break (tmp, held);
-            }
-        };
+        let (tmp, _held) =
+            crate::locked_tempdir_in(parent, ".tmp-layout-").map_err(io_err("create temp directory in", parent))?;
         let staged = Layout { root: tmp.path().to_owned() };
         let blobs = staged.root.join(BLOBS_DIR).join("sha256");
         fs::create_dir_all(&blobs).map_err(io_err("create directory", &blobs))?;

@@ -49,7 +49,7 @@ pub use media_type::{Compression, MediaType, MediaTypeError};
 pub use platform::{Platform, PlatformError};
 pub use reference::{DOCKER_HUB, NAME_MAX, Reference, ReferenceError, Tag};
 pub use release::{Release, ReleaseTagError, release_tags};
-pub use stale::reclaim_stale;
+pub use stale::{locked_tempdir_in, reclaim_stale, reclaim_stale_with};
 
 /// oci-spec, re-exported for interop conversions and runtime bundles.
 pub use oci_spec;

@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Takes the exclusive lock on `file` without waiting; true when taken.
-pub(crate) fn try_lock(file: &File) -> bool {
+fn try_lock(file: &File) -> bool {
     loop {
         match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => return true,
@@ -24,13 +24,48 @@ pub(crate) fn try_lock(file: &File) -> bool {
 /// `file`, its open handle: true when the lock is held and `path` still
 /// names that file (a reclaimer may have taken it between the creation and
 /// the lock; the caller then makes another).
-pub(crate) fn lock_new(path: &Path, file: &File) -> bool {
+fn lock_new(path: &Path, file: &File) -> bool {
     if !try_lock(file) {
         return false;
     }
     match (std::fs::symlink_metadata(path), file.metadata()) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
+    }
+}
+
+/// A fresh temporary directory in `parent` (named `prefix` + random) that
+/// its creator holds locked for as long as it keeps the returned file: the
+/// kind [`reclaim_stale`] leaves alone while its writer lives and reclaims
+/// once the writer is gone, even killed.
+///
+/// # Errors
+/// When the directory cannot be made.
+pub fn locked_tempdir_in(parent: &Path, prefix: &str) -> io::Result<(tempfile::TempDir, File)> {
+    loop {
+        let tmp = tempfile::Builder::new().prefix(prefix).tempdir_in(parent)?;
+        // a reclaimer may take it between creation and lock: then another
+        if let Ok(held) = File::open(tmp.path())
+            && lock_new(tmp.path(), &held)
+        {
+            return Ok((tmp, held));
+        }
+    }
+}
+
+/// A fresh temporary file in `dir` (named `prefix` + random, mode `0644`
+/// less the umask), locked like [`locked_tempdir_in`]'s directories for as
+/// long as it is open.
+pub(crate) fn locked_tempfile_in(dir: &Path, prefix: &str) -> io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    loop {
+        let tmp = tempfile::Builder::new()
+            .prefix(prefix)
+            .permissions(std::fs::Permissions::from_mode(0o644))
+            .tempfile_in(dir)?;
+        if lock_new(tmp.path(), tmp.as_file()) {
+            return Ok(tmp);
+        }
     }
 }
 
@@ -41,6 +76,23 @@ pub(crate) fn lock_new(path: &Path, file: &File) -> bool {
 /// # Errors
 /// When `dir` cannot be listed (a missing `dir` has nothing to reclaim).
 pub fn reclaim_stale(dir: &Path, prefix: &str) -> io::Result<Vec<PathBuf>> {
+    reclaim_stale_with(dir, prefix, &mut |path, is_dir| {
+        if is_dir { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }
+    })
+}
+
+/// [`reclaim_stale`], with `clean(path, is_dir)` doing the removal (while
+/// the lock is held), for leftovers that need more than deleting: a build's
+/// scratch with mounts and runtime state in it. An entry counts as removed
+/// when `clean` succeeds.
+///
+/// # Errors
+/// When `dir` cannot be listed (a missing `dir` has nothing to reclaim).
+pub fn reclaim_stale_with(
+    dir: &Path,
+    prefix: &str,
+    clean: &mut dyn FnMut(&Path, bool) -> io::Result<()>,
+) -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -62,8 +114,7 @@ pub fn reclaim_stale(dir: &Path, prefix: &str) -> io::Result<Vec<PathBuf>> {
         if !try_lock(&file) {
             continue;
         }
-        let gone = if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-        if gone.is_ok() {
+        if clean(&path, meta.is_dir()).is_ok() {
             removed.push(path);
         }
     }

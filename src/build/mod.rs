@@ -2455,15 +2455,7 @@ fn write_layout(
     // staging directories of writers killed halfway; ours is locked while
     // it is filled, so that nobody takes it for one of those
     oci_image::reclaim_stale(parent, ".kiln-out-").map_err(crate::CopyError::Temp)?;
-    let (tmp, _held) = loop {
-        let tmp = tempfile::Builder::new().prefix(".kiln-out-").tempdir_in(parent).map_err(crate::CopyError::Temp)?;
-        if let Ok(held) = std::fs::File::open(tmp.path())
-            && rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
-            && tmp.path().exists()
-        {
-            break (tmp, held);
-        }
-    };
+    let (tmp, _held) = oci_image::locked_tempdir_in(parent, ".kiln-out-").map_err(crate::CopyError::Temp)?;
     let staged = tmp.path().join("layout");
     if !fill(&Layout::create(&staged)?)? {
         return Ok(false);

@@ -54,34 +54,10 @@ struct BuildDir {
     _lock: fs::File,
 }
 
-/// Takes the exclusive lock on `file` without waiting.
-fn try_lock(file: &fs::File) -> bool {
-    loop {
-        match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return true,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return false,
-        }
-    }
-}
-
 impl BuildDir {
     fn create(tmp: &Path) -> Result<BuildDir, BuildError> {
-        use std::os::unix::fs::MetadataExt;
-        loop {
-            let dir =
-                tempfile::Builder::new().prefix("build-").tempdir_in(tmp).map_err(BuildError::io("create", tmp))?;
-            let path = dir.keep();
-            // a reclaiming build may take it between creation and lock: then again
-            let Ok(lock) = fs::File::open(&path) else { continue };
-            let same = match (fs::symlink_metadata(&path), lock.metadata()) {
-                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-                _ => false,
-            };
-            if try_lock(&lock) && same {
-                return Ok(BuildDir { path, _lock: lock });
-            }
-        }
+        let (dir, lock) = oci_image::locked_tempdir_in(tmp, "build-").map_err(BuildError::io("create", tmp))?;
+        Ok(BuildDir { path: dir.keep(), _lock: lock })
     }
 }
 
@@ -158,20 +134,16 @@ fn clean_build_dir(dir: &Path) -> Vec<String> {
 /// directory whose lock no live build holds, and the temporary blob files
 /// of dead writers in the store's layout. Returns the directories reclaimed.
 fn reclaim_builds(tmp: &Path, layout: &Layout) -> Vec<PathBuf> {
-    let mut reclaimed = Vec::new();
-    for entry in fs::read_dir(tmp).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if !entry.file_name().to_string_lossy().starts_with("build-") || !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
+    // a file named like a build's directory is not one: left alone
+    let reclaimed = oci_image::reclaim_stale_with(tmp, "build-", &mut |path, is_dir| {
+        if !is_dir {
+            return Err(io::ErrorKind::InvalidInput.into());
         }
-        let Ok(lock) = fs::File::open(&path) else { continue };
-        if try_lock(&lock) {
-            let _ = clean_build_dir(&path);
-            reclaimed.push(path);
-        }
-    }
+        let _ = clean_build_dir(path);
+        Ok(())
+    });
     let _ = layout.reclaim();
-    reclaimed
+    reclaimed.unwrap_or_default()
 }
 
 fn short(digest: &Digest) -> String {
