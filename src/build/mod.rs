@@ -1043,6 +1043,28 @@ enum FromSource<'a> {
     Tree { root: &'a Path, ignore: &'a DockerIgnore, name: String },
 }
 
+/// A `RUN --mount=type=bind`'s source, resolved.
+enum BindSource {
+    /// A subtree of the context or a named directory, `name` saying which.
+    Tree { name: String, tree: files::TreeMount },
+    /// An image (an earlier stage's or a named one).
+    Image(Box<Image>),
+}
+
+/// Where a `RUN --mount` goes: its target, relative ones taken from `cwd`.
+fn mount_target(m: &dockerfile_parse::command::Mount, cwd: &str) -> Option<String> {
+    m.target.as_deref().map(|t| instr::join_path(cwd, t))
+}
+
+/// [`mount_target`], for the mount types that cannot go without one.
+fn required_target(m: &dockerfile_parse::command::Mount, cwd: &str) -> Result<String, BuildError> {
+    mount_target(m, cwd).ok_or_else(|| BuildError::Flag {
+        flag: "--mount",
+        value: format!("{m:?}"),
+        reason: "needs a target",
+    })
+}
+
 /// A read-only view of an image's tree, gone when dropped.
 pub(crate) struct View {
     mount: Option<OverlayMount>,
@@ -1332,7 +1354,8 @@ impl Ctx {
             Command::Run(run) => {
                 // RUN sees the build arguments as environment variables,
                 // and what its mounts hold (their options are in key_text)
-                let mounts = self.mounts_key(st, run)?;
+                let binds = self.bind_sources(st, run)?;
+                let mounts = Self::mounts_key(run, &binds)?;
                 let key = Digest::sha256(
                     format!(
                         "{}\n{}\n{}\n{:?}\n{mounts}",
@@ -1343,7 +1366,7 @@ impl Ctx {
                     )
                     .as_bytes(),
                 );
-                let layer = self.layer_step(&key, &report, || self.run(st, run))?;
+                let layer = self.layer_step(&key, &report, || self.run(st, run, binds))?;
                 self.push_history(st, created_by.clone(), layer);
                 st.image.key = key;
                 return Ok(());
@@ -1451,29 +1474,49 @@ impl Ctx {
         }
     }
 
-    /// What a `RUN`'s mounts hold, for its cache key: bound files by the
-    /// keys `COPY` uses (paths, metadata, file identity), images and stages
-    /// by their keys. Mount options (cache ids and sharing, secret ids,
-    /// targets) are in the instruction itself; secret contents never are.
-    fn mounts_key(&self, st: &StageState, run: &dockerfile_parse::command::Run) -> Result<String, BuildError> {
+    /// The sources of a `RUN`'s bind mounts (`None` for the other mounts),
+    /// resolved once: for the step's cache key and, when it runs, the mounts.
+    fn bind_sources(
+        &self,
+        st: &StageState,
+        run: &dockerfile_parse::command::Run,
+    ) -> Result<Vec<Option<BindSource>>, BuildError> {
         use dockerfile_parse::command::MountType;
-        let mut out = String::new();
+        let mut out = Vec::with_capacity(run.mounts.len());
         for m in &run.mounts {
             if m.kind != MountType::Bind {
+                out.push(None);
                 continue;
             }
-            let source = m.source.as_deref().unwrap_or("/");
             let from = match &m.from {
                 Some(from) => self.source_of(from, &st.image.config.platform())?,
                 None => FromSource::Tree { root: &self.context, ignore: &self.ignore, name: "context".into() },
             };
-            let part = match from {
+            out.push(Some(match from {
                 FromSource::Tree { root, ignore, name } => {
                     let src = files::SourceTree { root, ignore: Some(ignore), is_context: true };
-                    let tree = files::tree_mount(&src, source)?;
+                    BindSource::Tree { name, tree: files::tree_mount(&src, m.source.as_deref().unwrap_or("/"))? }
+                }
+                FromSource::Image(img) => BindSource::Image(img),
+            }));
+        }
+        Ok(out)
+    }
+
+    /// What a `RUN`'s mounts hold, for its cache key: bound files by the
+    /// keys `COPY` uses (paths, metadata, file identity), images and stages
+    /// by their keys. Mount options (cache ids and sharing, secret ids,
+    /// targets) are in the instruction itself; secret contents never are.
+    fn mounts_key(run: &dockerfile_parse::command::Run, binds: &[Option<BindSource>]) -> Result<String, BuildError> {
+        let mut out = String::new();
+        for (m, bind) in run.mounts.iter().zip(binds) {
+            let source = m.source.as_deref().unwrap_or("/");
+            let part = match bind {
+                None => continue,
+                Some(BindSource::Tree { name, tree }) => {
                     format!("{name} {source} {}", files::items_digest(&tree.items, None)?)
                 }
-                FromSource::Image(img) => format!("image {} {source}", img.key),
+                Some(BindSource::Image(img)) => format!("image {} {source}", img.key),
             };
             out.push_str(&part);
             out.push('\n');
@@ -1985,6 +2028,7 @@ impl Ctx {
         &self,
         st: &mut StageState,
         run: &dockerfile_parse::command::Run,
+        binds: Vec<Option<BindSource>>,
     ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
         let shell = Self::shell(st);
         let args = instr::run_args(run, &shell);
@@ -2058,7 +2102,7 @@ impl Ctx {
         let mut mount_stubs = Vec::new();
         let mut parents: Vec<rootfs::Parent> = Vec::new();
         let mut held_views = Vec::new();
-        for m in &run.mounts {
+        for (m, bind) in run.mounts.iter().zip(binds) {
             if let Some((name, value)) = self.secret_env(m)? {
                 instr::set_env(&mut env, &name, &value);
                 if m.target.is_none() {
@@ -2066,7 +2110,10 @@ impl Ctx {
                     continue;
                 }
             }
-            let (pm, view) = self.run_mount(st, m, &cwd)?;
+            let (pm, view) = match bind {
+                Some(source) => self.bind_mount(m, source, &cwd)?,
+                None => self.run_mount(m, &cwd)?,
+            };
             // every directory runc will create for the mount point, top
             // down, and those above it as they are now
             let mut prefix = String::new();
@@ -2188,86 +2235,77 @@ impl Ctx {
             .unwrap_or_default()
     }
 
-    /// One `RUN --mount`: what to mount and any view that must stay mounted meanwhile.
+    /// A `RUN --mount=type=bind` of `source` (from [`Self::bind_sources`]):
+    /// what to mount and any view that must stay mounted meanwhile.
+    fn bind_mount(
+        &self,
+        m: &dockerfile_parse::command::Mount,
+        source: BindSource,
+        cwd: &str,
+    ) -> Result<(ProcessMount, Option<View>), BuildError> {
+        let dest = required_target(m, cwd)?;
+        let source_rel = m.source.as_deref().unwrap_or("/");
+        // writes through a bind mount never reach its source: a
+        // read-write (`rw`) bind gets a throwaway copy or upper layer
+        let writable = !m.readonly;
+        let (source, view) = match source {
+            BindSource::Tree { tree, .. } => {
+                if tree.filtered || writable {
+                    // what COPY would see, and nothing else
+                    let dir = self.store.tempdir("b-")?;
+                    files::materialize(&tree, dir.path(), !writable)?;
+                    let path = if tree.is_dir {
+                        dir.path().to_owned()
+                    } else {
+                        tree.items.first().map_or_else(|| dir.path().to_owned(), |i| dir.path().join(&i.entry.path))
+                    };
+                    (path, Some(View { mount: None, dir }))
+                } else {
+                    (tree.full, None)
+                }
+            }
+            BindSource::Image(img) => {
+                let view = if let Some(v) = self.view_of(&img, writable)? {
+                    v
+                } else {
+                    // an image without layers: an empty directory of its own
+                    let dir = self.store.tempdir("b-")?;
+                    View { mount: None, dir }
+                };
+                let source = files::inside(view.path(), source_rel)
+                    .ok_or_else(|| BuildError::OutsideContext { path: source_rel.to_owned() })?;
+                if std::fs::symlink_metadata(&source).is_err() {
+                    return Err(BuildError::MissingSource { path: source_rel.to_owned() });
+                }
+                (source, Some(view))
+            }
+        };
+        Ok((ProcessMount { destination: dest, kind: MountKind::Bind { source, readonly: !writable } }, view))
+    }
+
+    /// One `RUN --mount` other than a bind ([`Self::bind_mount`]): what to mount.
     fn run_mount(
         &self,
-        st: &StageState,
         m: &dockerfile_parse::command::Mount,
         cwd: &str,
     ) -> Result<(ProcessMount, Option<View>), BuildError> {
         use dockerfile_parse::command::MountType;
-        let target = m.target.clone().map(|t| instr::join_path(cwd, &t));
-        let need_target = || {
-            target.clone().ok_or(BuildError::Flag {
-                flag: "--mount",
-                value: format!("{m:?}"),
-                reason: "needs a target",
-            })
-        };
         match m.kind {
-            MountType::Bind => {
-                let dest = need_target()?;
-                let source_rel = m.source.as_deref().unwrap_or("/");
-                // writes through a bind mount never reach its source: a
-                // read-write (`rw`) bind gets a throwaway copy or upper layer
-                let writable = !m.readonly;
-                let from = match &m.from {
-                    Some(from) => self.source_of(from, &st.image.config.platform())?,
-                    None => FromSource::Tree { root: &self.context, ignore: &self.ignore, name: "context".into() },
-                };
-                let (source, view) = match from {
-                    FromSource::Tree { root, ignore, .. } => {
-                        let src = files::SourceTree { root, ignore: Some(ignore), is_context: true };
-                        let tree = files::tree_mount(&src, source_rel)?;
-                        if tree.filtered || writable {
-                            // what COPY would see, and nothing else
-                            let dir = self.store.tempdir("b-")?;
-                            files::materialize(&tree, dir.path(), !writable)?;
-                            let path = if tree.is_dir {
-                                dir.path().to_owned()
-                            } else {
-                                tree.items
-                                    .first()
-                                    .map_or_else(|| dir.path().to_owned(), |i| dir.path().join(&i.entry.path))
-                            };
-                            (path, Some(View { mount: None, dir }))
-                        } else {
-                            (tree.full, None)
-                        }
-                    }
-                    FromSource::Image(img) => {
-                        let view = if let Some(v) = self.view_of(&img, writable)? {
-                            v
-                        } else {
-                            // an image without layers: an empty directory of its own
-                            let dir = self.store.tempdir("b-")?;
-                            View { mount: None, dir }
-                        };
-                        let source = files::inside(view.path(), source_rel)
-                            .ok_or_else(|| BuildError::OutsideContext { path: source_rel.to_owned() })?;
-                        if std::fs::symlink_metadata(&source).is_err() {
-                            return Err(BuildError::MissingSource { path: source_rel.to_owned() });
-                        }
-                        (source, Some(view))
-                    }
-                };
-                Ok((ProcessMount { destination: dest, kind: MountKind::Bind { source, readonly: !writable } }, view))
-            }
             MountType::Cache => {
-                let dest = need_target()?;
+                let dest = required_target(m, cwd)?;
                 let id = m.id.clone().unwrap_or_else(|| dest.clone());
                 let dir = self.store.root.join("cache-mounts").join(Digest::sha256(id.as_bytes()).encoded());
                 std::fs::create_dir_all(&dir).map_err(BuildError::io("create", &dir))?;
                 Ok((ProcessMount { destination: dest, kind: MountKind::Bind { source: dir, readonly: false } }, None))
             }
             MountType::Tmpfs => {
-                let dest = need_target()?;
+                let dest = required_target(m, cwd)?;
                 let size = m.size.as_deref().and_then(|s| s.parse().ok());
                 Ok((ProcessMount { destination: dest, kind: MountKind::Tmpfs { size } }, None))
             }
             MountType::Secret => {
                 let id = Self::secret_id(m);
-                let dest = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
+                let dest = mount_target(m, cwd).unwrap_or_else(|| format!("/run/secrets/{id}"));
                 match self.secrets.get(&id) {
                     Some(file) => Ok((
                         ProcessMount {
