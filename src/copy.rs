@@ -198,6 +198,16 @@ fn source_name(src: &ImageLocation, tag: &Tag) -> Option<Reference> {
     }
 }
 
+/// Refuses a docker-archive output `file` that exists, unless `overwrite`:
+/// checked before the work, so that nothing runs or downloads for an output
+/// that cannot be written (the final rename refuses it again).
+pub(crate) fn archive_writable(file: &std::path::Path, overwrite: bool) -> Result<(), oci_image::ArchiveError> {
+    if !overwrite && std::fs::symlink_metadata(file).is_ok() {
+        return Err(oci_image::ArchiveError::Exists { path: file.to_owned() });
+    }
+    Ok(())
+}
+
 /// Writes the single-platform image `desc` of `layout` as a docker-archive
 /// file, every blob checked against its digest as it is copied; an existing
 /// file is replaced only when `overwrite`. The file appears whole or not at all.
@@ -222,9 +232,7 @@ pub(crate) fn write_archive_unless(
     overwrite: bool,
     stop: &dyn Fn() -> bool,
 ) -> Result<Option<Digest>, CopyError> {
-    if !overwrite && std::fs::symlink_metadata(file).is_ok() {
-        return Err(oci_image::ArchiveError::Exists { path: file.to_owned() }.into());
-    }
+    archive_writable(file, overwrite)?;
     let oci_image::AnyManifest::Image(manifest) = layout.read_manifest(desc)? else {
         return Err(CopyError::Unsupported {
             from: format!("oci:{}", layout.root().display()),
@@ -451,9 +459,7 @@ async fn copy_plain(
             Ok(report(digest, 0, 0, 0))
         }
         (L::Registry(s), L::DockerArchive { file, name }) => {
-            if !overwrite && std::fs::symlink_metadata(file).is_ok() {
-                return Err(oci_image::ArchiveError::Exists { path: file.clone() }.into());
-            }
+            archive_writable(file, overwrite)?;
             // the image is gathered in a temporary layout: an archive needs every layer
             let tmp = crate::private_tempdir().map_err(CopyError::Temp)?;
             let layout = Layout::create(tmp.path().join("layout"))?;

@@ -704,14 +704,9 @@ impl Build {
             });
         }
         for out in &self.outputs {
-            if let Output::DockerArchive(file) = out
-                && !self.overwrite
-                && std::fs::symlink_metadata(file).is_ok()
-            {
-                return Err(BuildError::Output {
-                    target: out.to_string(),
-                    source: Box::new(oci_image::ArchiveError::Exists { path: file.clone() }.into()),
-                });
+            if let Output::DockerArchive(file) = out {
+                crate::copy::archive_writable(file, self.overwrite)
+                    .map_err(|e| BuildError::Output { target: out.to_string(), source: Box::new(e.into()) })?;
             }
         }
         Ok(())
