@@ -1237,12 +1237,11 @@ impl Ctx {
                         done_set.insert(*i);
                     }
                     // a stage stopped by another's failure is not the failure
-                    Err(e) if first_err.is_none() || !is_cancelled_err(&e) => {
-                        if first_err.as_ref().is_none_or(is_cancelled_err) {
+                    Err(e) => {
+                        if first_err.as_ref().is_none_or(|f| is_cancelled_err(f) && !is_cancelled_err(&e)) {
                             first_err = Some(e);
                         }
                     }
-                    Err(_) => {}
                 }
             }
             if let Some(e) = first_err {
