@@ -244,13 +244,8 @@ impl Layout {
             .mode(0o644)
             .open(&path)
             .map_err(io_err("open lock file", &path))?;
-        loop {
-            match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
-                Ok(()) => return Ok(IndexLock { _file: file }),
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(LayoutError::Io { op: "lock", path, source: e.into() }),
-            }
-        }
+        crate::stale::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(io_err("lock", &path))?;
+        Ok(IndexLock { _file: file })
     }
 
     /// Opens an existing layout, checking its `oci-layout` file.

@@ -9,15 +9,19 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// Takes the exclusive lock on `file` without waiting; true when taken.
-fn try_lock(file: &File) -> bool {
+/// `flock(file, op)`, again when a signal interrupts it.
+pub(crate) fn flock(file: &File, op: rustix::fs::FlockOperation) -> io::Result<()> {
     loop {
-        match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return true,
+        match rustix::fs::flock(file, op) {
             Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return false,
+            r => return r.map_err(io::Error::from),
         }
     }
+}
+
+/// Takes the exclusive lock on `file` without waiting; true when taken.
+fn try_lock(file: &File) -> bool {
+    flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
 }
 
 /// Locks a temporary file or directory just made at `path` through
