@@ -352,16 +352,7 @@ impl Runc {
 
     /// `runc kill --all ID KILL`: every process of the container.
     fn kill(&self, state: &Path, id: &str) {
-        let _ = Command::new(&self.binary)
-            .arg("--root")
-            .arg(state)
-            .args(["kill", "--all"])
-            .arg(id)
-            .arg("KILL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        runc_quiet(&self.binary, state, ["kill", "--all", id, "KILL"]);
     }
 
     /// Deletes the container's runtime state (and its cgroups), whatever
@@ -370,16 +361,26 @@ impl Runc {
         if !state.join(id).exists() {
             return;
         }
-        let _ = Command::new(&self.binary)
-            .arg("--root")
-            .arg(state)
-            .args(["delete", "--force"])
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        runc_quiet(&self.binary, state, ["delete", "--force", id]);
     }
+}
+
+/// `BINARY --root STATE ARGS...` with no input and its output discarded:
+/// whether it ran and succeeded.
+pub(crate) fn runc_quiet<S: AsRef<std::ffi::OsStr>>(
+    binary: &Path,
+    state: &Path,
+    args: impl IntoIterator<Item = S>,
+) -> bool {
+    Command::new(binary)
+        .arg("--root")
+        .arg(state)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 impl Executor for Runc {

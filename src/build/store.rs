@@ -103,16 +103,9 @@ fn clean_build_dir(dir: &Path) -> Vec<String> {
     for bundle in fs::read_dir(dir).into_iter().flatten().flatten() {
         let state = bundle.path().join("state");
         for container in fs::read_dir(&state).into_iter().flatten().flatten() {
-            let deleted = std::process::Command::new("runc")
-                .arg("--root")
-                .arg(&state)
-                .args(["delete", "--force"])
-                .arg(container.file_name())
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-            if !deleted.is_ok_and(|s| s.success()) {
+            let name = container.file_name();
+            let args = [std::ffi::OsStr::new("delete"), "--force".as_ref(), &name];
+            if !super::exec::runc_quiet(Path::new("runc"), &state, args) {
                 problems.push(format!("runc delete {}", container.path().display()));
             }
         }
