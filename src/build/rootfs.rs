@@ -156,7 +156,13 @@ impl Parent {
     /// `rel` under `root` as it is now, when it is a directory.
     pub(crate) fn read(root: &Path, rel: &Path) -> Option<Parent> {
         let (dir, last) = open_parent(root, rel)?;
-        let st = rustix::fs::statat(&dir, &last, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        Parent::at(&dir, &last, rel)
+    }
+
+    /// `last` in the open directory `dir` (which is `rel`'s parent), when
+    /// it is a directory.
+    fn at(dir: &rustix::fd::OwnedFd, last: &std::ffi::OsStr, rel: &Path) -> Option<Parent> {
+        let st = rustix::fs::statat(dir, last, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
         (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory).then(|| Parent {
             rel: rel.to_owned(),
             mode: st.st_mode & 0o7777,
@@ -180,11 +186,11 @@ pub(crate) fn restore_parents(root: &Path, parents: &[Parent], upper: bool) {
     let mut deepest_first: Vec<&Parent> = parents.iter().collect();
     deepest_first.sort_by_key(|p| std::cmp::Reverse(p.rel.components().count()));
     for p in deepest_first {
-        let Some(now) = Parent::read(root, &p.rel) else { continue };
+        let Some((dir, last)) = open_parent(root, &p.rel) else { continue };
+        let Some(now) = Parent::at(&dir, &last, &p.rel) else { continue };
         if (now.mode, now.uid, now.gid) != (p.mode, p.uid, p.gid) {
             continue;
         }
-        let Some((dir, last)) = open_parent(root, &p.rel) else { continue };
         if upper {
             let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
             let Ok(fd) = rustix::fs::openat(&dir, &last, flags, Mode::empty()) else { continue };
