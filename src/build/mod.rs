@@ -1060,6 +1060,15 @@ fn required_target(m: &dockerfile_parse::command::Mount, cwd: &str) -> Result<St
     })
 }
 
+/// An overlay's `upper`, `work` and `merged` directories, made in `dir`.
+fn overlay_dirs(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), BuildError> {
+    let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir(d).map_err(BuildError::io("create", d))?;
+    }
+    Ok((upper, work, merged))
+}
+
 /// A read-only view of an image's tree, gone when dropped.
 pub(crate) struct View {
     mount: Option<OverlayMount>,
@@ -1815,11 +1824,7 @@ impl Ctx {
             let mut lowers = vec![self.empty_dir()?];
             lowers.extend(self.layer_dirs(image)?);
             let mount = if writable {
-                let (upper, work, merged) =
-                    (dir.path().join("upper"), dir.path().join("work"), dir.path().join("merged"));
-                for d in [&upper, &work, &merged] {
-                    std::fs::create_dir(d).map_err(BuildError::io("create", d))?;
-                }
+                let (upper, work, merged) = overlay_dirs(dir.path())?;
                 OverlayMount::mount(&lowers, Some((&upper, &work)), &merged)
                     .map_err(BuildError::io("mount overlay on", &merged))?
             } else {
@@ -2038,11 +2043,7 @@ impl Ctx {
             }
         };
         let work = self.store.tempdir("r-")?;
-        let (upper, workdir, merged) =
-            (work.path().join("upper"), work.path().join("work"), work.path().join("merged"));
-        for d in [&upper, &workdir, &merged] {
-            std::fs::create_dir(d).map_err(BuildError::io("create", d))?;
-        }
+        let (upper, workdir, merged) = overlay_dirs(work.path())?;
         let mut lowers = vec![self.empty_dir()?];
         let (mount, before) = if self.overlay {
             lowers.extend(self.layer_dirs(&st.image)?);
