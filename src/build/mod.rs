@@ -2198,18 +2198,7 @@ impl Ctx {
     fn secret_env(&self, m: &dockerfile_parse::command::Mount) -> Result<Option<(String, String)>, BuildError> {
         use dockerfile_parse::command::MountType;
         let (MountType::Secret, Some(name)) = (&m.kind, &m.env) else { return Ok(None) };
-        let id = Self::secret_id(m);
-        let Some(file) = self.secrets.get(&id) else {
-            return if m.required {
-                Err(BuildError::Flag {
-                    flag: "--mount",
-                    value: format!("type=secret,id={id}"),
-                    reason: "secret not given to the build",
-                })
-            } else {
-                Ok(None)
-            };
-        };
+        let Some(file) = self.secret_file(m, &Self::secret_id(m))? else { return Ok(None) };
         // an environment variable: a small value, read whole
         let mut value = String::new();
         std::io::Read::read_to_string(
@@ -2221,6 +2210,19 @@ impl Ctx {
         )
         .map_err(BuildError::io("read the secret", file))?;
         Ok(Some((name.clone(), value)))
+    }
+
+    /// The file given for the secret `id` that `m` mounts: `None` when it
+    /// was not given and `m` may go without it, an error when it is required.
+    fn secret_file(&self, m: &dockerfile_parse::command::Mount, id: &str) -> Result<Option<&PathBuf>, BuildError> {
+        match self.secrets.get(id) {
+            None if m.required => Err(BuildError::Flag {
+                flag: "--mount",
+                value: format!("type=secret,id={id}"),
+                reason: "secret not given to the build",
+            }),
+            file => Ok(file),
+        }
     }
 
     /// A secret mount's id: `id=`, else the target's last component.
@@ -2301,7 +2303,7 @@ impl Ctx {
             MountType::Secret => {
                 let id = Self::secret_id(m);
                 let dest = mount_target(m, cwd).unwrap_or_else(|| format!("/run/secrets/{id}"));
-                match self.secrets.get(&id) {
+                match self.secret_file(m, &id)? {
                     Some(file) => Ok((
                         ProcessMount {
                             destination: dest,
@@ -2309,11 +2311,6 @@ impl Ctx {
                         },
                         None,
                     )),
-                    None if m.required => Err(BuildError::Flag {
-                        flag: "--mount",
-                        value: format!("type=secret,id={id}"),
-                        reason: "secret not given to the build",
-                    }),
                     None => Ok((ProcessMount { destination: dest, kind: MountKind::Tmpfs { size: Some(4096) } }, None)),
                 }
             }
