@@ -2493,8 +2493,10 @@ fn write_layout(
     match std::fs::rename(&staged, dir) {
         Ok(()) => Ok(true),
         // another writer made it meanwhile: add the image to theirs
-        Err(_) if Layout::open(dir).is_ok() => fill(&Layout::open(dir)?),
-        Err(e) => Err(crate::CopyError::Temp(e)),
+        Err(e) => match Layout::open(dir) {
+            Ok(theirs) => fill(&theirs),
+            Err(_) => Err(crate::CopyError::Temp(e)),
+        },
     }
 }
 
