@@ -33,6 +33,14 @@ pub(crate) fn join_path(cwd: &str, path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// The working directory `WORKDIR path` sets on top of `cwd`, as the
+/// config records it: an absolute path as written (`/tmp/` keeps its
+/// slash), a relative one joined to `cwd` and cleaned (BuildKit's
+/// `NormalizeWorkdir`).
+pub(crate) fn workdir_path(cwd: &str, path: &str) -> String {
+    if path.starts_with('/') { path.to_owned() } else { join_path(cwd, path) }
+}
+
 /// Sets `key` in a `KEY=value` list, replacing an earlier value in place.
 pub(crate) fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
     let entry = format!("{key}={value}");
@@ -213,6 +221,37 @@ pub(crate) fn resolve_user(root: Option<&Path>, spec: &str, chown: bool) -> Resu
     Ok((uid, gid))
 }
 
+/// The owner of the directories `WORKDIR` creates under `USER spec`, by
+/// BuildKit's rule for file operations: a user name from the image's
+/// `/etc/passwd` with its primary group, or root when the image does not
+/// know the name (only running a process as an unknown user fails); a
+/// numeric user with the same number as group; a group by number, or by
+/// name from `/etc/group` (ignored when unknown).
+pub(crate) fn mkdir_owner(root: Option<&Path>, spec: &str) -> (u32, u32) {
+    if spec.is_empty() {
+        return (0, 0);
+    }
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let (uid, mut gid) = match user.parse::<u32>() {
+        Ok(n) => (n, n),
+        Err(_) => lookup(root, "/etc/passwd", user).map_or((0, 0), |(u, g)| (u, g.unwrap_or(0))),
+    };
+    if let Some(g) = group {
+        match g.parse::<u32>() {
+            Ok(n) => gid = n,
+            Err(_) => {
+                if let Some((n, _)) = lookup(root, "/etc/group", g) {
+                    gid = n;
+                }
+            }
+        }
+    }
+    (uid, gid)
+}
+
 /// `HOME` for a process of `uid`: its home directory in the image's
 /// `/etc/passwd`, else `/root` for root and `/` for others.
 pub(crate) fn home_of(root: Option<&Path>, uid: u32) -> String {
@@ -231,6 +270,8 @@ mod tests {
         assert_eq!(join_path("/w", "sub"), "/w/sub");
         assert_eq!(join_path("/w", "/abs/./x/../y/"), "/abs/y");
         assert_eq!(join_path("/w", ".."), "/");
+        assert_eq!(workdir_path("/w", "/tmp/"), "/tmp/");
+        assert_eq!(workdir_path("/tmp/", "sub/../x/"), "/tmp/x");
     }
 
     #[test]

@@ -978,6 +978,16 @@ impl Image {
         self.config.config.get_or_insert_with(ContainerConfig::default)
     }
 
+    /// Gives the image the default `PATH` when its config has none, as
+    /// BuildKit does for every stage, whatever its base.
+    fn with_path(mut self) -> Image {
+        let env = self.cfg().env.get_or_insert_with(Vec::new);
+        if !env.iter().any(|e| e.split_once('=').is_some_and(|(k, _)| k == "PATH")) {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        self
+    }
+
     fn env(&self) -> Vec<String> {
         self.config.config.as_ref().and_then(|c| c.env.clone()).unwrap_or_default()
     }
@@ -1135,7 +1145,7 @@ impl Ctx {
             None => self.platform.clone(),
         };
         if stage.replaced {
-            return self.replaced_stage(&stage, &platform).map_err(self.at(from_line, "FROM"));
+            return self.replaced_stage(&stage, &platform).map(Image::with_path).map_err(self.at(from_line, "FROM"));
         }
         let base = match &stage.base {
             Base::Scratch => Image::scratch(&platform),
@@ -1151,7 +1161,7 @@ impl Ctx {
             }
             _ => return Err(BuildError::Unsupported { what: "this kind of base".into() }),
         };
-        let mut st = StageState { index, image: base, args: BTreeMap::new(), cmd_set: false };
+        let mut st = StageState { index, image: base.with_path(), args: BTreeMap::new(), cmd_set: false };
         let triggers = st.image.cfg().on_build.take().unwrap_or_default();
         // the base's ONBUILD triggers run first (an image's or an earlier stage's)
         for t in triggers {
@@ -1383,8 +1393,9 @@ impl Ctx {
             }
             Command::Workdir(dir) => {
                 let cwd = st.image.cfg().working_dir.clone().unwrap_or_else(|| "/".into());
-                let path = instr::join_path(&cwd, dir);
+                let path = instr::workdir_path(&cwd, dir);
                 st.image.cfg().working_dir = Some(path.clone());
+                let path = instr::join_path("/", &path);
                 let key = Digest::sha256(format!("{}\n{key_text}\n{path}", st.image.key).as_bytes());
                 let layer = self.layer_step(&key, &report, || self.workdir(st, &path))?;
                 self.push_history(st, created_by, layer);
@@ -1900,13 +1911,13 @@ impl Ctx {
     fn workdir(&self, st: &mut StageState, path: &str) -> Result<Option<(Descriptor, Digest)>, BuildError> {
         let view = self.view(&st.image)?;
         let root = view.as_ref().map(View::path);
+        // every directory made is the user's (BuildKit's mkdir -p as USER)
         let user = st.image.cfg().user.clone().unwrap_or_default();
-        let (uid, gid) = instr::resolve_user(root, &user, false)?;
+        let (uid, gid) = instr::mkdir_owner(root, &user);
         let missing = files::missing_dirs(root, path);
         self.write_layer(|w| {
-            for (i, dir) in missing.iter().enumerate() {
-                let (u, g) = if i + 1 == missing.len() { (uid, gid) } else { (0, 0) };
-                let entry = layer_diff::Entry::new(dir.clone(), layer_diff::Kind::Dir, 0o755, u, g);
+            for dir in &missing {
+                let entry = layer_diff::Entry::new(dir.clone(), layer_diff::Kind::Dir, 0o755, uid, gid);
                 w.append_from(Path::new("/"), &entry)?;
             }
             Ok(missing.len())

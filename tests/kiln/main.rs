@@ -9,6 +9,7 @@ mod build;
 mod buildah;
 mod copy;
 mod crash;
+mod fidelity;
 mod hostile;
 mod outputs;
 mod promote;

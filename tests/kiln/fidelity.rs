@@ -1,0 +1,307 @@
+//! `kiln build` gives the image `docker build` (BuildKit) gives: one test
+//! per fidelity defect found against buildah and BuildKit's documented
+//! behaviour (issue 18), each seen to fail before its fix.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln::build::Output;
+use kiln::oci_image::ImageConfiguration;
+use testkit::run;
+
+use crate::build::{WithBase, base_layout, build, config_of, failing_with, umoci_unpack, write};
+
+/// A finished build: its unpacked root and its config.
+struct Built {
+    root: PathBuf,
+    config: ImageConfiguration,
+    _tmp: tempfile::TempDir,
+}
+
+impl Built {
+    fn env(&self) -> Vec<String> {
+        self.config.config.as_ref().and_then(|c| c.env.clone()).unwrap_or_default()
+    }
+
+    fn owner(&self, path: &str) -> (u32, u32) {
+        let m = fs::symlink_metadata(self.root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        (m.uid(), m.gid())
+    }
+
+    fn mode(&self, path: &str) -> u32 {
+        fs::symlink_metadata(self.root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}")).mode() & 0o7777
+    }
+
+    fn read(&self, path: &str) -> String {
+        fs::read_to_string(self.root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+}
+
+/// Builds `dockerfile` with `files` in the context (on the busybox base
+/// `kiln-base`, or `base` when given) and unpacks the result with umoci.
+async fn built_on(dockerfile: &str, files: &[(&str, &str)], base: Option<(&Path, &str)>) -> Option<Built> {
+    let tmp = tempfile::tempdir().unwrap();
+    let busybox = base_layout(tmp.path())?;
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), dockerfile);
+    for (p, text) in files {
+        write(&ctx.join(p), text);
+    }
+    let out = tmp.path().join("out");
+    let mut b = build(&ctx, &tmp.path().join("cache")).with_base(&busybox).output(Output::Layout(out.clone()));
+    if let Some((layout, name)) = base {
+        b = b.build_context(name, kiln::build::BuildContext::oci_layout(layout, Some("1".parse().unwrap())));
+    }
+    b.build().await.unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+    let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
+    let config = config_of(&out, "latest");
+    Some(Built { root, config, _tmp: tmp })
+}
+
+async fn built(dockerfile: &str, files: &[(&str, &str)]) -> Option<Built> {
+    built_on(dockerfile, files, None).await
+}
+
+// 1. A layer byte-identical to one below it (every time is the epoch) is
+// stacked twice: overlayfs refuses the same lower directory twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_layers_in_one_chain_build() {
+    let Some(b) = built(
+        "FROM kiln-base AS s\nRUN mkdir /a\nRUN touch /a\nRUN true\n\
+         RUN echo x > /f\nRUN echo y > /f\nRUN echo x > /f\nRUN cat /f > /g\n\
+         FROM kiln-base\nCOPY --from=s /g /f /a /copied/\n",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(b.read("copied/g"), "x\n", "A, B, A must apply A again over B");
+    assert_eq!(b.read("copied/f"), "x\n");
+}
+
+/// The busybox base with no `Env` at all (as umoci or other tools make images).
+fn base_without_path(dir: &Path) -> Option<PathBuf> {
+    let layout = dir.join("nopath");
+    testkit::busybox_image(&layout, "1").unwrap()?;
+    run(Command::new("umoci").args(["config", "--image", &format!("{}:1", layout.display()), "--clear=config.env"]))
+        .unwrap();
+    Some(layout)
+}
+
+// 2. BuildKit puts the default PATH into every stage whose image has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_without_path_gets_the_default_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(layout) = base_without_path(tmp.path()) else { return };
+    const DEFAULT: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    let Some(b) = built_on("FROM nopath\nENV PATH=/opt/bin:$PATH\n", &[], Some((&layout, "nopath"))).await else {
+        return;
+    };
+    assert_eq!(b.env(), vec![format!("PATH=/opt/bin:{DEFAULT}")]);
+    let Some(b) = built_on("FROM nopath\nLABEL a=b\n", &[], Some((&layout, "nopath"))).await else { return };
+    assert_eq!(b.env(), vec![format!("PATH={DEFAULT}")]);
+}
+
+// 3. WORKDIR under a user the image does not know creates the directory as
+// root; RUN under that user still fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workdir_under_an_unknown_user_is_made_by_root() {
+    // (umoci cannot unpack an image whose USER it cannot find)
+    let Some(b) = built("FROM kiln-base\nUSER docker\nWORKDIR /w/x\nUSER root\n", &[]).await else { return };
+    assert_eq!(b.owner("w"), (0, 0));
+    assert_eq!(b.owner("w/x"), (0, 0));
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base_layout(tmp.path()).unwrap();
+    let err = failing_with("FROM kiln-base\nUSER docker\nRUN true\n", &[], |b| b.with_base(&base)).await;
+    assert!(kiln::error_chain(&err).contains("docker"), "{}", kiln::error_chain(&err));
+}
+
+// 4. Every directory WORKDIR creates belongs to the current user (a numeric
+// user without a group: gid = uid, as BuildKit's mkdir does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workdir_gives_every_directory_it_creates_to_the_user() {
+    let Some(b) = built("FROM kiln-base\nUSER 1\nWORKDIR /a/b/c\nUSER app\nWORKDIR /home/app/d/e\n", &[]).await else {
+        return;
+    };
+    for d in ["a", "a/b", "a/b/c"] {
+        assert_eq!(b.owner(d), (1, 1), "{d}");
+    }
+    for d in ["home/app/d", "home/app/d/e"] {
+        assert_eq!(b.owner(d), (1000, 1000), "{d}");
+    }
+}
+
+// 5. An absolute WORKDIR is kept as written in the config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workdir_keeps_a_trailing_slash() {
+    let Some(b) = built("FROM kiln-base\nWORKDIR /tmp/\n", &[]).await else { return };
+    assert_eq!(b.config.config.as_ref().unwrap().working_dir.as_deref(), Some("/tmp/"));
+    let Some(b) = built("FROM kiln-base\nWORKDIR /tmp/\nWORKDIR sub/../x/\n", &[]).await else { return };
+    assert_eq!(b.config.config.as_ref().unwrap().working_dir.as_deref(), Some("/tmp/x"));
+}
+
+// 6. COPY --from keeps the source's owners; context files become 0:0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_from_a_stage_keeps_owners() {
+    let Some(b) = built(
+        "FROM kiln-base AS s\nRUN mkdir -p /x/sub && echo hi > /x/sub/f && chown -R 1000:50 /x && chown 7:8 /x/sub/f\n\
+         FROM kiln-base\nCOPY --from=s /x /y\nCOPY --from=s /x/sub/f /one\nCOPY f.txt /ctx.txt\n",
+        &[("f.txt", "context\n")],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(b.owner("y/sub"), (1000, 50));
+    assert_eq!(b.owner("y/sub/f"), (7, 8));
+    assert_eq!(b.owner("one"), (7, 8));
+    assert_eq!(b.owner("ctx.txt"), (0, 0));
+}
+
+// 7. A wildcard may match nothing when it is one source of several; when
+// nothing matches at all the step copies nothing (BuildKit's
+// AllowEmptyWildcard); a plain missing name is still an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcards_that_match_nothing() {
+    let Some(b) = built(
+        "FROM kiln-base\nCOPY file-a.txt subdir-* missing* subdir/\nCOPY nomatch* /none/\n",
+        &[("file-a.txt", "a\n"), ("subdir-1/b.txt", "b\n")],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(b.read("subdir/file-a.txt"), "a\n");
+    assert_eq!(b.read("subdir/b.txt"), "b\n");
+    assert!(!b.root.join("none").exists());
+    let err = failing_with("FROM scratch\nCOPY file-a.txt missing.txt /d/\n", &[("file-a.txt", "a\n")], |b| b).await;
+    assert!(kiln::error_chain(&err).contains("missing.txt"), "{}", kiln::error_chain(&err));
+}
+
+// 8. `.dockerignore` re-includes keep their parents, with their own modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerignore_reincludes_keep_their_parents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(busybox) = base_layout(tmp.path()) else { return };
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM kiln-base\nADD folder1 /f1\nCOPY . /all/\n");
+    write(&ctx.join(".dockerignore"), "**\n!folder1/sub/file1\n");
+    write(&ctx.join("folder1/sub/file1"), "one\n");
+    write(&ctx.join("folder1/file2"), "two\n");
+    for d in ["folder1", "folder1/sub"] {
+        fs::set_permissions(ctx.join(d), fs::Permissions::from_mode(0o775)).unwrap();
+    }
+    let out = tmp.path().join("out");
+    build(&ctx, &tmp.path().join("cache"))
+        .with_base(&busybox)
+        .output(Output::Layout(out.clone()))
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+    let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
+    assert_eq!(fs::read_to_string(root.join("f1/sub/file1")).unwrap(), "one\n");
+    assert!(!root.join("f1/file2").exists());
+    assert!(!root.join("all/Dockerfile").exists());
+    for d in ["f1", "f1/sub", "all/folder1", "all/folder1/sub"] {
+        assert_eq!(fs::metadata(root.join(d)).unwrap().mode() & 0o7777, 0o775, "{d}");
+    }
+}
+
+// 9. An escaped glob character in a source is matched literally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escaped_glob_characters_match_literally() {
+    let Some(b) = built(
+        "FROM kiln-base\nCOPY ./app/n\\?pe/file.txt /app4/file.txt\nCOPY app/\\[x\\]/f /app5/\n",
+        &[("app/n?pe/file.txt", "literal\n"), ("app/nope/file.txt", "other\n"), ("app/[x]/f", "brackets\n")],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(b.read("app4/file.txt"), "literal\n");
+    assert_eq!(b.read("app5/f"), "brackets\n");
+}
+
+// 10. A `rw` bind mount is writable; what is written is discarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_bind_mounts_are_writable_and_discarded() {
+    let Some(b) = built(
+        "FROM kiln-base AS s\nRUN mkdir /src && echo s > /src/f\n\
+         FROM kiln-base\n\
+         RUN --mount=type=bind,target=/ctx,rw echo new > /ctx/new && cat /ctx/new > /ctxnew && echo w >> /ctx/c.txt\n\
+         RUN --mount=type=bind,from=s,source=/src,target=/m,rw echo changed > /m/f && cat /m/f > /mf\n\
+         RUN --mount=type=bind,target=/ctx test ! -e /ctx/new && cat /ctx/c.txt > /after\n",
+        &[("c.txt", "c\n")],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(b.read("ctxnew"), "new\n");
+    assert_eq!(b.read("mf"), "changed\n");
+    assert_eq!(b.read("after"), "c\n");
+    assert!(!b.root.join("ctx/new").exists());
+}
+
+// 11. `RUN --mount=type=cache` honours uid, gid and mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_mounts_get_their_owner_and_mode() {
+    let Some(b) = built(
+        "FROM kiln-base\nRUN --mount=type=cache,target=/c,uid=10,gid=20,mode=0750 stat -c '%u %g %a' /c > /out\n\
+         RUN --mount=type=cache,target=/d,id=other stat -c '%u %g %a' /d > /out2\n",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(b.read("out"), "10 20 750\n");
+    assert_eq!(b.read("out2"), "0 0 755\n");
+}
+
+// 12. `COPY --parents` keeps the path after a `/./` pivot only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_parents_honours_the_pivot() {
+    let Some(b) = built(
+        "FROM scratch\nCOPY --parents ./x/y/./*.txt /parents/\nCOPY --parents x/./y/a.txt /p2/\nCOPY --parents x/y/a.txt /p3/\n",
+        &[("x/y/a.txt", "a\n"), ("x/y/b.txt", "b\n")],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(b.read("parents/a.txt"), "a\n");
+    assert_eq!(b.read("parents/b.txt"), "b\n");
+    assert!(!b.root.join("parents/x").exists());
+    assert_eq!(b.read("p2/y/a.txt"), "a\n");
+    assert_eq!(b.read("p3/x/y/a.txt"), "a\n");
+}
+
+// 13. A digest-pinned base missing from the registry is an error, never a
+// panic (the build example, as a user runs it).
+#[test]
+fn a_missing_pinned_base_is_an_error_not_a_panic() {
+    let Some(bin) = crate::build::example_binary() else { return };
+    let Ok(reg) = testkit::Registry::start() else {
+        assert!(!testkit::in_ci(), "no registry");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    let digest = format!("sha256:{}", "0".repeat(64));
+    write(&ctx.join("Dockerfile"), &format!("FROM {}/nothing/here@{digest}\nRUN true\n", reg.host()));
+    let out = Command::new(&bin)
+        .arg(&ctx)
+        .arg(format!("--output=oci:{}", tmp.path().join("out").display()))
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("nothing/here"), "{stderr}");
+}
