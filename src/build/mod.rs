@@ -1801,18 +1801,30 @@ impl Ctx {
         Ok(())
     }
 
-    /// The extracted (overlay form) directories of `image`'s layers, bottom first.
+    /// The extracted (overlay form) directories of `image`'s layers, bottom
+    /// first, each directory once: overlayfs refuses a lower directory
+    /// stacked twice. A layer repeated right above itself is left out
+    /// (applying a layer twice in a row is applying it once); one repeated
+    /// above other layers (A, B, A) gets another extracted copy.
     fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>, BuildError> {
-        let mut dirs = Vec::new();
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut last: Option<&Digest> = None;
+        let mut seen: HashMap<&Digest, usize> = HashMap::new();
         for desc in &image.layers {
-            let dir = self.store.layer_dir(&desc.digest);
+            if last == Some(&desc.digest) {
+                continue;
+            }
+            last = Some(&desc.digest);
+            let copy = seen.entry(&desc.digest).or_insert(0);
+            let dir = self.store.layer_dir(&desc.digest, *copy);
+            *copy += 1;
             if !dir.exists() {
                 self.ensure_blob(desc, &image.name)?;
                 let tmp = self.store.tempdir("x-")?;
                 let blob = self.store.layout.open_blob(&desc.digest)?;
                 let opts = ApplyOptions { overlay: Some(OverlayXattrs::Trusted), ..ApplyOptions::default() };
                 layer_diff::apply_blob(std::io::BufReader::new(blob), desc, tmp.path(), &opts)?;
-                self.store.adopt_layer_dir(&desc.digest, tmp).map_err(BuildError::io("store", &dir))?;
+                self.store.adopt_layer_dir(&dir, tmp).map_err(BuildError::io("store", &dir))?;
             }
             dirs.push(dir);
         }
@@ -2196,7 +2208,7 @@ impl Ctx {
         };
         if adopt && let Some((desc, _)) = &layer {
             // the upper directory is this layer in overlay form: keep it
-            let dir = self.store.layer_dir(&desc.digest);
+            let dir = self.store.layer_dir(&desc.digest, 0);
             if !dir.exists() {
                 let _ = std::fs::rename(&upper, &dir);
             }

@@ -256,9 +256,12 @@ impl Store {
         clean_build_dir(&self.build.path)
     }
 
-    /// Where the layer blob `digest` is (or will be) extracted.
-    pub fn layer_dir(&self, digest: &Digest) -> PathBuf {
-        self.root.join("l").join(short(digest))
+    /// Where the layer blob `digest` is (or will be) extracted: `copy` 0
+    /// is the layer's directory, others are further copies for a chain that
+    /// stacks the same layer again over other layers.
+    pub fn layer_dir(&self, digest: &Digest, copy: usize) -> PathBuf {
+        let dir = self.root.join("l");
+        if copy == 0 { dir.join(short(digest)) } else { dir.join(format!("{}.{copy}", short(digest))) }
     }
 
     /// A fresh directory in this build's scratch space, removed when dropped.
@@ -308,10 +311,10 @@ impl Store {
         dropped
     }
 
-    /// Moves a finished extraction into place as the layer `digest`'s
+    /// Moves a finished extraction into place as `target`, a layer's
     /// directory (another build may have got there first: then keeps theirs).
-    pub fn adopt_layer_dir(&self, digest: &Digest, dir: tempfile::TempDir) -> io::Result<PathBuf> {
-        let target = self.layer_dir(digest);
+    pub fn adopt_layer_dir(&self, target: &Path, dir: tempfile::TempDir) -> io::Result<PathBuf> {
+        let target = target.to_owned();
         if target.exists() {
             return Ok(target);
         }
