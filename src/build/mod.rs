@@ -2315,7 +2315,9 @@ impl Ctx {
                 let dest = required_target(m, cwd)?;
                 let id = m.id.clone().unwrap_or_else(|| dest.clone());
                 let dir = self.store.root.join("cache-mounts").join(Digest::sha256(id.as_bytes()).encoded());
-                std::fs::create_dir_all(&dir).map_err(BuildError::io("create", &dir))?;
+                if !dir.exists() {
+                    self.new_cache_mount(m, &dir)?;
+                }
                 Ok((ProcessMount { destination: dest, kind: MountKind::Bind { source: dir, readonly: false } }, None))
             }
             MountType::Tmpfs => {
@@ -2339,6 +2341,40 @@ impl Ctx {
             }
             _ => Err(BuildError::Unsupported { what: format!("RUN --mount type {:?}", m.kind) }),
         }
+    }
+
+    /// Makes the directory of a cache mount on its first use, owned by the
+    /// mount's `uid`/`gid` (root) with its `mode` (0755), as BuildKit does;
+    /// later uses find it as the steps before left it.
+    fn new_cache_mount(&self, m: &dockerfile_parse::command::Mount, dir: &Path) -> Result<(), BuildError> {
+        use std::os::unix::fs::PermissionsExt;
+        let id = |n: Option<u64>, what: &'static str| -> Result<u32, BuildError> {
+            u32::try_from(n.unwrap_or(0)).map_err(|_| BuildError::Flag {
+                flag: what,
+                value: n.unwrap_or(0).to_string(),
+                reason: "not a 32-bit id",
+            })
+        };
+        let (uid, gid) = (id(m.uid, "--mount uid")?, id(m.gid, "--mount gid")?);
+        let parent = dir.parent().unwrap_or(dir);
+        let tmp =
+            tempfile::Builder::new().prefix(".new-").tempdir_in(parent).map_err(BuildError::io("create", parent))?;
+        std::os::unix::fs::chown(tmp.path(), Some(uid), Some(gid)).map_err(BuildError::io("chown", tmp.path()))?;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(m.mode.unwrap_or(0o755) & 0o7777))
+            .map_err(BuildError::io("chmod", tmp.path()))?;
+        let path = tmp.keep();
+        if std::fs::rename(&path, dir).is_err() {
+            // another build made it first
+            let _ = std::fs::remove_dir(&path);
+            if !dir.is_dir() {
+                return Err(BuildError::Io {
+                    op: "create",
+                    path: dir.to_owned(),
+                    source: std::io::Error::other("cannot make the cache mount's directory"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The final image: build labels, config and manifest in the store.
