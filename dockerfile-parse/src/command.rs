@@ -51,7 +51,7 @@ pub enum CommandError {
         span: Span,
     },
     /// An instruction name BuildKit does not know.
-    #[error("unknown instruction: {name} (at {span})")]
+    #[error("unknown instruction: {} (at {span})", name.to_uppercase())]
     UnknownInstruction {
         /// The name as written.
         name: String,
@@ -314,7 +314,7 @@ impl Command {
 
     /// The command with variables expanded the way BuildKit's dispatcher
     /// does before running it: `ENV`/`LABEL` keys and values, `ARG` names and
-    /// defaults, `COPY`/`ADD` sources, destination and `--from`/`--chown`/
+    /// defaults, `COPY`/`ADD` sources (keeping `\` escapes), destination and `--from`/`--chown`/
     /// `--chmod`/`--checksum`, `FROM` image and `--platform`, `EXPOSE`,
     /// `VOLUME`, `USER`, `WORKDIR`, `STOPSIGNAL`; `RUN --mount` values.
     /// Commands that do not [expand](Command::expands) come back unchanged
@@ -329,6 +329,23 @@ impl Command {
         env: &L,
     ) -> Result<(Command, BTreeSet<String>), ExpandError> {
         let mut used = BTreeSet::new();
+        // `COPY`/`ADD` sources keep their `\` escapes, so that `\*`, `\?`
+        // and `\[` stay literal for the builder's wildcard matching (which
+        // takes the escapes away, as Go's `filepath.Match` does)
+        let mut raw_sources = match self {
+            Self::Copy(c) | Self::Add(c) => {
+                let raw = lexer.clone().raw_escapes(lexer.escape() == '\\');
+                let mut out = Vec::with_capacity(c.sources.len());
+                for s in &c.sources {
+                    let e = raw.expand(s, env)?;
+                    used.extend(e.matched);
+                    used.extend(e.unmatched);
+                    out.push(e.value);
+                }
+                Some(out)
+            }
+            _ => None,
+        };
         let mut word = |w: &str| -> Result<String, ExpandError> {
             let out = lexer.expand(w, env)?;
             used.extend(out.matched);
@@ -360,7 +377,7 @@ impl Command {
             }
             Self::Copy(c) | Self::Add(c) => {
                 let mut c2 = c.clone();
-                c2.sources = c.sources.iter().map(|s| word(s)).collect::<Result<_, _>>()?;
+                c2.sources = raw_sources.take().unwrap_or_default();
                 c2.dest = word(&c.dest)?;
                 c2.from = opt(&c.from, &mut word)?;
                 c2.chown = opt(&c.chown, &mut word)?;

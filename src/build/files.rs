@@ -143,8 +143,30 @@ fn clean_source(s: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// Whether a source (as the Dockerfile wrote it, `\` escapes kept) holds a
+/// glob character that is not escaped.
 fn has_wildcard(s: &str) -> bool {
-    s.contains(['*', '?', '['])
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '*' | '?' | '[' => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// A source without its `\` escapes (`n\?pe` names `n?pe`).
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\\' { chars.next().unwrap_or('\\') } else { c });
+    }
+    out
 }
 
 /// A source that matched: the full path of what is copied, its path
@@ -153,6 +175,8 @@ fn has_wildcard(s: &str) -> bool {
 struct Match {
     full: PathBuf,
     rel: String,
+    /// The part of `rel` that `--parents` keeps (after a `/./` pivot).
+    kept: String,
     keep_owner: bool,
     is_dir: bool,
 }
@@ -164,6 +188,44 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Build
 
 fn excluded(src: &SourceTree<'_>, rel: &str) -> bool {
     src.ignore.is_some_and(|i| !rel.is_empty() && i.is_excluded(rel))
+}
+
+/// Which of `entries` (a walk of the tree's directory `base`, sorted,
+/// parents first) the tree's ignore rules keep: those not excluded, and the
+/// excluded directories that hold a kept entry (a `!` re-include keeps
+/// its parents, with their own metadata, as BuildKit's copier does).
+fn kept_entries<'e>(src: &SourceTree<'_>, base: &str, entries: &'e [Entry]) -> Vec<&'e Entry> {
+    let in_tree = |e: &Entry| {
+        let p = e.path.to_string_lossy();
+        if base.is_empty() { p.into_owned() } else { format!("{base}/{p}") }
+    };
+    let reincludes = src.ignore.is_some_and(DockerIgnore::has_exceptions);
+    let mut needed: std::collections::HashSet<&Path> = std::collections::HashSet::new();
+    let mut kept = Vec::with_capacity(entries.len());
+    // children come after their parents: walk backwards, so that a kept
+    // entry marks its parents before they are looked at
+    for e in entries.iter().rev() {
+        let keep =
+            !excluded(src, &in_tree(e)) || (reincludes && e.kind == Kind::Dir && needed.contains(e.path.as_path()));
+        if keep {
+            kept.push(e);
+            if reincludes {
+                needed.extend(e.path.ancestors().skip(1));
+            }
+        }
+    }
+    kept.reverse();
+    kept
+}
+
+/// Whether the ignore rules keep anything of the excluded directory `rel`
+/// (a `!` pattern re-including something below it).
+fn keeps_something_below(src: &SourceTree<'_>, rel: &str, full: &Path) -> Result<bool, BuildError> {
+    if !src.ignore.is_some_and(DockerIgnore::has_exceptions) || !full.is_dir() {
+        return Ok(false);
+    }
+    let snap = Snapshot::walk(full)?;
+    Ok(!kept_entries(src, rel, snap.entries()).is_empty())
 }
 
 /// Every path under `root` (relative, `/`-separated) with exactly `depth` components, not ignored.
@@ -194,7 +256,7 @@ fn find_heredoc<'a>(docs: &'a [Heredoc], source: &str) -> Option<&'a Heredoc> {
     docs.iter().find(|d| d.name == name)
 }
 
-fn is_git_url(s: &str) -> bool {
+pub(crate) fn is_git_url(s: &str) -> bool {
     let repo = s.split('#').next().unwrap_or_default();
     s.starts_with("git@")
         || s.starts_with("git://")
@@ -306,9 +368,17 @@ fn matches(src: &SourceTree<'_>, req: &CopyRequest<'_>, scratch: &Path) -> Resul
             let path = file.join(&doc.name);
             std::fs::write(&path, content).map_err(io_err("write", &path))?;
             set_mode(&path, 0o644)?;
-            out.push(Match { full: path, rel: doc.name.clone(), keep_owner: false, is_dir: false });
+            out.push(Match {
+                full: path,
+                rel: doc.name.clone(),
+                kept: String::new(),
+                keep_owner: false,
+                is_dir: false,
+            });
             continue;
         }
+        let raw = s;
+        let s = &unescape(raw);
         if req.add && is_git_url(s) {
             out.push(git_clone(s, req.keep_git_dir, &scratch.join(format!("git-{i}")))?);
             continue;
@@ -320,26 +390,31 @@ fn matches(src: &SourceTree<'_>, req: &CopyRequest<'_>, scratch: &Path) -> Resul
             out.push(download(s, req, &scratch.join(format!("url-{i}")))?);
             continue;
         }
-        let clean = clean_source(s.trim_start_matches('/').trim_start_matches("./"))
-            .ok_or_else(|| BuildError::OutsideContext { path: s.clone() })?;
+        let outside = || BuildError::OutsideContext { path: s.clone() };
+        let clean = clean_source(raw.trim_start_matches('/').trim_start_matches("./")).ok_or_else(outside)?;
+        // `--parents` keeps the path after a `/./` pivot (all of it without one)
+        let pivot = match raw.split_once("/./") {
+            Some((before, _)) if req.parents => {
+                let p = unescape(&clean_source(before.trim_start_matches('/')).ok_or_else(outside)?);
+                if p.is_empty() { p } else { format!("{p}/") }
+            }
+            _ => String::new(),
+        };
         let candidates = if has_wildcard(&clean) {
             let matcher = DockerIgnore::from_patterns([clean.as_str()]).map_err(|e| BuildError::Ignore(Box::new(e)))?;
             let depth = clean.split('/').count();
-            let found: Vec<String> =
-                paths_at_depth(src, depth).into_iter().filter(|p| matcher.is_excluded(p)).collect();
-            if found.is_empty() {
-                return Err(BuildError::MissingSource { path: s.clone() });
-            }
-            found
+            // a wildcard may match nothing (BuildKit's AllowEmptyWildcard)
+            paths_at_depth(src, depth).into_iter().filter(|p| matcher.is_excluded(p)).collect()
         } else {
-            vec![clean]
+            vec![unescape(&clean)]
         };
         for rel in candidates {
-            if excluded(src, &rel) {
-                return Err(BuildError::MissingSource { path: s.clone() });
-            }
+            let kept = rel.strip_prefix(&pivot).unwrap_or(&rel).to_owned();
             // a symlink named as a source is followed (inside the tree)
             let full = inside(src.root, &rel).ok_or_else(|| BuildError::MissingSource { path: s.clone() })?;
+            if excluded(src, &rel) && !keeps_something_below(src, &rel, &full)? {
+                return Err(BuildError::MissingSource { path: s.clone() });
+            }
             let meta = std::fs::metadata(&full).map_err(|_| BuildError::MissingSource { path: s.clone() })?;
             if req.add
                 && meta.is_file()
@@ -350,10 +425,12 @@ fn matches(src: &SourceTree<'_>, req: &CopyRequest<'_>, scratch: &Path) -> Resul
                 std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
                 let tar = decompressed(&full, archive, scratch)?;
                 layer_diff::apply_tar(tar, &dir, &layer_diff::ApplyOptions::default())?;
-                out.push(Match { full: dir, rel, keep_owner: true, is_dir: true });
+                out.push(Match { full: dir, rel, kept, keep_owner: true, is_dir: true });
                 continue;
             }
-            out.push(Match { full, rel, keep_owner: false, is_dir: meta.is_dir() });
+            // files from an image or stage keep their owners; the
+            // context's are root's (as docker's client sends them)
+            out.push(Match { full, rel, kept, keep_owner: !src.is_context, is_dir: meta.is_dir() });
         }
     }
     Ok(out)
@@ -386,7 +463,7 @@ fn download(url: &str, req: &CopyRequest<'_>, dir: &Path) -> Result<Match, Build
         let f = std::fs::File::options().write(true).open(&path).map_err(io_err("open", &path))?;
         f.set_modified(t).map_err(io_err("set the time of", &path))?;
     }
-    Ok(Match { full: path, rel: name, keep_owner: false, is_dir: false })
+    Ok(Match { full: path, rel: name, kept: String::new(), keep_owner: false, is_dir: false })
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {
@@ -429,7 +506,7 @@ fn git_clone(url: &str, keep_git_dir: bool, dir: &Path) -> Result<Match, BuildEr
         let git = dir.join(".git");
         std::fs::remove_dir_all(&git).map_err(io_err("remove", &git))?;
     }
-    Ok(Match { full: dir.to_owned(), rel: String::new(), keep_owner: false, is_dir: true })
+    Ok(Match { full: dir.to_owned(), rel: String::new(), kept: String::new(), keep_owner: false, is_dir: true })
 }
 
 fn components(p: &Path) -> Vec<OsString> {
@@ -480,11 +557,11 @@ pub(crate) fn plan(
     };
     let mut created_dirs: Vec<PathBuf> = Vec::new();
     for m in &found {
-        let sub = if req.parents && !m.rel.is_empty() {
+        let sub = if req.parents && !m.kept.is_empty() {
             if m.is_dir {
-                m.rel.clone()
+                m.kept.clone()
             } else {
-                Path::new(&m.rel).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+                Path::new(&m.kept).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
             }
         } else {
             String::new()
@@ -507,13 +584,24 @@ pub(crate) fn plan(
             for d in missing_dirs(dest_root, &target_abs) {
                 created_dirs.push(d);
             }
+            // a directory it creates for a directory of the tree takes
+            // that directory's metadata (BuildKit's copier does)
+            if m.full.starts_with(src.root)
+                && dest_root.is_none_or(|r| inside(r, &target_abs).is_none_or(|p| !p.is_dir()))
+                && !base.as_os_str().is_empty()
+                && let Some(mut entry) = Entry::read(&m.full, base.clone())?
+            {
+                keep(&mut entry);
+                put(entry, m.full.clone(), &mut items);
+            }
             let snap = Snapshot::walk(&m.full)?;
-            for e in snap.entries() {
+            let entries: Vec<&Entry> = if src.is_context {
+                kept_entries(src, &m.rel, snap.entries())
+            } else {
+                snap.entries().iter().collect()
+            };
+            for e in entries {
                 let rel_in_src = e.path.to_string_lossy();
-                let rel_ctx = if m.rel.is_empty() { rel_in_src.to_string() } else { format!("{}/{rel_in_src}", m.rel) };
-                if src.is_context && excluded(src, &rel_ctx) {
-                    continue;
-                }
                 if excludes.as_ref().is_some_and(|x| x.is_excluded(&rel_in_src)) {
                     continue;
                 }
@@ -551,7 +639,8 @@ pub(crate) fn plan(
         if key.is_empty() || items.contains_key(&key) {
             continue;
         }
-        let entry = Entry::new(d, Kind::Dir, 0o755, uid, gid);
+        // parents the step creates get --chmod's mode too (BuildKit's copier)
+        let entry = Entry::new(d, Kind::Dir, req.chmod.unwrap_or(0o755), uid, gid);
         put(entry, PathBuf::from("/"), &mut items);
     }
     // a destination directory that holds what was copied gets an entry too when new

@@ -363,6 +363,30 @@ impl Drop for Reaper {
     }
 }
 
+/// A tmpfs `size=` in bytes: a number with an optional binary unit (`k`,
+/// `m`, `g`, `t`, `p`, with an optional `i` and `b`), as BuildKit reads it.
+fn ram_in_bytes(text: &str) -> Result<u64, BuildError> {
+    let bad = || BuildError::Flag { flag: "--mount size", value: text.to_owned(), reason: "not a size" };
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let num: f64 = num.parse().map_err(|_| bad())?;
+    let unit = unit.trim_start().to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let unit = unit.strip_suffix('i').unwrap_or(unit);
+    let shift = match unit {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        "p" => 50,
+        _ => return Err(bad()),
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    Ok((num * (1u64 << shift) as f64) as u64)
+}
+
 /// Whether `e` (or the step failure wrapping it) is a cancellation.
 fn is_cancelled_err(e: &BuildError) -> bool {
     match e {
@@ -963,7 +987,11 @@ pub(crate) struct Image {
 impl Image {
     fn scratch(platform: &Platform) -> Image {
         // Docker and buildah give a scratch image the default PATH
-        let cfg = ContainerConfig { env: Some(vec![format!("PATH={DEFAULT_PATH}")]), ..ContainerConfig::default() };
+        let cfg = ContainerConfig {
+            env: Some(vec![format!("PATH={DEFAULT_PATH}")]),
+            working_dir: Some("/".into()),
+            ..ContainerConfig::default()
+        };
         let config = oci_image::ConfigBuilder::new(platform).config(cfg).build();
         Image {
             config,
@@ -1421,6 +1449,12 @@ impl Ctx {
             }
             Command::Arg(defs) => {
                 for d in defs {
+                    if d.name == "TARGETSTAGE" && !self.args.contains_key(&d.name) {
+                        // BuildKit's built-in: the name of the stage being built
+                        let target = self.plan.stages.get(self.plan.target).and_then(|s| s.name.clone());
+                        st.args.insert(d.name.clone(), target.unwrap_or_else(|| "default".into()));
+                        continue;
+                    }
                     let value = self
                         .args
                         .get(&d.name)
@@ -1824,7 +1858,7 @@ impl Ctx {
                 let blob = self.store.layout.open_blob(&desc.digest)?;
                 let opts = ApplyOptions { overlay: Some(OverlayXattrs::Trusted), ..ApplyOptions::default() };
                 layer_diff::apply_blob(std::io::BufReader::new(blob), desc, tmp.path(), &opts)?;
-                self.store.adopt_layer_dir(&dir, tmp).map_err(BuildError::io("store", &dir))?;
+                Store::adopt_layer_dir(&dir, tmp).map_err(BuildError::io("store", &dir))?;
             }
             dirs.push(dir);
         }
@@ -1966,13 +2000,27 @@ impl Ctx {
             None => None,
         };
         let chmod = match &c.chmod {
-            Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| BuildError::Flag {
-                flag: "--chmod",
-                value: m.clone(),
-                reason: "only octal modes are supported",
-            })?),
+            Some(m) => {
+                Some(u32::from_str_radix(m, 8).ok().filter(|n| *n <= 0o7777).ok_or_else(|| BuildError::Flag {
+                    flag: "--chmod",
+                    value: m.clone(),
+                    reason: "expected an octal mode from 0 to 7777 (symbolic modes are not supported)",
+                })?)
+            }
             None => None,
         };
+        if c.checksum.is_some() {
+            let source = c.sources.first().map(String::as_str).unwrap_or_default();
+            let remote = c.sources.len() == 1
+                && (source.starts_with("http://") || source.starts_with("https://") || files::is_git_url(source));
+            if !remote {
+                return Err(BuildError::Flag {
+                    flag: "--checksum",
+                    value: c.sources.join(" "),
+                    reason: "needs exactly one HTTP(S) or git source",
+                });
+            }
+        }
         let vars = Self::vars(st);
         let scratch = self.store.tempdir("c-")?;
         let fetch = |url: &str, path: &Path| -> Result<(Digest, Option<std::time::SystemTime>), BuildError> {
@@ -2316,13 +2364,13 @@ impl Ctx {
                 let id = m.id.clone().unwrap_or_else(|| dest.clone());
                 let dir = self.store.root.join("cache-mounts").join(Digest::sha256(id.as_bytes()).encoded());
                 if !dir.exists() {
-                    self.new_cache_mount(m, &dir)?;
+                    Self::new_cache_mount(m, &dir)?;
                 }
                 Ok((ProcessMount { destination: dest, kind: MountKind::Bind { source: dir, readonly: false } }, None))
             }
             MountType::Tmpfs => {
                 let dest = required_target(m, cwd)?;
-                let size = m.size.as_deref().and_then(|s| s.parse().ok());
+                let size = m.size.as_deref().map(ram_in_bytes).transpose()?;
                 Ok((ProcessMount { destination: dest, kind: MountKind::Tmpfs { size } }, None))
             }
             MountType::Secret => {
@@ -2346,7 +2394,7 @@ impl Ctx {
     /// Makes the directory of a cache mount on its first use, owned by the
     /// mount's `uid`/`gid` (root) with its `mode` (0755), as BuildKit does;
     /// later uses find it as the steps before left it.
-    fn new_cache_mount(&self, m: &dockerfile_parse::command::Mount, dir: &Path) -> Result<(), BuildError> {
+    fn new_cache_mount(m: &dockerfile_parse::command::Mount, dir: &Path) -> Result<(), BuildError> {
         use std::os::unix::fs::PermissionsExt;
         let id = |n: Option<u64>, what: &'static str| -> Result<u32, BuildError> {
             u32::try_from(n.unwrap_or(0)).map_err(|_| BuildError::Flag {

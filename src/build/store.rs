@@ -313,7 +313,7 @@ impl Store {
 
     /// Moves a finished extraction into place as `target`, a layer's
     /// directory (another build may have got there first: then keeps theirs).
-    pub fn adopt_layer_dir(&self, target: &Path, dir: tempfile::TempDir) -> io::Result<PathBuf> {
+    pub fn adopt_layer_dir(target: &Path, dir: tempfile::TempDir) -> io::Result<PathBuf> {
         let target = target.to_owned();
         if target.exists() {
             return Ok(target);

@@ -7,6 +7,7 @@
 
 mod build;
 mod buildah;
+mod conformance;
 mod copy;
 mod crash;
 mod fidelity;
