@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release --example build -- CONTEXT [-f FILE] [-t REF]... [--build-arg K=V]...
 //!     [--build-context NAME=oci-layout://DIR[:TAG] | NAME=docker-image://REF | NAME=DIR]... [--target STAGE] [--platform P] [--output oci:DIR | docker-archive:FILE | registry]...
-//!     [--label K=V]... [--secret id=ID,src=FILE]... [--compression gzip|zstd|none] [--level N]
+//!     [--label K=V]... [--secret id=ID,src=FILE]... [--ssh default|ID=SOCKET]... [--compression gzip|zstd|none] [--level N]
+//!     [--source-date-epoch SECONDS|git | --docker-times]
 //!     [--no-cache] [--overwrite] [--cache-dir DIR] [--insecure-host HOST]...
 //! ```
 //!
@@ -49,6 +50,10 @@ struct Args {
     /// `oci:DIR`, `docker-archive:FILE` or `registry` (push to every -t), repeatable.
     #[arg(long = "output")]
     outputs: Vec<String>,
+    /// ssh agents for `RUN --mount=type=ssh`: `default` (the agent of
+    /// `SSH_AUTH_SOCK`) or `ID=SOCKET`, repeatable.
+    #[arg(long = "ssh")]
+    ssh: Vec<String>,
     /// Secrets for `RUN --mount=type=secret` (`id=ID,src=FILE`), repeatable.
     #[arg(long = "secret")]
     secrets: Vec<String>,
@@ -58,6 +63,15 @@ struct Args {
     /// Compression level (gzip 0-9, default 6; zstd 1-22, default 3).
     #[arg(long)]
     level: Option<i32>,
+    /// The time of every input file and of the image (`created`): seconds
+    /// since 1970, or `git` for the commit time of the context's `HEAD`
+    /// (default: `SOURCE_DATE_EPOCH`, else 0).
+    #[arg(long = "source-date-epoch")]
+    source_date_epoch: Option<String>,
+    /// Docker's times instead: files keep their own times, `created` is now
+    /// (not reproducible).
+    #[arg(long, conflicts_with = "source_date_epoch")]
+    docker_times: bool,
     /// Run every step, ignoring the cache.
     #[arg(long)]
     no_cache: bool,
@@ -77,6 +91,34 @@ fn pair(s: &str) -> Result<(String, String), String> {
 }
 
 /// `id=ID,src=FILE`.
+/// The epoch (`--source-date-epoch`, `--docker-times`), ssh agents and secrets.
+fn times_and_secrets(mut build: Build, args: &Args) -> Result<Build, Box<dyn std::error::Error>> {
+    match args.source_date_epoch.as_deref() {
+        Some("git") => build = build.epoch_from_git(),
+        Some(n) => {
+            let n = n.parse().map_err(|_| format!("--source-date-epoch {n:?}: expected seconds or git"))?;
+            build = build.epoch(Some(n));
+        }
+        None if args.docker_times => build = build.epoch(None),
+        None => {}
+    }
+    for s in &args.ssh {
+        let (id, socket) = if let Some((id, socket)) = s.split_once('=') {
+            (id.to_owned(), PathBuf::from(socket))
+        } else {
+            let socket = std::env::var_os("SSH_AUTH_SOCK")
+                .ok_or_else(|| format!("--ssh {s}: SSH_AUTH_SOCK is not set (give ID=SOCKET)"))?;
+            (s.clone(), PathBuf::from(socket))
+        };
+        build = build.ssh(id, socket);
+    }
+    for s in &args.secrets {
+        let (id, src) = secret(s)?;
+        build = build.secret(id, src);
+    }
+    Ok(build)
+}
+
 fn secret(s: &str) -> Result<(String, PathBuf), String> {
     let mut id = None;
     let mut src = None;
@@ -131,6 +173,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(d) = &args.cache_dir {
         build = build.cache_dir(d);
     }
+    build = times_and_secrets(build, &args)?;
     build = build.no_cache(args.no_cache).overwrite(args.overwrite);
     let compression = match args.compression.as_str() {
         "gzip" => kiln::oci_image::Compression::Gzip,
@@ -139,10 +182,6 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("--compression {other:?}: expected gzip, zstd or none").into()),
     };
     build = build.compression(compression, args.level);
-    for s in &args.secrets {
-        let (id, src) = secret(s)?;
-        build = build.secret(id, src);
-    }
     if args.outputs.is_empty() {
         build = build.output(Output::Layout(PathBuf::from("kiln-out")));
     }

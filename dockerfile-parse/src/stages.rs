@@ -49,8 +49,8 @@ pub enum StageError {
         #[source]
         source: Box<ExpandError>,
     },
-    /// `--from` naming the stage it is in, a later stage by index, or
-    /// stages that depend on each other in a cycle.
+    /// `--from` naming the stage it is in or a later stage (which must be
+    /// defined before the stage that uses it).
     #[error("circular dependency or forward index on stage reference {reference:?} (at {span})")]
     Circular {
         /// The reference as expanded.
@@ -217,6 +217,9 @@ pub struct Stage {
     /// ([`BuildOptions::named_contexts`]): no steps, no dependencies, and
     /// its `base` is not to be used.
     pub replaced: bool,
+    /// The `--from` references of its `ONBUILD` triggers, as written: the
+    /// stages built on this one need them.
+    pub onbuild_sources: Vec<String>,
 }
 
 /// The result of [`plan`].
@@ -375,17 +378,40 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan, StageError> {
                 } else {
                     Base::Image(image)
                 };
+                // the base stage's ONBUILD triggers run here: what they
+                // copy or mount from is needed too
+                let mut sources = Vec::new();
+                if let Base::Stage(b) = &base {
+                    let refs = stages.get(*b).map(|s| s.onbuild_sources.clone()).unwrap_or_default();
+                    for r in refs {
+                        let lower = r.to_lowercase();
+                        match stages.iter().find(|s| s.name.as_deref() == Some(lower.as_str())) {
+                            Some(s) => {
+                                depends_on.insert(s.index);
+                                sources.push(Source::Stage(s.index));
+                            }
+                            None => match r.parse::<usize>() {
+                                Ok(i) if i < index => {
+                                    depends_on.insert(i);
+                                    sources.push(Source::Stage(i));
+                                }
+                                _ => sources.push(Source::Image(r)),
+                            },
+                        }
+                    }
+                }
                 stages.push(Stage {
                     index,
                     name: from.name,
                     base,
                     platform,
                     steps: Vec::new(),
-                    sources: Vec::new(),
+                    sources,
                     depends_on,
                     vars: BTreeMap::new(),
                     span,
                     replaced,
+                    onbuild_sources: Vec::new(),
                 });
             }
             other => {
@@ -408,6 +434,14 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan, StageError> {
                     Command::Env(pairs) => env.extend(pairs.iter().cloned()),
                     Command::Copy(c) => refs.extend(c.from.iter().cloned()),
                     Command::Run(r) => refs.extend(r.mounts.iter().filter_map(|m| m.from.clone())),
+                    Command::Onbuild { trigger, .. } => {
+                        let trigger_refs: Vec<String> = match trigger.as_ref() {
+                            Command::Copy(c) | Command::Add(c) => c.from.iter().cloned().collect(),
+                            Command::Run(r) => r.mounts.iter().filter_map(|m| m.from.clone()).collect(),
+                            _ => Vec::new(),
+                        };
+                        stage.onbuild_sources.extend(trigger_refs);
+                    }
                     _ => {}
                 }
                 let index = stage.index;
@@ -415,7 +449,9 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan, StageError> {
                     let lower = r.to_lowercase();
                     let by_name = names.iter().position(|n| n.as_deref() == Some(lower.as_str()));
                     let found = match by_name {
-                        Some(i) if i == index => {
+                        // a stage is usable only below its definition
+                        // (BuildKit: "needs to be defined before")
+                        Some(i) if i >= index => {
                             return Err(StageError::Circular { reference: r, span });
                         }
                         Some(i) => Some(i),
@@ -548,8 +584,9 @@ FROM scratch AS out\nCOPY --from=build /a /a\nCOPY --from=0 /b /b\nCOPY --from=n
 
     #[test]
     fn stages_and_graph() {
-        let plan = p(SRC, &[], None).unwrap();
-        assert_eq!(plan.stages[1].sources, vec![Source::Stage(2)]);
+        // a stage is usable only below its definition (BuildKit: "needs to
+        // be defined before"): `from=tools` names a later stage
+        assert!(matches!(p(SRC, &[], None), Err(StageError::Circular { ref reference, .. }) if reference == "tools"));
         let cyc = "FROM a AS one\nCOPY --from=two / /\nFROM b AS two\nCOPY --from=one / /\n";
         assert!(matches!(p(cyc, &[], None), Err(StageError::Circular { .. })));
         assert!(matches!(p("FROM a\nCOPY --from=0 / /", &[], None), Err(StageError::Circular { .. })));
@@ -569,6 +606,15 @@ FROM scratch AS out\nCOPY --from=build /a /a\nCOPY --from=0 /b /b\nCOPY --from=n
         assert!(matches!(p(&src, &[], Some("nope")), Err(StageError::UnknownTarget { .. })));
         assert_eq!(plan.stage("build").map(|s| s.index), Some(1));
         assert_eq!(plan.stage("2").map(|s| s.index), Some(2));
+    }
+
+    #[test]
+    fn onbuild_triggers_bring_their_sources_to_the_stages_built_on_them() {
+        let src = "FROM a AS src\nFROM b AS base\nONBUILD COPY --from=src /in /out\nFROM base AS mid\nFROM scratch\nCOPY --from=mid /out /\n";
+        let plan = p(src, &[], None).unwrap();
+        assert_eq!(plan.stages[1].onbuild_sources, vec!["src".to_string()]);
+        assert!(plan.stages[2].depends_on.contains(&0));
+        assert_eq!(plan.needed, vec![0, 1, 2, 3]);
     }
 
     #[test]
@@ -604,7 +650,7 @@ FROM busybox AS tools\nFROM deps\nCOPY --from=deps /a /a\n";
         // an ordinary Dockerfile stays far below it
         let budget = Budget::for_build();
         let opts = BuildOptions { budget: Some(budget.clone()), ..BuildOptions::new() };
-        plan(&parse(SRC).unwrap(), &opts).unwrap();
+        plan(&parse(&SRC.replace("from=tools", "from=base")).unwrap(), &opts).unwrap();
         assert!(budget.left() > crate::shell::MAX_BUILD_EXPANSION - 1000);
     }
 

@@ -44,7 +44,7 @@ pub(crate) struct CopyRequest<'a> {
     pub heredocs: &'a [Heredoc],
     pub workdir: &'a str,
     pub chown: Option<(u32, u32)>,
-    pub chmod: Option<u32>,
+    pub chmod: Option<&'a Chmod>,
     pub exclude: &'a [String],
     pub parents: bool,
     pub add: bool,
@@ -56,11 +56,131 @@ pub(crate) struct CopyRequest<'a> {
     pub fetch: Fetch<'a>,
 }
 
+/// `--chmod`: an octal mode, or chmod(1)'s symbolic clauses (`go-w`,
+/// `u=rw,g=r`, `a+X`) applied to each file's own mode, as BuildKit does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Chmod {
+    Octal(u32),
+    Symbolic(String),
+}
+
+impl Chmod {
+    /// Parses a `--chmod` value; `None` when it is neither an octal mode
+    /// up to 7777 nor valid symbolic clauses.
+    pub fn parse(text: &str) -> Option<Chmod> {
+        if text.chars().all(|c| c.is_ascii_digit()) {
+            return u32::from_str_radix(text, 8).ok().filter(|n| *n <= 0o7777).map(Chmod::Octal);
+        }
+        symbolic(text, 0, false).map(|_| Chmod::Symbolic(text.to_owned()))
+    }
+
+    /// The mode of an entry whose own mode is `mode`.
+    pub fn apply(&self, mode: u32, is_dir: bool) -> u32 {
+        match self {
+            Chmod::Octal(m) => *m,
+            Chmod::Symbolic(s) => symbolic(s, mode, is_dir).unwrap_or(mode),
+        }
+    }
+
+    /// The mode of a directory the step creates.
+    pub fn for_new_dir(&self) -> u32 {
+        match self {
+            Chmod::Octal(m) => *m,
+            Chmod::Symbolic(_) => 0o755,
+        }
+    }
+}
+
+/// chmod(1)'s symbolic clauses (`[ugoa]*([-+=]([rwxXst]*|[ugo]))+`,
+/// comma-separated) applied to `mode`; `None` when they do not parse.
+fn symbolic(spec: &str, mode: u32, is_dir: bool) -> Option<u32> {
+    let mut m = mode & 0o7777;
+    for clause in spec.split(',') {
+        let chars: Vec<char> = clause.chars().collect();
+        let mut i = 0;
+        let mut who = 0u32;
+        while let Some(c) = chars.get(i).filter(|c| "ugoa".contains(**c)) {
+            who |= match c {
+                'u' => 0o4700,
+                'g' => 0o2070,
+                'o' => 0o1007,
+                _ => 0o7777,
+            };
+            i += 1;
+        }
+        if who == 0 {
+            who = 0o7777;
+        }
+        if i >= chars.len() {
+            return None;
+        }
+        while let Some(&op) = chars.get(i) {
+            if !"+-=".contains(op) {
+                return None;
+            }
+            i += 1;
+            let mut perm = 0u32;
+            while let Some(&c) = chars.get(i).filter(|c| !"+-=".contains(**c)) {
+                perm |= match c {
+                    'r' => 0o444,
+                    'w' => 0o222,
+                    'x' => 0o111,
+                    'X' if is_dir || mode & 0o111 != 0 => 0o111,
+                    'X' => 0,
+                    's' => 0o6000,
+                    't' => 0o1000,
+                    'u' => ((m >> 6) & 7) * 0o111,
+                    'g' => ((m >> 3) & 7) * 0o111,
+                    'o' => (m & 7) * 0o111,
+                    _ => return None,
+                };
+                i += 1;
+            }
+            let p = perm & who;
+            match op {
+                '+' => m |= p,
+                '-' => m &= !p,
+                _ => m = (m & !who) | p,
+            }
+        }
+    }
+    Some(m)
+}
+
 /// One layer entry and the file its content comes from.
 #[derive(Debug, Clone)]
 pub(crate) struct Item {
     pub source: PathBuf,
     pub entry: Entry,
+    pub time: Time,
+}
+
+/// Where an entry's modification time comes from in the layer (the writer
+/// then clamps every time to the epoch, when there is one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Time {
+    /// The source's own time: files from images, stages and archives.
+    Source,
+    /// An input of the build (context files, heredocs, downloads, git
+    /// checkouts): the epoch, so that a checkout's times never reach the
+    /// image; without an epoch (docker's times) the file's own time.
+    Input,
+    /// Made by the step (directories it creates): the epoch, else now.
+    Made,
+}
+
+impl Item {
+    /// The entry as the layer records it, its time set by [`Time`].
+    pub fn written(&self, epoch: Option<u64>, now: i64) -> Entry {
+        let mut e = self.entry.clone();
+        let at = |sec: i64| layer_diff::Timestamp { sec, nsec: 0 };
+        match (self.time, epoch) {
+            (Time::Source, _) | (Time::Input, None) => {}
+            (Time::Input | Time::Made, Some(epoch)) => e.mtime = at(i64::try_from(epoch).unwrap_or(i64::MAX)),
+            (Time::Made, None) => e.mtime = at(now),
+        }
+        e
+    }
 }
 
 const MAX_LINKS: usize = 40;
@@ -177,6 +297,8 @@ struct Match {
     rel: String,
     /// The part of `rel` that `--parents` keeps (after a `/./` pivot).
     kept: String,
+    /// Where its times come from.
+    time: Time,
     keep_owner: bool,
     is_dir: bool,
 }
@@ -359,7 +481,13 @@ fn matches(src: &SourceTree<'_>, req: &CopyRequest<'_>, scratch: &Path) -> Resul
     for (i, s) in req.sources.iter().enumerate() {
         if let Some(doc) = find_heredoc(req.heredocs, s) {
             let content = if doc.expand {
-                req.lexer.expand_word(&doc.content(), req.vars).map_err(|e| BuildError::Expand(Box::new(e)))?
+                // quotes in a heredoc are its text: variables inside them
+                // expand too (BuildKit's SkipProcessQuotes)
+                req.lexer
+                    .clone()
+                    .skip_quotes(true)
+                    .expand_word(&doc.content(), req.vars)
+                    .map_err(|e| BuildError::Expand(Box::new(e)))?
             } else {
                 doc.content()
             };
@@ -372,6 +500,7 @@ fn matches(src: &SourceTree<'_>, req: &CopyRequest<'_>, scratch: &Path) -> Resul
                 full: path,
                 rel: doc.name.clone(),
                 kept: String::new(),
+                time: Time::Input,
                 keep_owner: false,
                 is_dir: false,
             });
@@ -425,12 +554,13 @@ fn matches(src: &SourceTree<'_>, req: &CopyRequest<'_>, scratch: &Path) -> Resul
                 std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
                 let tar = decompressed(&full, archive, scratch)?;
                 layer_diff::apply_tar(tar, &dir, &layer_diff::ApplyOptions::default())?;
-                out.push(Match { full: dir, rel, kept, keep_owner: true, is_dir: true });
+                out.push(Match { full: dir, rel, kept, time: Time::Source, keep_owner: true, is_dir: true });
                 continue;
             }
             // files from an image or stage keep their owners; the
             // context's are root's (as docker's client sends them)
-            out.push(Match { full, rel, kept, keep_owner: !src.is_context, is_dir: meta.is_dir() });
+            let time = if src.is_context { Time::Input } else { Time::Source };
+            out.push(Match { full, rel, kept, time, keep_owner: !src.is_context, is_dir: meta.is_dir() });
         }
     }
     Ok(out)
@@ -463,7 +593,7 @@ fn download(url: &str, req: &CopyRequest<'_>, dir: &Path) -> Result<Match, Build
         let f = std::fs::File::options().write(true).open(&path).map_err(io_err("open", &path))?;
         f.set_modified(t).map_err(io_err("set the time of", &path))?;
     }
-    Ok(Match { full: path, rel: name, kept: String::new(), keep_owner: false, is_dir: false })
+    Ok(Match { full: path, rel: name, kept: String::new(), time: Time::Input, keep_owner: false, is_dir: false })
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {
@@ -506,7 +636,14 @@ fn git_clone(url: &str, keep_git_dir: bool, dir: &Path) -> Result<Match, BuildEr
         let git = dir.join(".git");
         std::fs::remove_dir_all(&git).map_err(io_err("remove", &git))?;
     }
-    Ok(Match { full: dir.to_owned(), rel: String::new(), kept: String::new(), keep_owner: false, is_dir: true })
+    Ok(Match {
+        full: dir.to_owned(),
+        rel: String::new(),
+        kept: String::new(),
+        time: Time::Input,
+        keep_owner: false,
+        is_dir: true,
+    })
 }
 
 fn components(p: &Path) -> Vec<OsString> {
@@ -529,7 +666,11 @@ pub(crate) fn plan(
     let found = matches(src, req, scratch)?;
     let dest_abs = super::instr::join_path(req.workdir, req.dest);
     let dir_syntax = req.dest.ends_with('/') || req.dest == "." || req.dest.ends_with("/.") || req.dest.is_empty();
-    let several = found.len() > 1 || req.sources.iter().any(|s| has_wildcard(s)) && found.len() > 1;
+    // directories (and archives ADD extracts) fill the destination as a
+    // directory, as BuildKit does; several files, or files and directories,
+    // need a destination that is one
+    let files = found.iter().filter(|m| !m.is_dir).count();
+    let several = files > 1 || (files == 1 && found.len() > 1);
     let exists_as_dir = dest_root.and_then(|r| inside(r, &dest_abs)).is_some_and(|p| p.is_dir());
     if several && !dir_syntax && !exists_as_dir {
         return Err(BuildError::DestNotDir { dest: req.dest.to_owned() });
@@ -542,8 +683,8 @@ pub(crate) fn plan(
     };
     let (uid, gid) = req.chown.unwrap_or((0, 0));
     let mut items: BTreeMap<Vec<OsString>, Item> = BTreeMap::new();
-    let put = |entry: Entry, source: PathBuf, items: &mut BTreeMap<Vec<OsString>, Item>| {
-        items.insert(components(&entry.path), Item { source, entry });
+    let put = |entry: Entry, source: PathBuf, time: Time, items: &mut BTreeMap<Vec<OsString>, Item>| {
+        items.insert(components(&entry.path), Item { source, entry, time });
     };
     // where the destination directory (or the file's directory) really is in the image
     let resolve_dir = |abs: &str| -> PathBuf {
@@ -575,24 +716,14 @@ pub(crate) fn plan(
                 e.uid = u;
                 e.gid = g;
             }
-            if let Some(mode) = req.chmod {
-                e.mode = mode;
+            if let Some(chmod) = req.chmod {
+                e.mode = chmod.apply(e.mode, e.kind == Kind::Dir);
             }
         };
         if m.is_dir {
             let base = resolve_dir(&target_abs);
             for d in missing_dirs(dest_root, &target_abs) {
                 created_dirs.push(d);
-            }
-            // a directory it creates for a directory of the tree takes
-            // that directory's metadata (BuildKit's copier does)
-            if m.full.starts_with(src.root)
-                && dest_root.is_none_or(|r| inside(r, &target_abs).is_none_or(|p| !p.is_dir()))
-                && !base.as_os_str().is_empty()
-                && let Some(mut entry) = Entry::read(&m.full, base.clone())?
-            {
-                keep(&mut entry);
-                put(entry, m.full.clone(), &mut items);
             }
             let snap = Snapshot::walk(&m.full)?;
             let entries: Vec<&Entry> = if src.is_context {
@@ -608,7 +739,7 @@ pub(crate) fn plan(
                 let mut entry = e.clone();
                 keep(&mut entry);
                 entry.path = base.join(&e.path);
-                put(entry, m.full.join(&e.path), &mut items);
+                put(entry, m.full.join(&e.path), m.time, &mut items);
             }
         } else {
             let name = Path::new(&m.rel).file_name().map_or_else(|| OsString::from("file"), OsString::from);
@@ -631,7 +762,7 @@ pub(crate) fn plan(
             let Some(mut entry) = Entry::read(&m.full, base.join(&file_name))? else { continue };
             entry.nlink = 1;
             keep(&mut entry);
-            put(entry, m.full.clone(), &mut items);
+            put(entry, m.full.clone(), m.time, &mut items);
         }
     }
     for d in created_dirs {
@@ -640,11 +771,44 @@ pub(crate) fn plan(
             continue;
         }
         // parents the step creates get --chmod's mode too (BuildKit's copier)
-        let entry = Entry::new(d, Kind::Dir, req.chmod.unwrap_or(0o755), uid, gid);
-        put(entry, PathBuf::from("/"), &mut items);
+        let entry = Entry::new(d, Kind::Dir, req.chmod.map_or(0o755, Chmod::for_new_dir), uid, gid);
+        put(entry, PathBuf::from("/"), Time::Made, &mut items);
     }
-    // a destination directory that holds what was copied gets an entry too when new
+    if let Some(root) = dest_root {
+        let paths: Vec<PathBuf> = items.values().map(|i| i.entry.path.clone()).collect();
+        for entry in existing_above(root, &paths)? {
+            let full = root.join(&entry.path);
+            put(entry, full, Time::Source, &mut items);
+        }
+    }
     Ok(items.into_values().collect())
+}
+
+/// The directories above `paths` (relative, in the image) that the image
+/// at `root` already has and `paths` do not name, as they are. A layer
+/// holds them so that, extracted on its own to be stacked with overlayfs,
+/// it does not make them anew (root's, 0755) and hide their owner and mode
+/// below.
+pub(crate) fn existing_above(root: &Path, paths: &[PathBuf]) -> Result<Vec<Entry>, BuildError> {
+    let named: std::collections::HashSet<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for p in paths {
+        for a in p.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()) {
+            if !named.contains(a) {
+                seen.insert(a.to_path_buf());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for dir in seen {
+        let full = root.join(&dir);
+        if std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir())
+            && let Some(entry) = Entry::read(&full, dir)?
+        {
+            out.push(entry);
+        }
+    }
+    Ok(out)
 }
 
 /// A digest of what a planned copy writes, the step cache's key: paths and
@@ -663,7 +827,17 @@ pub(crate) fn items_digest(items: &[Item], scratch: Option<&Path>) -> Result<Dig
             Kind::Symlink(t) => format!("l {}", t.display()),
             other => format!("{other:?}"),
         };
-        let line = format!("{}\0{kind}\0{:o}\0{}\0{}\0{}\n", e.path.display(), e.mode, e.uid, e.gid, e.size);
+        let line = format!(
+            "{}\0{kind}\0{:o}\0{}\0{}\0{}\0{:?}\0{}.{}\n",
+            e.path.display(),
+            e.mode,
+            e.uid,
+            e.gid,
+            e.size,
+            item.time,
+            e.mtime.sec,
+            e.mtime.nsec
+        );
         std::io::Write::write_all(&mut w, line.as_bytes()).map_err(io_err("hash", &item.source))?;
         if matches!(e.kind, Kind::File) {
             if scratch.is_some_and(|s| item.source.starts_with(s)) {
@@ -713,7 +887,7 @@ pub(crate) fn tree_mount(src: &SourceTree<'_>, source: &str) -> Result<TreeMount
         let name = full.file_name().map_or_else(|| PathBuf::from("file"), PathBuf::from);
         let entry = Entry::read(&full, name)?.ok_or_else(missing)?;
         return Ok(TreeMount {
-            items: vec![Item { source: full.clone(), entry }],
+            items: vec![Item { source: full.clone(), entry, time: Time::Source }],
             full,
             filtered: false,
             is_dir: false,
@@ -729,7 +903,7 @@ pub(crate) fn tree_mount(src: &SourceTree<'_>, source: &str) -> Result<TreeMount
             filtered = true;
             continue;
         }
-        items.push(Item { source: full.join(&e.path), entry: e.clone() });
+        items.push(Item { source: full.join(&e.path), entry: e.clone(), time: Time::Source });
     }
     Ok(TreeMount { full, items, filtered, is_dir: true })
 }
@@ -810,5 +984,25 @@ mod tests {
         assert_eq!(clean_source("a/./b/../c"), Some("a/c".into()));
         assert_eq!(clean_source("../x"), None);
         assert_eq!(clean_source("a/../../x"), None);
+    }
+
+    #[test]
+    fn chmod_octal_and_symbolic() {
+        let c = |t: &str| Chmod::parse(t).unwrap_or_else(|| panic!("{t}"));
+        assert_eq!(c("755").apply(0o600, false), 0o755);
+        assert_eq!(Chmod::parse("10000"), None);
+        assert_eq!(Chmod::parse("u+q"), None);
+        assert_eq!(Chmod::parse("go"), None);
+        assert_eq!(c("go-w").apply(0o666, false), 0o644);
+        assert_eq!(c("u=rw,g=r,o=r").apply(0o777, false), 0o644);
+        assert_eq!(c("a+X").apply(0o666, false), 0o666);
+        assert_eq!(c("a+X").apply(0o124, true), 0o135);
+        assert_eq!(c("a+X").apply(0o644, false), 0o644);
+        assert_eq!(c("a+X").apply(0o744, false), 0o755);
+        assert_eq!(c("go-w").apply(0o124, true), 0o104);
+        assert_eq!(c("u+rw,g+r,o-x,o+w").apply(0o124, true), 0o766);
+        assert_eq!(c("+x").apply(0o600, false), 0o711);
+        assert_eq!(c("g=u").apply(0o750, false), 0o770);
+        assert_eq!(c("u+s,o+t").apply(0o755, true), 0o5755);
     }
 }

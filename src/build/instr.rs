@@ -116,6 +116,20 @@ pub(crate) fn run_args(run: &Run, shell: &[String]) -> Vec<String> {
     }
 }
 
+/// A `RUN` whose whole command is one heredoc starting with `#!`: its
+/// name and text. BuildKit runs such a heredoc as a program of its own
+/// (the kernel reads the `#!` line), not as shell input.
+pub(crate) fn shebang_script(run: &Run) -> Option<(String, String)> {
+    let CommandLine::Shell(s) = &run.command else { return None };
+    match run.heredocs.as_slice() {
+        [only] if s.trim_start().starts_with("<<") && s.split_whitespace().count() == 1 => {
+            let text = only.content();
+            text.starts_with("#!").then(|| (only.name.clone(), text))
+        }
+        _ => None,
+    }
+}
+
 fn nanos(d: Option<Duration>) -> Option<i64> {
     d.map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }

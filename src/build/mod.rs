@@ -30,6 +30,7 @@ mod exec;
 mod files;
 mod instr;
 mod rootfs;
+mod ssh;
 mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -326,6 +327,14 @@ pub enum BuildError {
         #[source]
         source: Box<BuildError>,
     },
+    /// [`Build::epoch_from_git`] without a commit time to take.
+    #[error("{}: no git commit time for the epoch: {reason}", context.display())]
+    GitEpoch {
+        /// The build context.
+        context: PathBuf,
+        /// What git said.
+        reason: String,
+    },
     /// A blocking task died.
     #[error("build task failed: {0}")]
     Task(String),
@@ -361,6 +370,61 @@ impl Drop for Reaper {
             });
         }
     }
+}
+
+/// Where a build's epoch comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EpochChoice {
+    /// Not chosen by the invoker: a `SOURCE_DATE_EPOCH` build argument,
+    /// else the Dockerfile's global `ARG` default, else 0.
+    Unset,
+    /// Chosen ([`Build::epoch`] or `SOURCE_DATE_EPOCH` in the environment);
+    /// `None` is docker's times.
+    Given(Option<u64>),
+    /// The commit time of the context's git `HEAD` ([`Build::epoch_from_git`]).
+    Git,
+}
+
+impl EpochChoice {
+    /// The epoch of a build of `context` with build arguments `args` and `plan`.
+    fn resolve(self, args: &BTreeMap<String, String>, plan: &Plan, context: &Path) -> Result<Option<u64>, BuildError> {
+        match self {
+            EpochChoice::Given(e) => Ok(e),
+            EpochChoice::Git => git_commit_time(context).map(Some),
+            EpochChoice::Unset => {
+                let given = args.get("SOURCE_DATE_EPOCH").or_else(|| plan.global_values.get("SOURCE_DATE_EPOCH"));
+                match given.map(String::as_str) {
+                    // BuildKit's opt-in: the context's git commit time, when
+                    // the context is a git work tree (else none is set)
+                    Some("context") => Ok(Some(git_commit_time(context).unwrap_or(0))),
+                    Some(v) if !v.is_empty() => v.trim().parse().map(Some).map_err(|_| BuildError::Flag {
+                        flag: "SOURCE_DATE_EPOCH",
+                        value: v.to_owned(),
+                        reason: "not a number of seconds since 1970",
+                    }),
+                    _ => Ok(Some(0)),
+                }
+            }
+        }
+    }
+}
+
+/// The commit time of the git `HEAD` of the work tree holding `context`.
+fn git_commit_time(context: &Path) -> Result<u64, BuildError> {
+    let fail = |reason: String| BuildError::GitEpoch { context: context.to_owned(), reason };
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(context)
+        .args(["log", "-1", "--format=%ct", "HEAD"])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| fail(format!("cannot run git: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().map_err(|_| fail(format!("git printed {:?}", text.trim())))
 }
 
 /// A tmpfs `size=` in bytes: a number with an optional binary unit (`k`,
@@ -440,7 +504,7 @@ pub struct Build {
     target: Option<String>,
     platform: Platform,
     labels: BTreeMap<String, String>,
-    epoch: Option<u64>,
+    epoch: EpochChoice,
     compression: Compression,
     level: Option<i32>,
     progress: Option<ProgressFn>,
@@ -451,6 +515,7 @@ pub struct Build {
     cache_dir: Option<PathBuf>,
     no_cache: bool,
     secrets: BTreeMap<String, PathBuf>,
+    ssh: BTreeMap<String, PathBuf>,
     overlayfs: bool,
     overwrite: bool,
     cancel: Option<Cancel>,
@@ -473,15 +538,15 @@ impl fmt::Debug for Build {
 impl Build {
     /// A build of `CONTEXT/Dockerfile` (see [`Build::dockerfile`]) with
     /// `context` as the build context. Defaults: the host's platform, gzip
-    /// level 6, `SOURCE_DATE_EPOCH` (else 0) as the time of every file and
-    /// history entry, [`Runc`], the cache in [`default_cache_dir`], no
-    /// outputs (the image stays in the cache).
+    /// level 6, the epoch of [`Build::epoch`] (`SOURCE_DATE_EPOCH`, else
+    /// 0), [`Runc`], the cache in [`default_cache_dir`], no outputs (the
+    /// image stays in the cache).
     ///
     /// The default Dockerfile and the context's `.dockerignore` are read
     /// only when they resolve inside the context (a symlink leading out is
     /// refused, [`BuildError::LeavesContext`]).
     pub fn new(context: impl Into<PathBuf>) -> Build {
-        let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        let env_epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok());
         Build {
             context: context.into(),
             dockerfile: None,
@@ -490,7 +555,7 @@ impl Build {
             target: None,
             platform: Platform::host(),
             labels: BTreeMap::new(),
-            epoch: Some(epoch),
+            epoch: env_epoch.map_or(EpochChoice::Unset, |e| EpochChoice::Given(Some(e))),
             compression: Compression::Gzip,
             level: None,
             progress: None,
@@ -501,6 +566,7 @@ impl Build {
             cache_dir: None,
             no_cache: false,
             secrets: BTreeMap::new(),
+            ssh: BTreeMap::new(),
             overlayfs: true,
             overwrite: false,
             cancel: None,
@@ -558,12 +624,32 @@ impl Build {
         self
     }
 
-    /// File times clamped to this (seconds since the epoch) and used as
-    /// every `created` time; `None` keeps file times and records the time
-    /// of the build.
+    /// The build's epoch (seconds since 1970; default `SOURCE_DATE_EPOCH`
+    /// from the environment, else a `SOURCE_DATE_EPOCH` build argument or
+    /// global `ARG` default of the Dockerfile, else 0). It is the time of
+    /// every input (context files, heredocs, downloads, git checkouts), of
+    /// what steps make (directories, `RUN`'s new files: their times are
+    /// clamped) and of every `created`; files taken from images, stages and
+    /// archives keep their times, clamped to it. The same inputs give the
+    /// same image on any machine, from any checkout.
+    ///
+    /// `None` is docker's times instead: nothing is rewritten, `created` is
+    /// the time of the build, and each input's time is part of its step's
+    /// cache key.
     #[must_use]
     pub fn epoch(mut self, epoch: Option<u64>) -> Build {
-        self.epoch = epoch;
+        self.epoch = EpochChoice::Given(epoch);
+        self
+    }
+
+    /// Takes the epoch from the commit time of the context's git `HEAD`
+    /// (as BuildKit's opt-in `SOURCE_DATE_EPOCH` from the context does):
+    /// the same commit gives the same image from any checkout, dated when
+    /// it was committed. A context outside a git work tree is an error
+    /// ([`BuildError::GitEpoch`]).
+    #[must_use]
+    pub fn epoch_from_git(mut self) -> Build {
+        self.epoch = EpochChoice::Git;
         self
     }
 
@@ -660,6 +746,17 @@ impl Build {
     #[must_use]
     pub fn secret(mut self, id: impl Into<String>, file: impl Into<PathBuf>) -> Build {
         self.secrets.insert(id.into(), file.into());
+        self
+    }
+
+    /// An ssh agent for `RUN --mount=type=ssh[,id=ID]` (`id` defaults to
+    /// `default`): `socket` is the agent's socket (`SSH_AUTH_SOCK` for
+    /// docker's `--ssh default`). Each such mount gets a socket of its own
+    /// relaying to the agent; neither the socket nor a key reaches a layer
+    /// or the cache.
+    #[must_use]
+    pub fn ssh(mut self, id: impl Into<String>, socket: impl Into<PathBuf>) -> Build {
+        self.ssh.insert(id.into(), socket.into());
         self
     }
 
@@ -765,6 +862,7 @@ impl Build {
         opts.budget = Some(budget.clone());
         let plan = dockerfile_parse::stages::plan(&df, &opts)
             .map_err(|e| BuildError::Plan { dockerfile: dockerfile_name.clone(), source: Box::new(e) })?;
+        let epoch = self.epoch.resolve(&self.args, &plan, &context)?;
         let ignore = read_ignore(&context, &dockerfile_path, self.dockerfile.is_none())?;
         let named = prepare_named(self.contexts)?;
         let cache_dir = match &self.cache_dir {
@@ -780,7 +878,7 @@ impl Build {
             self.overlayfs && rustix::process::geteuid().is_root() && rootfs::overlay_available(store.build_dir());
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let pack = PackOptions {
-            epoch: self.epoch,
+            epoch,
             normalize_owner: false,
             id_map: None,
             compression: self.compression,
@@ -789,8 +887,7 @@ impl Build {
             prefix: None,
         };
         // what every layer depends on besides its step: part of every cache key
-        let salt =
-            format!("epoch={:?} compression={:?} level={:?} manifest=oci-v1", self.epoch, self.compression, self.level);
+        let salt = format!("epoch={epoch:?} compression={:?} level={:?} manifest=oci-v1", self.compression, self.level);
         let secrets = self
             .secrets
             .into_iter()
@@ -799,14 +896,23 @@ impl Build {
                 Ok((id, abs))
             })
             .collect::<Result<_, BuildError>>()?;
+        let ssh = self
+            .ssh
+            .into_iter()
+            .map(|(id, socket)| {
+                let abs = std::path::absolute(&socket).map_err(BuildError::io("find the ssh agent", &socket))?;
+                Ok((id, abs))
+            })
+            .collect::<Result<_, BuildError>>()?;
         Ok(Ctx {
             context,
             text,
+            ssh,
             dockerfile: dockerfile_name,
             args,
             platform: self.platform,
             labels: self.labels,
-            epoch: self.epoch,
+            epoch,
             pack,
             salt,
             progress: self.progress,
@@ -1047,6 +1153,7 @@ struct Ctx {
     named: BTreeMap<String, Named>,
     lexer: Lexer,
     secrets: BTreeMap<String, PathBuf>,
+    ssh: BTreeMap<String, PathBuf>,
     overlay: bool,
     plan: Plan,
     rt: tokio::runtime::Handle,
@@ -1144,10 +1251,15 @@ impl Ctx {
     fn created(&self) -> String {
         match self.epoch {
             Some(e) => crate::rfc3339_utc(e),
-            None => crate::rfc3339_utc(
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-            ),
+            None => crate::rfc3339_utc(Self::now().try_into().unwrap_or(0)),
         }
+    }
+
+    /// Seconds since the Unix epoch, now.
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
     }
 
     fn at(&self, line: usize, instruction: &str) -> impl FnOnce(BuildError) -> BuildError {
@@ -1378,7 +1490,26 @@ impl Ctx {
         line: usize,
     ) -> Result<(), BuildError> {
         let vars = Self::vars(st);
-        let (cmd, _) = command.expand(&self.lexer, &vars).map_err(|e| BuildError::Expand(Box::new(e)))?;
+        // the default of an argument the build gives is never expanded (a
+        // `${X:?}` there only fails when the default is used, as in BuildKit)
+        let given = |name: &str| self.args.contains_key(name) && !PLATFORM_ARGS.contains(&name);
+        let (cmd, _) = match command {
+            Command::Arg(defs) if defs.iter().any(|d| d.default.is_some() && given(&d.name)) => {
+                let defs = defs
+                    .iter()
+                    .map(|d| {
+                        let mut d = d.clone();
+                        if given(&d.name) {
+                            d.default = None;
+                        }
+                        d
+                    })
+                    .collect();
+                Command::Arg(defs).expand(&self.lexer, &vars)
+            }
+            other => other.expand(&self.lexer, &vars),
+        }
+        .map_err(|e| BuildError::Expand(Box::new(e)))?;
         let created_by = instr::created_by(original);
         let key_text = format!("{created_by}\n{cmd:?}");
         let stage_index = st.index;
@@ -1469,8 +1600,9 @@ impl Ctx {
             }
             Command::Expose(ports) => {
                 let set = st.image.cfg().exposed_ports.get_or_insert_with(BTreeSet::new);
-                for p in ports {
-                    for one in instr::expand_ports(&p)? {
+                // a variable may hold several ports (BuildKit splits words here)
+                for p in ports.iter().flat_map(|p| p.split_whitespace()) {
+                    for one in instr::expand_ports(p)? {
                         set.insert(one);
                     }
                 }
@@ -1943,10 +2075,12 @@ impl Ctx {
         items: &[files::Item],
     ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
         self.layer_step(key, report, || {
+            let now = Self::now();
+            let entries: Vec<layer_diff::Entry> = items.iter().map(|i| i.written(self.epoch, now)).collect();
             self.write_layer(|w| {
-                w.read_ahead(items.iter().map(|item| (item.source.clone(), &item.entry)));
-                for item in items {
-                    w.append_from(&item.source, &item.entry)?;
+                w.read_ahead(items.iter().zip(&entries).map(|(item, e)| (item.source.clone(), e)));
+                for (item, e) in items.iter().zip(&entries) {
+                    w.append_from(&item.source, e)?;
                 }
                 Ok(items.len())
             })
@@ -1961,12 +2095,25 @@ impl Ctx {
         let user = st.image.cfg().user.clone().unwrap_or_default();
         let (uid, gid) = instr::mkdir_owner(root, &user);
         let missing = files::missing_dirs(root, path);
+        // the directories above that exist go in as they are (see files::existing_above)
+        let above = match root {
+            Some(r) => files::existing_above(r, &missing)?,
+            None => Vec::new(),
+        };
+        let now = Self::now();
         self.write_layer(|w| {
-            for dir in &missing {
-                let entry = layer_diff::Entry::new(dir.clone(), layer_diff::Kind::Dir, 0o755, uid, gid);
-                w.append_from(Path::new("/"), &entry)?;
+            for e in &above {
+                w.append_from(Path::new("/"), e)?;
             }
-            Ok(missing.len())
+            for dir in &missing {
+                let entry = files::Item {
+                    source: PathBuf::from("/"),
+                    entry: layer_diff::Entry::new(dir.clone(), layer_diff::Kind::Dir, 0o755, uid, gid),
+                    time: files::Time::Made,
+                };
+                w.append_from(Path::new("/"), &entry.written(self.epoch, now))?;
+            }
+            Ok(above.len() + missing.len())
         })
     }
 
@@ -2000,13 +2147,11 @@ impl Ctx {
             None => None,
         };
         let chmod = match &c.chmod {
-            Some(m) => {
-                Some(u32::from_str_radix(m, 8).ok().filter(|n| *n <= 0o7777).ok_or_else(|| BuildError::Flag {
-                    flag: "--chmod",
-                    value: m.clone(),
-                    reason: "expected an octal mode from 0 to 7777 (symbolic modes are not supported)",
-                })?)
-            }
+            Some(m) => Some(files::Chmod::parse(m).ok_or_else(|| BuildError::Flag {
+                flag: "--chmod",
+                value: m.clone(),
+                reason: "expected an octal mode from 0 to 7777 or symbolic clauses such as u+x,go-w",
+            })?),
             None => None,
         };
         if c.checksum.is_some() {
@@ -2036,7 +2181,7 @@ impl Ctx {
             heredocs: &c.heredocs,
             workdir: &workdir,
             chown,
-            chmod,
+            chmod: chmod.as_ref(),
             exclude: &c.exclude,
             parents: c.parents,
             add,
@@ -2141,6 +2286,16 @@ impl Ctx {
                 env.push(format!("{p}={v}"));
             }
         }
+        // BuildKit's proxy settings: a proxy argument in either case is
+        // also the upper-case variable RUN sees
+        for p in PROXY_ARGS.iter().filter(|p| p.chars().all(|c| !c.is_ascii_lowercase())) {
+            let given = self.args.get(*p).or_else(|| self.args.get(&p.to_ascii_lowercase()));
+            if let Some(v) = given
+                && !env.iter().any(|e| e.split_once('=').is_some_and(|(k, _)| k == *p))
+            {
+                env.push(format!("{p}={v}"));
+            }
+        }
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push(format!("PATH={DEFAULT_PATH}"));
         }
@@ -2168,7 +2323,25 @@ impl Ctx {
         let mut mount_stubs = Vec::new();
         let mut parents: Vec<rootfs::Parent> = Vec::new();
         let mut held_views = Vec::new();
+        // ssh mounts: a relay socket each, in a private directory of its own
+        // (short: a socket path has at most 107 bytes)
+        let ssh_dir = Self::private_dir_for(run)?;
+        let mut relays = Vec::new();
+        let mut ssh_index = 0;
         for (m, bind) in run.mounts.iter().zip(binds) {
+            if m.kind == dockerfile_parse::command::MountType::Ssh {
+                let n = ssh_index;
+                ssh_index += 1;
+                let Some(dir) = &ssh_dir else { continue };
+                let Some((pm, relay)) = self.ssh_mount(m, n, dir.path(), &cwd)? else { continue };
+                if n == 0 {
+                    instr::set_env(&mut env, "SSH_AUTH_SOCK", &pm.destination);
+                }
+                Self::mount_point_stubs(&merged, &pm.destination, &mut mount_stubs, &mut parents);
+                mounts.push(pm);
+                relays.push(relay);
+                continue;
+            }
             if let Some((name, value)) = self.secret_env(m)? {
                 instr::set_env(&mut env, &name, &value);
                 if m.target.is_none() {
@@ -2178,28 +2351,26 @@ impl Ctx {
             }
             let (pm, view) = match bind {
                 Some(source) => self.bind_mount(m, source, &cwd)?,
-                None => self.run_mount(m, &cwd)?,
+                None => self.run_mount(m, &cwd, ssh_dir.as_ref().map(tempfile::TempDir::path))?,
             };
-            // every directory runc will create for the mount point, top
-            // down, and those above it as they are now
-            let mut prefix = String::new();
-            for part in pm.destination.split('/').filter(|p| !p.is_empty()) {
-                prefix.push('/');
-                prefix.push_str(part);
-                let Some(path) = files::inside(&merged, &prefix) else { break };
-                let Ok(rel) = path.strip_prefix(&merged) else { break };
-                if std::fs::symlink_metadata(&path).is_err() {
-                    if !mount_stubs.iter().any(|s: &PathBuf| s == rel) {
-                        mount_stubs.push(rel.to_owned());
-                    }
-                } else if prefix != pm.destination
-                    && let Some(p) = rootfs::Parent::read(&merged, rel)
-                {
-                    parents.push(p);
-                }
-            }
+            Self::mount_point_stubs(&merged, &pm.destination, &mut mount_stubs, &mut parents);
             mounts.push(pm);
             held_views.extend(view);
+        }
+        // a heredoc with a `#!` line runs as a program of its own, bound
+        // read-only at /dev/pipes/NAME (inside runc's /dev: no trace in the image)
+        let mut args = args;
+        if let (Some((name, text)), Some(dir)) = (instr::shebang_script(run), &ssh_dir) {
+            let script = dir.path().join("script");
+            std::fs::write(&script, text).map_err(BuildError::io("write", &script))?;
+            std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(BuildError::io("chmod", &script))?;
+            let dest = format!("/dev/pipes/{name}");
+            mounts.push(ProcessMount {
+                destination: dest.clone(),
+                kind: MountKind::Bind { source: script, readonly: true },
+            });
+            args = vec![dest];
         }
         let mut process = Process::new(args);
         process.env = env;
@@ -2215,6 +2386,8 @@ impl Ctx {
             self.emit(&Progress::Output { stage: index, bytes });
         })?;
         drop(held_views);
+        drop(relays);
+        drop(ssh_dir);
         // The mount points made for the command go again (deepest first)
         // while still what the runtime made. Never through the live tree: on
         // the upper directory once unmounted, or the flattened tree, each
@@ -2262,6 +2435,92 @@ impl Ctx {
             }
         }
         Ok(layer)
+    }
+
+    /// Every directory runc will create for the mount point `dest`, top
+    /// down (to remove after the step), and those above it as they are now
+    /// (to restore).
+    fn mount_point_stubs(merged: &Path, dest: &str, stubs: &mut Vec<PathBuf>, parents: &mut Vec<rootfs::Parent>) {
+        let mut prefix = String::new();
+        for part in dest.split('/').filter(|p| !p.is_empty()) {
+            prefix.push('/');
+            prefix.push_str(part);
+            let Some(path) = files::inside(merged, &prefix) else { break };
+            let Ok(rel) = path.strip_prefix(merged) else { break };
+            if std::fs::symlink_metadata(&path).is_err() {
+                if !stubs.iter().any(|s: &PathBuf| s == rel) {
+                    stubs.push(rel.to_owned());
+                }
+            } else if prefix != dest
+                && let Some(p) = rootfs::Parent::read(merged, rel)
+            {
+                parents.push(p);
+            }
+        }
+    }
+
+    /// A private directory (0700, in the system's temporary directory, so
+    /// that socket paths stay short) for a step's ssh relay sockets, secret
+    /// copies and `#!` heredoc script; `None` when the step has none.
+    fn private_dir_for(run: &dockerfile_parse::command::Run) -> Result<Option<tempfile::TempDir>, BuildError> {
+        use dockerfile_parse::command::MountType;
+        if !run.mounts.iter().any(|m| matches!(m.kind, MountType::Ssh | MountType::Secret))
+            && instr::shebang_script(run).is_none()
+        {
+            return Ok(None);
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-run-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()
+            .map_err(BuildError::io("create", std::env::temp_dir()))?;
+        Ok(Some(dir))
+    }
+
+    /// A `RUN --mount=type=ssh`, the `n`th of its step: a relay socket to
+    /// the agent given for its id, at its target (default
+    /// `/run/buildkit/ssh_agent.N`), owned `uid`:`gid` (root) with `mode`
+    /// (0600). `None` for an optional mount whose agent was not given.
+    fn ssh_mount(
+        &self,
+        m: &dockerfile_parse::command::Mount,
+        n: usize,
+        dir: &Path,
+        cwd: &str,
+    ) -> Result<Option<(ProcessMount, ssh::AgentRelay)>, BuildError> {
+        let id = m.id.clone().unwrap_or_else(|| "default".into());
+        let Some(agent) = self.ssh.get(&id) else {
+            if m.required {
+                return Err(BuildError::Flag {
+                    flag: "--mount",
+                    value: format!("type=ssh,id={id}"),
+                    reason: "no ssh agent given to the build for this id (--ssh)",
+                });
+            }
+            return Ok(None);
+        };
+        let (uid, gid) = Self::mount_owner(m)?;
+        let path = dir.join(format!("ssh-{n}.sock"));
+        let relay = ssh::AgentRelay::start(&path, agent, uid, gid, m.mode.unwrap_or(0o600))
+            .map_err(BuildError::io("relay the ssh agent at", agent))?;
+        let dest = mount_target(m, cwd).unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{n}"));
+        let pm = ProcessMount {
+            destination: dest,
+            kind: MountKind::Bind { source: relay.path().to_owned(), readonly: false },
+        };
+        Ok(Some((pm, relay)))
+    }
+
+    /// A mount's `uid` and `gid` (root when not given).
+    fn mount_owner(m: &dockerfile_parse::command::Mount) -> Result<(u32, u32), BuildError> {
+        let id = |n: Option<u64>, what: &'static str| -> Result<u32, BuildError> {
+            u32::try_from(n.unwrap_or(0)).map_err(|_| BuildError::Flag {
+                flag: what,
+                value: n.unwrap_or(0).to_string(),
+                reason: "not a 32-bit id",
+            })
+        };
+        Ok((id(m.uid, "--mount uid")?, id(m.gid, "--mount gid")?))
     }
 
     /// `RUN --mount=type=secret,env=NAME`: `NAME` and the secret's value
@@ -2356,6 +2615,7 @@ impl Ctx {
         &self,
         m: &dockerfile_parse::command::Mount,
         cwd: &str,
+        private: Option<&Path>,
     ) -> Result<(ProcessMount, Option<View>), BuildError> {
         use dockerfile_parse::command::MountType;
         match m.kind {
@@ -2376,15 +2636,35 @@ impl Ctx {
             MountType::Secret => {
                 let id = Self::secret_id(m);
                 let dest = mount_target(m, cwd).unwrap_or_else(|| format!("/run/secrets/{id}"));
-                match self.secret_file(m, &id)? {
-                    Some(file) => Ok((
+                match (self.secret_file(m, &id)?, private) {
+                    (Some(file), Some(private)) => {
+                        // a copy of its own, owned uid:gid (root) with mode
+                        // (0400), as BuildKit mounts secrets; gone after the step
+                        let copy = private.join(format!("secret-{}", Digest::sha256(dest.as_bytes()).encoded()));
+                        std::fs::copy(file, &copy).map_err(BuildError::io("copy the secret", file))?;
+                        let (uid, gid) = Self::mount_owner(m)?;
+                        std::os::unix::fs::chown(&copy, Some(uid), Some(gid))
+                            .map_err(BuildError::io("chown", &copy))?;
+                        std::fs::set_permissions(
+                            &copy,
+                            std::os::unix::fs::PermissionsExt::from_mode(m.mode.unwrap_or(0o400) & 0o7777),
+                        )
+                        .map_err(BuildError::io("chmod", &copy))?;
+                        Ok((
+                            ProcessMount { destination: dest, kind: MountKind::Bind { source: copy, readonly: true } },
+                            None,
+                        ))
+                    }
+                    (Some(file), None) => Ok((
                         ProcessMount {
                             destination: dest,
                             kind: MountKind::Bind { source: file.clone(), readonly: true },
                         },
                         None,
                     )),
-                    None => Ok((ProcessMount { destination: dest, kind: MountKind::Tmpfs { size: Some(4096) } }, None)),
+                    (None, _) => {
+                        Ok((ProcessMount { destination: dest, kind: MountKind::Tmpfs { size: Some(4096) } }, None))
+                    }
                 }
             }
             _ => Err(BuildError::Unsupported { what: format!("RUN --mount type {:?}", m.kind) }),
@@ -2396,14 +2676,7 @@ impl Ctx {
     /// later uses find it as the steps before left it.
     fn new_cache_mount(m: &dockerfile_parse::command::Mount, dir: &Path) -> Result<(), BuildError> {
         use std::os::unix::fs::PermissionsExt;
-        let id = |n: Option<u64>, what: &'static str| -> Result<u32, BuildError> {
-            u32::try_from(n.unwrap_or(0)).map_err(|_| BuildError::Flag {
-                flag: what,
-                value: n.unwrap_or(0).to_string(),
-                reason: "not a 32-bit id",
-            })
-        };
-        let (uid, gid) = (id(m.uid, "--mount uid")?, id(m.gid, "--mount gid")?);
+        let (uid, gid) = Self::mount_owner(m)?;
         let parent = dir.parent().unwrap_or(dir);
         let tmp =
             tempfile::Builder::new().prefix(".new-").tempdir_in(parent).map_err(BuildError::io("create", parent))?;

@@ -18,6 +18,7 @@ mod pki;
 mod proxy;
 mod scripted;
 mod server;
+mod ssh;
 mod token;
 
 pub use fault::{Fault, FaultCounts, FaultPlan, FaultProxy, TOKEN_LIFETIME};
@@ -27,6 +28,7 @@ pub use image::{GROUP, PASSWD, busybox_image};
 pub use pki::{CertPair, Pki};
 pub use proxy::HttpProxy;
 pub use scripted::{Logged, Quirks, ScriptedRegistry};
+pub use ssh::SshAgent;
 pub use token::{ISSUER, SERVICE, TokenServer};
 
 use std::io::{self, Read, Write};

@@ -671,7 +671,18 @@ async fn add_downloads_urls_with_checksums() {
     assert_eq!(fs::read_to_string(root.join("checked.txt")).unwrap(), "downloaded\n");
     let m = fs::metadata(root.join("opt/tool.txt")).unwrap();
     assert_eq!(m.permissions().mode() & 0o7777, 0o600);
-    assert_eq!(m.mtime(), 1_445_412_480, "Last-Modified was not kept");
+    // a download is an input: dated by the epoch (here 1_700_000_000) ...
+    assert_eq!(m.mtime(), 1_700_000_000, "a download is dated by the epoch");
+    // ... and by its Last-Modified with docker's times
+    let out = tmp.path().join("docker-times");
+    build(&ctx, &tmp.path().join("cache"))
+        .epoch(None)
+        .output(Output::Layout(out.clone()))
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+    let root = umoci_unpack(&out, "latest", &tmp.path().join("u2")).join("rootfs");
+    assert_eq!(fs::metadata(root.join("opt/tool.txt")).unwrap().mtime(), 1_445_412_480, "Last-Modified was not kept");
 
     let bad = kiln::oci_image::Digest::sha256(b"other");
     let e = failing(&format!("FROM scratch\nADD --checksum={bad} {url}/f.txt /f.txt\n"), &[]).await;

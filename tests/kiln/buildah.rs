@@ -1,12 +1,18 @@
 //! Differential test: the same Dockerfiles built by kiln and by
 //! `buildah bud --isolation=chroot --format docker` (vfs storage, a store
-//! per run) give the same config fields and the same root file system.
+//! per run) give the same config fields and the same root file system; in
+//! docker-times mode (kiln's `epoch(None)`) the files of the Dockerfiles
+//! without `RUN` also have the same modification times (context files and
+//! the base image's keep theirs in both).
 //!
 //! Known differences the Dockerfiles here stay clear of (buildah 1.28):
 //! shell-form `ENTRYPOINT`/`CMD` after `SHELL` (buildah ignores `SHELL`
 //! there; kiln follows Docker), `VOLUME` mixing words and JSON, and port
 //! ranges in `EXPOSE` (Docker and kiln give one key per port, buildah keeps
-//! `8000-8001/tcp`). Buildah also leaves the empty mount points of its `RUN`
+//! `8000-8001/tcp`), and `WorkingDir` of a `FROM scratch` image (`/` in
+//! BuildKit and kiln, empty in buildah: compared as equal); writes through
+//! a `RUN --mount=type=bind,rw` (buildah's reach the context; BuildKit's and
+//! kiln's are discarded). Buildah also leaves the empty mount points of its `RUN`
 //! containers in the image (`/dev`, `/proc`, `/sys`, `/run`,
 //! `/etc/{hostname,hosts,resolv.conf}`); BuildKit removes them and so does
 //! kiln, so those stubs alone are not counted as differences.
@@ -35,7 +41,14 @@ struct Node {
     content: Option<String>,
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Node>) {
+/// What the builders record, and the modification times of what is not a
+/// directory (compared in docker-times mode).
+struct Tree {
+    nodes: BTreeMap<PathBuf, Node>,
+    mtimes: BTreeMap<PathBuf, i64>,
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Node>, mtimes: &mut BTreeMap<PathBuf, i64>) {
     let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     names.sort();
     for p in names {
@@ -54,6 +67,9 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Node>) {
             let bytes = fs::read(&p).unwrap();
             kiln::oci_image::Digest::sha256(&bytes).to_string()
         });
+        if !ft.is_dir() {
+            mtimes.insert(p.strip_prefix(root).unwrap().to_owned(), m.mtime());
+        }
         out.insert(
             p.strip_prefix(root).unwrap().to_owned(),
             Node {
@@ -67,15 +83,15 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Node>) {
             },
         );
         if ft.is_dir() {
-            walk(root, &p, out);
+            walk(root, &p, out, mtimes);
         }
     }
 }
 
-fn tree(root: &Path) -> BTreeMap<PathBuf, Node> {
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
+fn tree(root: &Path) -> Tree {
+    let (mut nodes, mut mtimes) = (BTreeMap::new(), BTreeMap::new());
+    walk(root, root, &mut nodes, &mut mtimes);
+    Tree { nodes, mtimes }
 }
 
 /// The config fields compared, with empty and absent counting as equal.
@@ -88,7 +104,9 @@ fn fields(c: &ContainerConfig) -> BTreeMap<&'static str, String> {
         ("Env", j(serde_json::json!(c.env))),
         ("Cmd", j(serde_json::json!(c.cmd))),
         ("Entrypoint", j(serde_json::json!(c.entrypoint))),
-        ("WorkingDir", j(serde_json::json!(c.working_dir))),
+        // BuildKit (and kiln) give a scratch image the working directory
+        // "/", buildah leaves it empty: the same for a container
+        ("WorkingDir", j(serde_json::json!(c.working_dir.as_deref().filter(|w| *w != "/")))),
         ("User", j(serde_json::json!(c.user))),
         ("ExposedPorts", j(serde_json::json!(c.exposed_ports))),
         ("Volumes", j(serde_json::json!(c.volumes))),
@@ -115,7 +133,7 @@ impl Buildah {
     }
 
     /// Builds `ctx` and returns the image's config and root file system tree.
-    fn build(&self, ctx: &Path, name: &str, work: &Path) -> (ContainerConfig, BTreeMap<PathBuf, Node>) {
+    fn build(&self, ctx: &Path, name: &str, work: &Path) -> (ContainerConfig, Tree) {
         run(self
             .cmd()
             .args(["bud", "--isolation=chroot", "--format", "docker", "--tls-verify=false", "-t", name, "-f"])
@@ -135,7 +153,7 @@ impl Buildah {
 /// A case: name, Dockerfile, context files.
 type Case = (&'static str, String, Vec<(&'static str, &'static str)>);
 
-fn dockerfiles(base: &str) -> Vec<Case> {
+fn dockerfiles(base: &str, nopath: &str) -> Vec<Case> {
     vec![
         (
             "config",
@@ -188,8 +206,56 @@ fn dockerfiles(base: &str) -> Vec<Case> {
             "FROM scratch\nCOPY f.txt /\nCOPY dir /d/\nENV X=y\nCMD [\"/f.txt\"]\n".to_owned(),
             vec![("f.txt", "f\n"), ("dir/sub/g.txt", "g\n")],
         ),
+        // the fidelity defects (issue 18) where buildah 1.28 agrees with BuildKit:
+        // 1 identical layers, 2 no PATH, 3-5 WORKDIR, 6 owners, 7 wildcards,
+        // 8 re-includes, 11 cache mounts (and 14, times, in TIMED below)
+        (
+            "identical-layers",
+            format!(
+                "FROM {base}\nRUN mkdir /a\nRUN touch /a\nRUN true\nRUN echo x > /f\nRUN echo y > /f\n\
+                 RUN echo x > /f\nRUN cat /f > /g\n"
+            ),
+            vec![],
+        ),
+        ("workdir-slash", format!("FROM {base}\nWORKDIR /tmp/\n"), vec![]),
+        (
+            "copy-from-owners",
+            format!(
+                "FROM {base} AS s\nRUN mkdir -p /x/sub && echo hi > /x/sub/f && chown -R 1000:50 /x && chown 7:8 /x/sub/f\n\
+                 FROM {base}\nCOPY --from=s /x /y\nCOPY --from=s /x/sub/f /one\n"
+            ),
+            vec![],
+        ),
+        (
+            "dockerignore-reinclude",
+            format!("FROM {base}\nADD folder1 /f1\n"),
+            vec![(".dockerignore", "**\n!folder1/file1\n"), ("folder1/file1", "one\n"), ("folder1/file2", "two\n")],
+        ),
+        ("no-path", format!("FROM {nopath}\nENV PATH=/opt/bin:$PATH\n"), vec![]),
+        ("workdir-unknown-user", format!("FROM {base}\nUSER docker\nWORKDIR /w/x\nUSER root\n"), vec![]),
+        (
+            "workdir-user",
+            format!("FROM {base}\nUSER 1\nWORKDIR /a/b/c\nUSER app\nWORKDIR /home/app/d/e\nUSER root\n"),
+            vec![],
+        ),
+        (
+            "cache-mount-owner",
+            format!(
+                "FROM {base}\nRUN --mount=type=cache,target=/c,uid=10,gid=20,mode=0750 stat -c '%u %g %a' /c > /out\n"
+            ),
+            vec![],
+        ),
+        (
+            "empty-wildcard",
+            format!("FROM {base}\nCOPY file-a.txt subdir-* missing* subdir/\n"),
+            vec![("file-a.txt", "a\n"), ("subdir-1/b.txt", "b\n")],
+        ),
     ]
 }
+
+/// Cases without `RUN`: in docker-times mode every file keeps the time it
+/// had in the context or the base image, and the two builders must agree.
+const TIMED: &[&str] = &["files", "scratch"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kiln_and_buildah_agree_on_config_and_tree() {
@@ -203,9 +269,24 @@ async fn kiln_and_buildah_agree_on_config_and_tree() {
         .args(["copy", "--dest-tls-verify=false", &base.location()])
         .arg(format!("docker://{image}")))
     .unwrap();
+    // the same base without any Env (as umoci and other tools make images)
+    let nopath_layout = tmp.path().join("nopath");
+    testkit::busybox_image(&nopath_layout, "1").unwrap();
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &format!("{}:1", nopath_layout.display()),
+        "--clear=config.env",
+    ]))
+    .unwrap();
+    let nopath = format!("{}/nopath:1", registry.host());
+    run(Command::new(&skopeo)
+        .args(["copy", "--dest-tls-verify=false", &format!("oci:{}:1", nopath_layout.display())])
+        .arg(format!("docker://{nopath}")))
+    .unwrap();
     let base = image;
     let mut failures = Vec::new();
-    for (name, dockerfile, files) in dockerfiles(&base) {
+    for (name, dockerfile, files) in dockerfiles(&base, &nopath) {
         let work = tmp.path().join(name);
         let ctx = work.join("ctx");
         fs::create_dir_all(&ctx).unwrap();
@@ -218,20 +299,36 @@ async fn kiln_and_buildah_agree_on_config_and_tree() {
         if name == "files" {
             std::os::unix::fs::symlink("f.txt", ctx.join("link")).unwrap();
         }
+        // context files with times of their own, older than any build
+        for (i, (p, _)) in files.iter().enumerate() {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000 + 1000 * i as u64);
+            fs::File::options().write(true).open(ctx.join(p)).unwrap().set_modified(t).unwrap();
+        }
         let buildah = Buildah { bin: bin.clone(), root: work.join("b-root"), runroot: work.join("b-runroot") };
         let (b_config, b_tree) = buildah.build(&ctx, &format!("localhost/diff-{name}:1"), &work);
 
         let out = work.join("kiln-oci");
-        Build::new(&ctx)
-            .cache_dir(work.join("kiln-cache"))
-            .build_arg("V", "argv")
+        // docker's times where they are compared, the default epoch elsewhere
+        let timed = TIMED.contains(&name);
+        let b = Build::new(&ctx).cache_dir(work.join("kiln-cache"));
+        let b = if timed { b.epoch(None) } else { b };
+        b.build_arg("V", "argv")
             .output(Output::Layout(out.clone()))
             .tag("kiln/diff:k".parse().unwrap())
             .build()
             .await
             .unwrap_or_else(|e| panic!("{name}: {}", kiln::error_chain(&e)));
         let k_config = crate::build::config_of(&out, "k").config.unwrap_or_default();
-        let k_tree = tree(&umoci_unpack(&out, "k", &work.join("kiln-unpack")).join("rootfs"));
+        let Tree { nodes: k_tree, mtimes: k_times } =
+            tree(&umoci_unpack(&out, "k", &work.join("kiln-unpack")).join("rootfs"));
+        let (b_tree, b_times) = (b_tree.nodes, b_tree.mtimes);
+        if timed {
+            for (path, t) in &b_times {
+                if k_times.get(path).is_some_and(|k| k != t) {
+                    failures.push(format!("{name}: {}: mtime kiln {} buildah {t}", path.display(), k_times[path]));
+                }
+            }
+        }
 
         let (kf, bf) = (fields(&k_config), fields(&b_config));
         for (field, k) in &kf {

@@ -47,6 +47,8 @@ struct Case {
     #[serde(default)]
     secrets: BTreeMap<String, String>,
     #[serde(default)]
+    ssh: bool,
+    #[serde(default)]
     context: Option<String>,
     #[serde(default)]
     contexts: BTreeMap<String, String>,
@@ -196,11 +198,11 @@ async fn run_case(case: &Case, busybox: &Path) -> Result<(), String> {
     fs::write(&df, &case.dockerfile).unwrap();
     write_files(&root, &case.files);
     let out = tmp.path().join("out");
-    let mut b = Build::new(&ctx)
-        .cache_dir(tmp.path().join("cache"))
-        .client(client())
-        .epoch(case.epoch)
-        .output(Output::Layout(out.clone()));
+    let mut b =
+        Build::new(&ctx).cache_dir(tmp.path().join("cache")).client(client()).output(Output::Layout(out.clone()));
+    if let Some(e) = case.epoch {
+        b = b.epoch(Some(e));
+    }
     if case.dockerfile_path.is_some() {
         b = b.dockerfile(&df);
     }
@@ -239,7 +241,17 @@ async fn run_case(case: &Case, busybox: &Path) -> Result<(), String> {
         fs::write(&file, text).unwrap();
         b = b.secret(id.clone(), file);
     }
+    let agent = if case.ssh {
+        let Some(agent) = testkit::SshAgent::start(tmp.path()).map_err(|e| e.to_string())? else {
+            return Err("openssh-client is missing".into());
+        };
+        b = b.ssh("default", &agent.socket);
+        Some(agent)
+    } else {
+        None
+    };
     let result = b.build().await;
+    drop(agent);
     if case.fails {
         let Err(e) = result else { return Err("the build succeeded; it must fail".into()) };
         let text = kiln::error_chain(&e);

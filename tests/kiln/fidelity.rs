@@ -7,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln::build::Output;
+use kiln::build::{Build, Output};
 use kiln::oci_image::ImageConfiguration;
 use testkit::run;
 
@@ -202,8 +202,13 @@ async fn dockerignore_reincludes_keep_their_parents() {
     assert_eq!(fs::read_to_string(root.join("f1/sub/file1")).unwrap(), "one\n");
     assert!(!root.join("f1/file2").exists());
     assert!(!root.join("all/Dockerfile").exists());
-    for d in ["f1", "f1/sub", "all/folder1", "all/folder1/sub"] {
+    // the parents of what is re-included keep their own modes; the
+    // destination a step creates is 0755 (BuildKit's copier makes it first)
+    for d in ["f1/sub", "all/folder1", "all/folder1/sub"] {
         assert_eq!(fs::metadata(root.join(d)).unwrap().mode() & 0o7777, 0o775, "{d}");
+    }
+    for d in ["f1", "all"] {
+        assert_eq!(fs::metadata(root.join(d)).unwrap().mode() & 0o7777, 0o755, "{d}");
     }
 }
 
@@ -302,4 +307,226 @@ fn a_missing_pinned_base_is_an_error_not_a_panic() {
     assert!(!out.status.success());
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.contains("nothing/here"), "{stderr}");
+}
+
+/// Sets the modification time of `path` (a file) to `secs`.
+fn set_mtime(path: &Path, secs: u64) {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    fs::File::options().write(true).open(path).unwrap().set_modified(t).unwrap();
+}
+
+fn mtime(root: &Path, path: &str) -> i64 {
+    fs::symlink_metadata(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}")).mtime()
+}
+
+// 14. Times: the epoch (SOURCE_DATE_EPOCH, else 0) is the time of every
+// input (context files, heredocs) and of what a step makes; files taken
+// from images, stages and archives keep their times, clamped to the epoch;
+// `created` is the epoch. Docker's times (no epoch) keep every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_follow_the_epoch_rule_and_dockers_times_on_request() {
+    const EPOCH: u64 = 1_700_000_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(busybox) = base_layout(tmp.path()) else { return };
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        "FROM kiln-base AS s\nRUN touch -d @1000 /old && touch -d @1800000000 /new\n\
+         FROM kiln-base\nCOPY ctx.txt /ctx.txt\nCOPY ctx.txt /made/a/b/\nCOPY --from=s /old /new /from-stage/\n\
+         ADD a.tar /unpacked/\nCOPY <<EOF /heredoc.txt\nhi\nEOF\nWORKDIR /w/x\n",
+    );
+    write(&ctx.join("ctx.txt"), "context\n");
+    set_mtime(&ctx.join("ctx.txt"), 1_000_000);
+    let src = tmp.path().join("src");
+    write(&src.join("in-tar.txt"), "tar\n");
+    set_mtime(&src.join("in-tar.txt"), 2_000);
+    run(Command::new("tar").arg("-cf").arg(ctx.join("a.tar")).arg("-C").arg(&src).arg("in-tar.txt")).unwrap();
+    let epoch = i64::try_from(EPOCH).unwrap();
+    for docker_times in [false, true] {
+        let out = tmp.path().join(format!("out-{docker_times}"));
+        let b = Build::new(&ctx).cache_dir(tmp.path().join("cache")).client(crate::build::client()).with_base(&busybox);
+        let b = if docker_times { b.epoch(None) } else { b.epoch(Some(EPOCH)) };
+        b.output(Output::Layout(out.clone())).build().await.unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+        let root = umoci_unpack(&out, "latest", &tmp.path().join(format!("u-{docker_times}"))).join("rootfs");
+        let created = config_of(&out, "latest").created.unwrap();
+        if docker_times {
+            assert_eq!(mtime(&root, "ctx.txt"), 1_000_000, "docker's times keep the context's");
+            assert_eq!(mtime(&root, "from-stage/new"), 1_800_000_000);
+            assert!(mtime(&root, "made/a") > epoch, "a directory made now");
+            assert_ne!(created, kiln::rfc3339_utc(EPOCH));
+        } else {
+            for p in ["ctx.txt", "made/a", "made/a/b", "made/a/b/ctx.txt", "heredoc.txt", "w", "w/x"] {
+                assert_eq!(mtime(&root, p), epoch, "{p}: inputs and what steps make are dated by the epoch");
+            }
+            assert_eq!(mtime(&root, "from-stage/new"), epoch, "newer than the epoch: clamped");
+            assert_eq!(created, kiln::rfc3339_utc(EPOCH));
+        }
+        assert_eq!(mtime(&root, "from-stage/old"), 1000, "a stage's file keeps its older time");
+        assert_eq!(mtime(&root, "unpacked/in-tar.txt"), 2000, "an archive's entry keeps its older time");
+    }
+}
+
+/// A git repository at `dir` with `files`, committed at `when`.
+fn git_repo(dir: &Path, files: &[(&str, &str)], when: u64) {
+    for (p, text) in files {
+        write(&dir.join(p), text);
+    }
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_DATE", format!("@{when} +0000"))
+            .env("GIT_COMMITTER_DATE", format!("@{when} +0000"))
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com"))
+        .unwrap()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "one"]);
+}
+
+// Reproducibility: two fresh checkouts of one commit (other directories,
+// times and inodes) give the same digest by default and with the epoch
+// taken from git, where `created` is the commit time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_checkouts_build_the_same_image_by_default_and_from_git_time() {
+    const COMMITTED: u64 = 1_650_000_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(busybox) = base_layout(tmp.path()) else { return };
+    let origin = tmp.path().join("origin");
+    git_repo(
+        &origin,
+        &[
+            ("Dockerfile", "FROM kiln-base\nCOPY . /src/\nRUN cat /src/app.txt > /copy && mkdir -p /made/dir\n"),
+            ("app.txt", "app\n"),
+            ("sub/b.txt", "b\n"),
+            (".dockerignore", ".git\n"),
+        ],
+        COMMITTED,
+    );
+    let mut digests: Vec<(bool, String, String)> = Vec::new();
+    for (i, from_git) in [(0, false), (1, false), (2, true), (3, true)] {
+        let checkout = tmp.path().join(format!("checkout-{i}"));
+        run(Command::new("git").args(["clone", "-q"]).arg(&origin).arg(&checkout)).unwrap();
+        // another checkout made later: other times and inodes
+        set_mtime(&checkout.join("app.txt"), 1_000_000 + i);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let out = tmp.path().join(format!("out-{i}"));
+        let b = Build::new(&checkout)
+            .cache_dir(tmp.path().join(format!("cache-{i}")))
+            .client(crate::build::client())
+            .with_base(&busybox)
+            .output(Output::Layout(out.clone()));
+        let b = if from_git { b.epoch_from_git() } else { b };
+        let built = b.build().await.unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+        let created = config_of(&out, "latest").created.unwrap();
+        digests.push((from_git, built.manifest.digest.to_string(), created));
+    }
+    assert_eq!(digests[0].1, digests[1].1, "default epoch: {digests:?}");
+    assert_eq!(digests[2].1, digests[3].1, "git epoch: {digests:?}");
+    assert_ne!(digests[0].1, digests[2].1);
+    assert_eq!(digests[2].2, kiln::rfc3339_utc(COMMITTED));
+    // a context that is no git work tree is a clear error
+    let plain = tmp.path().join("plain");
+    write(&plain.join("Dockerfile"), "FROM scratch\n");
+    let err = Build::new(&plain)
+        .cache_dir(tmp.path().join("cache-plain"))
+        .epoch_from_git()
+        .output(Output::Layout(tmp.path().join("out-plain")))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, kiln::build::BuildError::GitEpoch { .. }), "{}", kiln::error_chain(&err));
+}
+
+/// The host's `ssh-add` with its libraries and loader in one directory, to
+/// run inside a busybox container (`/t/ld.so --library-path /t /t/ssh-add`).
+fn ssh_add_tools(dir: &Path) -> PathBuf {
+    let add = testkit::tool("ssh-add").unwrap();
+    fs::create_dir_all(dir).unwrap();
+    fs::copy(&add, dir.join("ssh-add")).unwrap();
+    for line in run(Command::new("ldd").arg(&add)).unwrap().lines() {
+        let path = line.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from);
+        let Some(path) = path else { continue };
+        let name = if line.contains("ld-linux") { "ld.so".into() } else { path.file_name().unwrap().to_owned() };
+        fs::copy(&path, dir.join(name)).unwrap();
+    }
+    dir.to_owned()
+}
+
+/// Every Unix socket under `root`.
+fn sockets(root: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_socket() {
+                out.push(e.path());
+            } else if ft.is_dir() {
+                todo.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+// 15. `RUN --mount=type=ssh` forwards the build's ssh agent: a real
+// ssh-agent's key is listed by a real ssh-add inside the step; the socket
+// honours target, uid, gid and mode; a required agent not given is an
+// error; neither the socket nor anything of the agent reaches the image or
+// the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_mounts_forward_the_agent_and_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(busybox) = base_layout(tmp.path()) else { return };
+    let Some(agent) = testkit::SshAgent::start(tmp.path()).unwrap() else {
+        assert!(!testkit::in_ci(), "openssh-client missing");
+        return;
+    };
+    let tools = ssh_add_tools(&tmp.path().join("tools"));
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        "FROM kiln-base\n\
+         RUN --mount=type=bind,from=tools,target=/t --mount=type=ssh /t/ld.so --library-path /t /t/ssh-add -l > /keys && echo \"$SSH_AUTH_SOCK\" > /sock\n\
+         RUN --mount=type=ssh,id=other,mode=0741,uid=100,gid=102,target=/agent stat -c '%u %g %a %F' /agent > /stat\n\
+         RUN --mount=type=ssh,id=absent test -z \"$SSH_AUTH_SOCK\" && touch /optional\n",
+    );
+    let out = tmp.path().join("out");
+    let cache = tmp.path().join("cache");
+    Build::new(&ctx)
+        .cache_dir(&cache)
+        .client(crate::build::client())
+        .with_base(&busybox)
+        .build_context("tools", kiln::build::BuildContext::Dir(tools))
+        .ssh("default", &agent.socket)
+        .ssh("other", &agent.socket)
+        .output(Output::Layout(out.clone()))
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+    let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
+    let keys = fs::read_to_string(root.join("keys")).unwrap();
+    assert!(keys.contains(&agent.fingerprint), "{keys}");
+    assert_eq!(fs::read_to_string(root.join("sock")).unwrap(), "/run/buildkit/ssh_agent.0\n");
+    assert_eq!(fs::read_to_string(root.join("stat")).unwrap(), "100 102 741 socket\n");
+    assert!(root.join("optional").exists());
+    assert!(!root.join("run/buildkit").exists() && !root.join("agent").exists(), "mount points left in the image");
+    assert_eq!(sockets(&root), Vec::<PathBuf>::new());
+    assert_eq!(sockets(&cache), Vec::<PathBuf>::new());
+    // a required agent that was not given
+    let tmp2 = tempfile::tempdir().unwrap();
+    let base2 = base_layout(tmp2.path()).unwrap();
+    let err = crate::build::failing_with("FROM kiln-base\nRUN --mount=type=ssh,id=nothere,required true\n", &[], |b| {
+        b.with_base(&base2)
+    })
+    .await;
+    assert!(kiln::error_chain(&err).contains("nothere"), "{}", kiln::error_chain(&err));
 }
