@@ -284,18 +284,51 @@ async fn copy_parents_honours_the_pivot() {
 }
 
 // 13. A digest-pinned base missing from the registry is an error, never a
-// panic (the build example, as a user runs it).
-#[test]
-fn a_missing_pinned_base_is_an_error_not_a_panic() {
+// panic: the failing stage ends the build while another stage is still
+// pulling its base (the build example, as a user runs it; before the
+// build awaited every task, the runtime shut down under that pull and
+// tokio panicked after the error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_pinned_base_is_an_error_not_a_panic() {
     let Some(bin) = crate::build::example_binary() else { return };
-    let Ok(reg) = testkit::Registry::start() else {
-        assert!(!testkit::in_ci(), "no registry");
+    let (Ok(reg), Some(skopeo)) = (testkit::Registry::start(), testkit::tool("skopeo")) else {
+        assert!(!testkit::in_ci(), "no registry or skopeo");
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
+    // a base with one large layer, still being pulled when the other stage fails
+    let big = tmp.path().join("big");
+    write(&big.join("Dockerfile"), "FROM scratch\nCOPY big /big\n");
+    let mut data = vec![0u8; 64 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    fs::write(big.join("big"), &data).unwrap();
+    let layout = tmp.path().join("big-oci");
+    build(&big, &tmp.path().join("cache-big"))
+        .compression(kiln::oci_image::Compression::None, None)
+        .output(Output::Layout(layout.clone()))
+        .build()
+        .await
+        .unwrap();
+    run(Command::new(skopeo)
+        .args(["copy", "--dest-tls-verify=false", &format!("oci:{}:latest", layout.display())])
+        .arg(format!("docker://{}/big:1", reg.host())))
+    .unwrap();
     let ctx = tmp.path().join("ctx");
     let digest = format!("sha256:{}", "0".repeat(64));
-    write(&ctx.join("Dockerfile"), &format!("FROM {}/nothing/here@{digest}\nRUN true\n", reg.host()));
+    write(
+        &ctx.join("Dockerfile"),
+        &format!(
+            "FROM {h}/nothing/here@{digest} AS a\nRUN true\nFROM {h}/big:1 AS b\nRUN true\n\
+             FROM scratch\nCOPY --from=a / /a\nCOPY --from=b /big /b\n",
+            h = reg.host()
+        ),
+    );
     let out = Command::new(&bin)
         .arg(&ctx)
         .arg(format!("--output=oci:{}", tmp.path().join("out").display()))
