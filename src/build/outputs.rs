@@ -1,0 +1,190 @@
+//! The final image and the outputs it is written to (OCI layout,
+//! docker-archive, registry).
+
+use super::{
+    BTreeMap, BuildError, Built, Cancel, Ctx, Image, Layout, ManifestBuilder, Output, Path, Progress, Raw, Reference,
+    Repo,
+};
+
+/// A download written straight to a file.
+pub(super) struct FileSink(pub(super) std::fs::File);
+
+impl registry_client::BlobSink for FileSink {
+    fn accept(&mut self, chunk: bytes::Bytes) -> impl std::future::Future<Output = registry_client::Result<()>> + Send {
+        let r = std::io::Write::write_all(&mut self.0, &chunk).map_err(registry_client::Error::from);
+        std::future::ready(r)
+    }
+}
+
+/// `kiln/<context directory name>:latest` (`kiln/image:latest` when the name does not fit).
+pub(super) fn default_name(context: &Path) -> Option<Reference> {
+    let dir = std::fs::canonicalize(context).unwrap_or_else(|_| context.to_owned());
+    let name: String = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .collect();
+    format!("kiln/{name}:latest").parse().ok().or_else(|| "kiln/image:latest".parse().ok())
+}
+
+/// Copies the built image from the store into the layout at `dir` and
+/// names it: every blob copied (reflinked where the file system can, never
+/// hard-linked) and checked against its digest on the way. A new layout is
+/// filled in a temporary directory beside `dir` and renamed into place, so
+/// it appears whole; when another writer makes `dir` first, the image goes
+/// into theirs. Tags are set under the layout's index lock.
+/// Returns false, having written no tag and renamed nothing into place,
+/// when `cancel` fires first.
+pub(super) fn write_layout(
+    store: &Layout,
+    built: &Built,
+    dir: &Path,
+    tags: &[Reference],
+    cancel: &Cancel,
+) -> Result<bool, crate::CopyError> {
+    let fill = |out: &Layout| -> Result<bool, crate::CopyError> {
+        for d in built.blobs() {
+            if cancel.is_cancelled() {
+                return Ok(false);
+            }
+            store.copy_blob_to(&d, out)?;
+        }
+        if cancel.is_cancelled() {
+            return Ok(false);
+        }
+        for t in tags {
+            match t.tag() {
+                Some(tag) => out.set_ref_name(tag, Some(t), built.manifest.clone())?,
+                None => out.add_manifest(built.manifest.clone())?,
+            }
+        }
+        Ok(true)
+    };
+    let exists = std::fs::symlink_metadata(dir).is_ok();
+    if exists && !std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
+        // an existing layout (or something that is not one: refused); what
+        // writers killed halfway left in it goes first
+        let out = Layout::create(dir)?;
+        out.reclaim()?;
+        return fill(&out);
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(parent).map_err(crate::CopyError::Temp)?;
+    // staging directories of writers killed halfway; ours is locked while
+    // it is filled, so that nobody takes it for one of those
+    oci_image::reclaim_stale(parent, ".kiln-out-").map_err(crate::CopyError::Temp)?;
+    let (tmp, _held) = oci_image::locked_tempdir_in(parent, ".kiln-out-").map_err(crate::CopyError::Temp)?;
+    let staged = tmp.path().join("layout");
+    if !fill(&Layout::create(&staged)?)? {
+        return Ok(false);
+    }
+    match std::fs::rename(&staged, dir) {
+        Ok(()) => Ok(true),
+        // another writer made it meanwhile: add the image to theirs
+        Err(e) => match Layout::open(dir) {
+            Ok(theirs) => fill(&theirs),
+            Err(_) => Err(crate::CopyError::Temp(e)),
+        },
+    }
+}
+
+impl Ctx {
+    /// The final image: build labels, config and manifest in the store.
+    pub(super) fn finish(&self, mut image: Image) -> Result<Built, BuildError> {
+        if !self.labels.is_empty() {
+            let labels = image.cfg().labels.get_or_insert_with(BTreeMap::new);
+            labels.extend(self.labels.clone());
+        }
+        image.config.created = Some(self.created());
+        let config = Raw::new(image.config.clone());
+        self.store.layout.write_blob_bytes(config.bytes())?;
+        let mut mb = ManifestBuilder::new(config.descriptor());
+        for l in &image.layers {
+            mb = mb.layer(l.clone());
+        }
+        let manifest = Raw::new(mb.build());
+        self.store.layout.write_blob_bytes(manifest.bytes())?;
+        // every blob of the image in the store: outputs copy from there
+        for l in &image.layers {
+            self.ensure_blob(l, &image.name)?;
+        }
+        let (cached_steps, steps) = self.counts.lock().map(|c| *c).unwrap_or_default();
+        Ok(Built {
+            manifest: manifest.descriptor(),
+            config: config.descriptor(),
+            image: image.config,
+            layers: image.layers,
+            cached_steps,
+            steps,
+            base_repo: image.repo,
+        })
+    }
+
+    pub(super) async fn write_outputs(&self, built: &Built) -> Result<(), BuildError> {
+        let tags: Vec<Reference> =
+            if self.tags.is_empty() { default_name(&self.context).into_iter().collect() } else { self.tags.clone() };
+        let cancelled = || BuildError::Cancelled { problems: Vec::new() };
+        for out in &self.outputs {
+            if self.cancel.is_cancelled() {
+                return Err(cancelled());
+            }
+            let target = match out {
+                Output::Layout(d) => format!("oci:{}", d.display()),
+                Output::DockerArchive(f) => format!("docker-archive:{}", f.display()),
+                Output::Registry => tags.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            };
+            self.emit(&Progress::Writing { target: &target });
+            let fail = |e: crate::CopyError| BuildError::Output { target: target.clone(), source: Box::new(e) };
+            match out {
+                Output::Layout(dir) => {
+                    let store = self.store.layout.clone();
+                    let dir = dir.clone();
+                    let built = built.clone();
+                    let tags = tags.clone();
+                    let cancel = self.cancel.clone();
+                    let written =
+                        tokio::task::spawn_blocking(move || write_layout(&store, &built, &dir, &tags, &cancel))
+                            .await
+                            .map_err(|e| BuildError::Task(e.to_string()))?
+                            .map_err(fail)?;
+                    if !written {
+                        return Err(cancelled());
+                    }
+                }
+                Output::DockerArchive(file) => {
+                    let store = self.store.layout.clone();
+                    let file = file.clone();
+                    let desc = built.manifest.clone();
+                    let name = tags.first().cloned();
+                    let overwrite = self.overwrite;
+                    let cancel = self.cancel.clone();
+                    let written = tokio::task::spawn_blocking(move || {
+                        crate::copy::write_archive_unless(&store, &desc, &file, name.as_ref(), overwrite, &|| {
+                            cancel.is_cancelled()
+                        })
+                    })
+                    .await
+                    .map_err(|e| BuildError::Task(e.to_string()))?
+                    .map_err(fail)?;
+                    if written.is_none() {
+                        return Err(cancelled());
+                    }
+                }
+                Output::Registry => {
+                    for t in &self.tags {
+                        // base layers already in the target registry are mounted, not uploaded
+                        let mount_from = built.base_repo.as_ref().filter(|r| r.registry == Repo::of(t).registry);
+                        let push = self.client.push_from_layout(&self.store.layout, &built.manifest, t, mount_from);
+                        tokio::select! {
+                            r = push => { r.map_err(|e| fail(e.into()))?; }
+                            () = self.cancel.cancelled() => return Err(cancelled()),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

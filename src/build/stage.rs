@@ -1,0 +1,359 @@
+//! One stage: its base, ONBUILD triggers and steps, each step from the
+//! cache or made, and the history it records.
+
+use super::{
+    BTreeMap, BTreeSet, Base, BuildError, CacheRecord, Command, Ctx, Descriptor, Digest, History, Image, Named,
+    PLATFORM_ARGS, Platform, Progress, StageState, context, instr,
+};
+
+impl Ctx {
+    pub(super) fn run_stage(&self, index: usize) -> Result<Image, BuildError> {
+        let stage = self.plan.stages.get(index).ok_or_else(|| BuildError::Task(format!("no stage {index}")))?.clone();
+        let from_line = stage.span.line;
+        let platform = match &stage.platform {
+            Some(p) => p.parse::<Platform>().map_err(|_| {
+                self.at(from_line, "FROM")(BuildError::Flag {
+                    flag: "--platform",
+                    value: p.clone(),
+                    reason: "not os/arch[/variant]",
+                })
+            })?,
+            None => self.platform.clone(),
+        };
+        if stage.replaced {
+            return self.replaced_stage(&stage, &platform).map(Image::with_path).map_err(self.at(from_line, "FROM"));
+        }
+        let base = match &stage.base {
+            Base::Scratch => Image::scratch(&platform),
+            Base::Stage(i) => self
+                .done
+                .lock()
+                .map_err(|_| BuildError::Task("poisoned".into()))?
+                .get(i)
+                .cloned()
+                .ok_or_else(|| BuildError::Task(format!("stage {i} did not run")))?,
+            Base::Image(name) => {
+                self.base_image(name, &platform).map_err(self.at(from_line, &format!("FROM {name}")))?
+            }
+            _ => return Err(BuildError::Unsupported { what: "this kind of base".into() }),
+        };
+        let mut st = StageState { index, image: base.with_path(), args: BTreeMap::new(), cmd_set: false };
+        let triggers = st.image.cfg().on_build.take().unwrap_or_default();
+        // the base's ONBUILD triggers run first (an image's or an earlier stage's)
+        for t in triggers {
+            let df = dockerfile_parse::parse(&t).map_err(|e| {
+                self.at(from_line, &format!("ONBUILD {t}"))(BuildError::Parse {
+                    dockerfile: self.dockerfile.clone(),
+                    source: Box::new(e),
+                })
+            })?;
+            for inst in &df.instructions {
+                let cmd = inst.command().map_err(|e| {
+                    self.at(from_line, &format!("ONBUILD {t}"))(BuildError::Plan {
+                        dockerfile: self.dockerfile.clone(),
+                        source: Box::new(dockerfile_parse::stages::StageError::Command(Box::new(e))),
+                    })
+                })?;
+                let original = inst.original.clone();
+                self.step(&mut st, &stage, &cmd, &original, from_line)
+                    .map_err(self.at(from_line, &format!("ONBUILD {original}")))?;
+            }
+        }
+        for step in &stage.steps {
+            if self.cancel.is_cancelled() {
+                return Err(BuildError::Cancelled { problems: Vec::new() });
+            }
+            let original = self.text.get(step.span.start..step.span.end).unwrap_or_default().trim().to_owned();
+            self.step(&mut st, &stage, &step.command, &original, step.span.line)
+                .map_err(self.at(step.span.line, &original))?;
+        }
+        Ok(st.image)
+    }
+
+    /// A stage replaced by the named context of its name: that context's
+    /// image. A directory is packed into an image only when something
+    /// builds on the stage (its files are read directly otherwise).
+    pub(super) fn replaced_stage(
+        &self,
+        stage: &dockerfile_parse::stages::Stage,
+        platform: &Platform,
+    ) -> Result<Image, BuildError> {
+        let name = stage.name.clone().unwrap_or_default();
+        let named = self
+            .named
+            .get(&context::context_key(&name))
+            .ok_or_else(|| BuildError::UnknownStage { name: name.clone() })?;
+        let built_on =
+            self.plan.target == stage.index
+                || self.plan.needed.iter().any(|i| {
+                    self.plan.stages.get(*i).is_some_and(|s| !s.replaced && s.base == Base::Stage(stage.index))
+                });
+        match named {
+            Named::Dir { .. } if !built_on => Ok(Image::scratch(platform)),
+            n => self.named_image(&name, n, platform),
+        }
+    }
+
+    /// The lookup for word expansion: `ARG`s, overridden by `ENV`.
+    pub(super) fn vars(st: &StageState) -> BTreeMap<String, String> {
+        let mut vars = st.args.clone();
+        for e in st.image.env() {
+            if let Some((k, v)) = e.split_once('=') {
+                vars.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        vars
+    }
+
+    pub(super) fn history(&self, created_by: String, empty: bool) -> History {
+        History {
+            created: Some(self.created()),
+            created_by: Some(created_by),
+            empty_layer: empty.then_some(true),
+            ..History::default()
+        }
+    }
+
+    pub(super) fn push_history(&self, st: &mut StageState, created_by: String, layer: Option<(Descriptor, Digest)>) {
+        let empty = layer.is_none();
+        let h = self.history(created_by, empty);
+        if let Some((desc, diff_id)) = layer {
+            st.image.layers.push(desc);
+            st.image.config.rootfs.diff_ids.push(diff_id);
+        }
+        st.image.config.history.get_or_insert_with(Vec::new).push(h);
+    }
+
+    #[allow(clippy::too_many_lines)] // one arm per instruction
+    pub(super) fn step(
+        &self,
+        st: &mut StageState,
+        stage: &dockerfile_parse::stages::Stage,
+        command: &Command,
+        original: &str,
+        line: usize,
+    ) -> Result<(), BuildError> {
+        let vars = Self::vars(st);
+        // the default of an argument the build gives is never expanded (a
+        // `${X:?}` there only fails when the default is used, as in BuildKit)
+        let given = |name: &str| self.args.contains_key(name) && !PLATFORM_ARGS.contains(&name);
+        let (cmd, _) = match command {
+            Command::Arg(defs) if defs.iter().any(|d| d.default.is_some() && given(&d.name)) => {
+                let defs = defs
+                    .iter()
+                    .map(|d| {
+                        let mut d = d.clone();
+                        if given(&d.name) {
+                            d.default = None;
+                        }
+                        d
+                    })
+                    .collect();
+                Command::Arg(defs).expand(&self.lexer, &vars)
+            }
+            other => other.expand(&self.lexer, &vars),
+        }
+        .map_err(|e| BuildError::Expand(Box::new(e)))?;
+        let created_by = instr::created_by(original);
+        let key_text = format!("{created_by}\n{cmd:?}");
+        let stage_index = st.index;
+        let report = |cached: bool| {
+            self.emit(&Progress::Step {
+                stage: stage_index,
+                name: stage.name.as_deref(),
+                line,
+                instruction: &created_by,
+                cached,
+            });
+        };
+        match &cmd {
+            Command::Run(run) => {
+                // RUN sees the build arguments as environment variables,
+                // and what its mounts hold (their options are in key_text)
+                let binds = self.bind_sources(st, run)?;
+                let mounts = Self::mounts_key(run, &binds)?;
+                let key = Digest::sha256(
+                    format!(
+                        "{}\n{}\n{}\n{:?}\n{mounts}",
+                        st.image.key,
+                        key_text,
+                        serde_json::to_string(&st.image.config.config).unwrap_or_default(),
+                        st.args
+                    )
+                    .as_bytes(),
+                );
+                let layer = self.layer_step(&key, &report, || self.run(st, run, binds))?;
+                self.push_history(st, created_by.clone(), layer);
+                st.image.key = key;
+                return Ok(());
+            }
+            Command::Copy(c) | Command::Add(c) => {
+                let add = matches!(cmd, Command::Add(_));
+                let (layer, key) = self.copy(st, c, add, &key_text, &report)?;
+                self.push_history(st, created_by.clone(), layer);
+                st.image.key = key;
+                return Ok(());
+            }
+            Command::Workdir(dir) => {
+                let cwd = st.image.cfg().working_dir.clone().unwrap_or_else(|| "/".into());
+                let path = instr::workdir_path(&cwd, dir);
+                st.image.cfg().working_dir = Some(path.clone());
+                let path = instr::join_path("/", &path);
+                let key = Digest::sha256(format!("{}\n{key_text}\n{path}", st.image.key).as_bytes());
+                let layer = self.layer_step(&key, &report, || self.workdir(st, &path))?;
+                self.push_history(st, created_by, layer);
+                st.image.key = key;
+                return Ok(());
+            }
+            _ => {}
+        }
+        report(false);
+        match cmd {
+            Command::Env(pairs) => {
+                let cfg = st.image.cfg();
+                let env = cfg.env.get_or_insert_with(Vec::new);
+                for (k, v) in pairs {
+                    instr::set_env(env, &k, &v);
+                }
+            }
+            Command::Label(pairs) => {
+                let labels = st.image.cfg().labels.get_or_insert_with(BTreeMap::new);
+                for (k, v) in pairs {
+                    labels.insert(k, v);
+                }
+            }
+            Command::Arg(defs) => {
+                for d in defs {
+                    if d.name == "TARGETSTAGE" && !self.args.contains_key(&d.name) {
+                        // BuildKit's built-in: the name of the stage being built
+                        let target = self.plan.stages.get(self.plan.target).and_then(|s| s.name.clone());
+                        st.args.insert(d.name.clone(), target.unwrap_or_else(|| "default".into()));
+                        continue;
+                    }
+                    let value = self
+                        .args
+                        .get(&d.name)
+                        .filter(|_| !PLATFORM_ARGS.contains(&d.name.as_str()) || self.args.contains_key(&d.name))
+                        .cloned()
+                        .or(d.default.clone())
+                        .or_else(|| self.plan.global_values.get(&d.name).cloned());
+                    if let Some(v) = value {
+                        st.args.insert(d.name.clone(), v);
+                    }
+                }
+            }
+            Command::Expose(ports) => {
+                let set = st.image.cfg().exposed_ports.get_or_insert_with(BTreeSet::new);
+                // a variable may hold several ports (BuildKit splits words here)
+                for p in ports.iter().flat_map(|p| p.split_whitespace()) {
+                    for one in instr::expand_ports(p)? {
+                        set.insert(one);
+                    }
+                }
+            }
+            Command::Volume(vols) => {
+                let set = st.image.cfg().volumes.get_or_insert_with(BTreeSet::new);
+                for v in vols.into_iter().filter(|v| !v.is_empty()) {
+                    set.insert(v);
+                }
+            }
+            Command::User(u) => st.image.cfg().user = Some(u),
+            Command::Stopsignal(s) => st.image.cfg().stop_signal = Some(s),
+            Command::Healthcheck(h) => st.image.cfg().healthcheck = Some(instr::healthcheck(&h)),
+            Command::Shell(sh) => st.image.cfg().shell = Some(sh),
+            Command::Cmd(cl) => {
+                let args = instr::command_args(&cl, &Self::shell(st));
+                st.image.cfg().cmd = Some(args);
+                st.cmd_set = true;
+            }
+            Command::Entrypoint(cl) => {
+                let args = instr::command_args(&cl, &Self::shell(st));
+                let cmd_set = st.cmd_set;
+                let cfg = st.image.cfg();
+                cfg.entrypoint = Some(args);
+                if !cmd_set {
+                    cfg.cmd = None;
+                }
+            }
+            Command::Onbuild { expression, .. } => {
+                st.image.cfg().on_build.get_or_insert_with(Vec::new).push(expression);
+            }
+            Command::Maintainer(m) => st.image.config.author = Some(m),
+            other => {
+                return Err(BuildError::Unsupported { what: format!("instruction {other:?} inside a stage") });
+            }
+        }
+        st.image.key = Digest::sha256(format!("{}\n{key_text}", st.image.key).as_bytes());
+        self.push_history(st, created_by, None);
+        Ok(())
+    }
+
+    pub(super) fn count(&self, cached: bool) {
+        if let Ok(mut c) = self.counts.lock() {
+            if cached {
+                c.0 += 1;
+            } else {
+                c.1 += 1;
+            }
+        }
+    }
+
+    /// A step that may make a layer: taken from the cache under `key`, or
+    /// made by `make` and recorded there.
+    pub(super) fn layer_step(
+        &self,
+        key: &Digest,
+        report: &dyn Fn(bool),
+        make: impl FnOnce() -> Result<Option<(Descriptor, Digest)>, BuildError>,
+    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+        // the same step under another epoch, compression or level makes other blobs
+        let key = &Digest::sha256(format!("{}\n{key}", self.salt).as_bytes());
+        if let Some(rec) = self.cached(key) {
+            report(true);
+            return Ok(rec.layer);
+        }
+        report(false);
+        let layer = make()?;
+        self.store.cache_put(key, &CacheRecord { layer: layer.clone() });
+        self.count(false);
+        Ok(layer)
+    }
+
+    pub(super) fn cached(&self, key: &Digest) -> Option<CacheRecord> {
+        if self.no_cache {
+            return None;
+        }
+        let rec = self.store.cache_get(key)?;
+        self.count(true);
+        Some(rec)
+    }
+
+    pub(super) fn shell(st: &mut StageState) -> Vec<String> {
+        st.image.cfg().shell.clone().unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+    }
+
+    /// Writes a layer through `f` into the store; `None` when `f` wrote no entries.
+    pub(super) fn write_layer(
+        &self,
+        f: impl FnOnce(&mut layer_diff::LayerWriter<oci_image::UnhashedBlobWriter>) -> Result<usize, BuildError>,
+    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+        // the layer pipeline hashes the blob in the pass that makes it: the
+        // store takes that digest instead of hashing a second time
+        let blob = self.store.layout.dangerous_unhashed_blob_writer()?;
+        let mut w = layer_diff::LayerWriter::new(blob, &self.pack)?;
+        let entries = f(&mut w)?;
+        if entries == 0 {
+            return Ok(None);
+        }
+        let (blob, info) = w.finish()?;
+        if blob.size() != info.size {
+            return Err(BuildError::Task(format!(
+                "layer writer reported {} bytes but wrote {}",
+                info.size,
+                blob.size()
+            )));
+        }
+        blob.dangerous_finish(&info.digest)?;
+        Ok(Some((info.descriptor(), info.diff_id)))
+    }
+}
