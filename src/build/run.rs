@@ -122,7 +122,7 @@ impl Ctx {
         run: &dockerfile_parse::command::Run,
         binds: Vec<Option<BindSource>>,
     ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
-        let shell = Self::shell(st);
+        let shell = super::config::shell(&st.image.config);
         let args = instr::run_args(run, &shell);
         let network = match run.network.as_deref() {
             None | Some("default" | "host") => Network::Host,

@@ -2,8 +2,8 @@
 //! cache or made, and the history it records.
 
 use super::{
-    BTreeMap, BTreeSet, Base, BuildError, CacheRecord, Command, Ctx, Descriptor, Digest, History, Image, Named,
-    PLATFORM_ARGS, Platform, Progress, StageState, context, instr,
+    BTreeMap, Base, BuildError, Command, Ctx, Descriptor, Digest, History, Image, Named, PLATFORM_ARGS, Platform,
+    Progress, StageState, context, instr,
 };
 
 impl Ctx {
@@ -209,19 +209,6 @@ impl Ctx {
         }
         report(false);
         match cmd {
-            Command::Env(pairs) => {
-                let cfg = st.image.cfg();
-                let env = cfg.env.get_or_insert_with(Vec::new);
-                for (k, v) in pairs {
-                    instr::set_env(env, &k, &v);
-                }
-            }
-            Command::Label(pairs) => {
-                let labels = st.image.cfg().labels.get_or_insert_with(BTreeMap::new);
-                for (k, v) in pairs {
-                    labels.insert(k, v);
-                }
-            }
             Command::Arg(defs) => {
                 for d in defs {
                     if d.name == "TARGETSTAGE" && !self.args.contains_key(&d.name) {
@@ -242,118 +229,11 @@ impl Ctx {
                     }
                 }
             }
-            Command::Expose(ports) => {
-                let set = st.image.cfg().exposed_ports.get_or_insert_with(BTreeSet::new);
-                // a variable may hold several ports (BuildKit splits words here)
-                for p in ports.iter().flat_map(|p| p.split_whitespace()) {
-                    for one in instr::expand_ports(p)? {
-                        set.insert(one);
-                    }
-                }
-            }
-            Command::Volume(vols) => {
-                let set = st.image.cfg().volumes.get_or_insert_with(BTreeSet::new);
-                for v in vols.into_iter().filter(|v| !v.is_empty()) {
-                    set.insert(v);
-                }
-            }
-            Command::User(u) => st.image.cfg().user = Some(u),
-            Command::Stopsignal(s) => st.image.cfg().stop_signal = Some(s),
-            Command::Healthcheck(h) => st.image.cfg().healthcheck = Some(instr::healthcheck(&h)),
-            Command::Shell(sh) => st.image.cfg().shell = Some(sh),
-            Command::Cmd(cl) => {
-                let args = instr::command_args(&cl, &Self::shell(st));
-                st.image.cfg().cmd = Some(args);
-                st.cmd_set = true;
-            }
-            Command::Entrypoint(cl) => {
-                let args = instr::command_args(&cl, &Self::shell(st));
-                let cmd_set = st.cmd_set;
-                let cfg = st.image.cfg();
-                cfg.entrypoint = Some(args);
-                if !cmd_set {
-                    cfg.cmd = None;
-                }
-            }
-            Command::Onbuild { expression, .. } => {
-                st.image.cfg().on_build.get_or_insert_with(Vec::new).push(expression);
-            }
-            Command::Maintainer(m) => st.image.config.author = Some(m),
-            other => {
-                return Err(BuildError::Unsupported { what: format!("instruction {other:?} inside a stage") });
-            }
+            // everything else only changes the image config
+            other => super::config::apply(&mut st.image.config, other, &mut st.cmd_set)?,
         }
         st.image.key = Digest::sha256(format!("{}\n{key_text}", st.image.key).as_bytes());
         self.push_history(st, created_by, None);
         Ok(())
-    }
-
-    pub(super) fn count(&self, cached: bool) {
-        if let Ok(mut c) = self.counts.lock() {
-            if cached {
-                c.0 += 1;
-            } else {
-                c.1 += 1;
-            }
-        }
-    }
-
-    /// A step that may make a layer: taken from the cache under `key`, or
-    /// made by `make` and recorded there.
-    pub(super) fn layer_step(
-        &self,
-        key: &Digest,
-        report: &dyn Fn(bool),
-        make: impl FnOnce() -> Result<Option<(Descriptor, Digest)>, BuildError>,
-    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
-        // the same step under another epoch, compression or level makes other blobs
-        let key = &Digest::sha256(format!("{}\n{key}", self.salt).as_bytes());
-        if let Some(rec) = self.cached(key) {
-            report(true);
-            return Ok(rec.layer);
-        }
-        report(false);
-        let layer = make()?;
-        self.store.cache_put(key, &CacheRecord { layer: layer.clone() });
-        self.count(false);
-        Ok(layer)
-    }
-
-    pub(super) fn cached(&self, key: &Digest) -> Option<CacheRecord> {
-        if self.no_cache {
-            return None;
-        }
-        let rec = self.store.cache_get(key)?;
-        self.count(true);
-        Some(rec)
-    }
-
-    pub(super) fn shell(st: &mut StageState) -> Vec<String> {
-        st.image.cfg().shell.clone().unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
-    }
-
-    /// Writes a layer through `f` into the store; `None` when `f` wrote no entries.
-    pub(super) fn write_layer(
-        &self,
-        f: impl FnOnce(&mut layer_diff::LayerWriter<oci_image::UnhashedBlobWriter>) -> Result<usize, BuildError>,
-    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
-        // the layer pipeline hashes the blob in the pass that makes it: the
-        // store takes that digest instead of hashing a second time
-        let blob = self.store.layout.dangerous_unhashed_blob_writer()?;
-        let mut w = layer_diff::LayerWriter::new(blob, &self.pack)?;
-        let entries = f(&mut w)?;
-        if entries == 0 {
-            return Ok(None);
-        }
-        let (blob, info) = w.finish()?;
-        if blob.size() != info.size {
-            return Err(BuildError::Task(format!(
-                "layer writer reported {} bytes but wrote {}",
-                info.size,
-                blob.size()
-            )));
-        }
-        blob.dangerous_finish(&info.digest)?;
-        Ok(Some((info.descriptor(), info.diff_id)))
     }
 }
