@@ -182,11 +182,16 @@ impl Build {
         let context =
             std::fs::canonicalize(&self.context).map_err(BuildError::io("open the build context", &self.context))?;
         let (dockerfile_path, within) = match &self.dockerfile {
-            Some(f) => (f.clone(), None),
-            None => (context.join("Dockerfile"), Some(context.as_path())),
+            Some(f) if self.dockerfile_text.is_none() => (f.clone(), None),
+            _ => (context.join("Dockerfile"), Some(context.as_path())),
         };
-        let dockerfile_name = dockerfile_path.display().to_string();
-        let text = read_dockerfile(&dockerfile_path, within)?;
+        let (dockerfile_name, text) = match &self.dockerfile_text {
+            Some(t) if t.len() as u64 > MAX_DOCKERFILE_SIZE => {
+                return Err(BuildError::TooLarge { path: "<Dockerfile text>".into(), limit: MAX_DOCKERFILE_SIZE });
+            }
+            Some(t) => ("<Dockerfile text>".to_owned(), t.clone()),
+            None => (dockerfile_path.display().to_string(), read_dockerfile(&dockerfile_path, within)?),
+        };
         let df = dockerfile_parse::parse(&text)
             .map_err(|e| BuildError::Parse { dockerfile: dockerfile_name.clone(), source: Box::new(e) })?;
         let mut args = self.args.clone();
@@ -206,7 +211,7 @@ impl Build {
         let plan = dockerfile_parse::stages::plan(&df, &opts)
             .map_err(|e| BuildError::Plan { dockerfile: dockerfile_name.clone(), source: Box::new(e) })?;
         let epoch = self.epoch.resolve(&self.args, &plan, &context)?;
-        let ignore = read_ignore(&context, &dockerfile_path, self.dockerfile.is_none())?;
+        let ignore = read_ignore(&context, &dockerfile_path, within.is_some())?;
         let named = prepare_named(self.contexts)?;
         let cache_dir = match &self.cache_dir {
             Some(d) => d.clone(),

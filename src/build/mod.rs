@@ -164,6 +164,7 @@ pub struct Built {
 pub struct Build {
     context: PathBuf,
     dockerfile: Option<PathBuf>,
+    dockerfile_text: Option<String>,
     /// Named contexts by [`context::context_key`]: the name as given and what it is.
     contexts: BTreeMap<String, (String, BuildContext)>,
     args: BTreeMap<String, String>,
@@ -216,6 +217,7 @@ impl Build {
         Build {
             context: context.into(),
             dockerfile: None,
+            dockerfile_text: None,
             contexts: BTreeMap::new(),
             args: BTreeMap::new(),
             target: None,
@@ -246,6 +248,15 @@ impl Build {
     #[must_use]
     pub fn dockerfile(mut self, path: impl Into<PathBuf>) -> Build {
         self.dockerfile = Some(path.into());
+        self
+    }
+
+    /// The Dockerfile itself, as text (one a tool generates, or docker's
+    /// `-f -`), instead of a file; the context's `.dockerignore` applies.
+    /// Errors name it `<Dockerfile text>`. Overrides [`Build::dockerfile`].
+    #[must_use]
+    pub fn dockerfile_text(mut self, text: impl Into<String>) -> Build {
+        self.dockerfile_text = Some(text.into());
         self
     }
 

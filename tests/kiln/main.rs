@@ -10,6 +10,7 @@ mod buildah;
 mod conformance;
 mod copy;
 mod crash;
+mod embed;
 mod fidelity;
 mod hostile;
 mod outputs;
