@@ -4,8 +4,8 @@
 
 use super::{
     Arc, BTreeMap, BTreeSet, Build, BuildContext, BuildError, Built, Cancel, Ctx, DockerIgnore, HashMap, Lexer,
-    MAX_DOCKERFILE_SIZE, Mutex, Named, Output, PackOptions, Path, Platform, Progress, Store, default_cache_dir,
-    is_cancelled_err, platform_string, rootfs,
+    MAX_DOCKERFILE_SIZE, Mutex, Named, Output, PackOptions, Path, PathBuf, Platform, Progress, Store,
+    default_cache_dir, is_cancelled_err, platform_string, rootfs,
 };
 
 impl Ctx {
@@ -176,22 +176,32 @@ impl Build {
         Ok(())
     }
 
+    /// The Dockerfile of a build of `context`: its path (for the ignore
+    /// file beside it), whether it is the default one, its name in errors
+    /// and its text.
+    fn dockerfile_of(&self, context: &Path) -> Result<(PathBuf, bool, String, String), BuildError> {
+        let (path, within) = match &self.dockerfile {
+            Some(f) if self.dockerfile_text.is_none() => (f.clone(), None),
+            _ => (context.join("Dockerfile"), Some(context)),
+        };
+        match &self.dockerfile_text {
+            Some(t) if t.len() as u64 > MAX_DOCKERFILE_SIZE => {
+                Err(BuildError::TooLarge { path: "<Dockerfile text>".into(), limit: MAX_DOCKERFILE_SIZE })
+            }
+            Some(t) => Ok((path, true, "<Dockerfile text>".to_owned(), t.clone())),
+            None => {
+                let text = read_dockerfile(&path, within)?;
+                Ok((path.clone(), within.is_some(), path.display().to_string(), text))
+            }
+        }
+    }
+
     pub(super) fn prepare(self) -> Result<Ctx, BuildError> {
         self.check_outputs()?;
         // every host path absolute before it reaches a runtime spec
         let context =
             std::fs::canonicalize(&self.context).map_err(BuildError::io("open the build context", &self.context))?;
-        let (dockerfile_path, within) = match &self.dockerfile {
-            Some(f) if self.dockerfile_text.is_none() => (f.clone(), None),
-            _ => (context.join("Dockerfile"), Some(context.as_path())),
-        };
-        let (dockerfile_name, text) = match &self.dockerfile_text {
-            Some(t) if t.len() as u64 > MAX_DOCKERFILE_SIZE => {
-                return Err(BuildError::TooLarge { path: "<Dockerfile text>".into(), limit: MAX_DOCKERFILE_SIZE });
-            }
-            Some(t) => ("<Dockerfile text>".to_owned(), t.clone()),
-            None => (dockerfile_path.display().to_string(), read_dockerfile(&dockerfile_path, within)?),
-        };
+        let (dockerfile_path, default_file, dockerfile_name, text) = self.dockerfile_of(&context)?;
         let df = dockerfile_parse::parse(&text)
             .map_err(|e| BuildError::Parse { dockerfile: dockerfile_name.clone(), source: Box::new(e) })?;
         let mut args = self.args.clone();
@@ -211,7 +221,7 @@ impl Build {
         let plan = dockerfile_parse::stages::plan(&df, &opts)
             .map_err(|e| BuildError::Plan { dockerfile: dockerfile_name.clone(), source: Box::new(e) })?;
         let epoch = self.epoch.resolve(&self.args, &plan, &context)?;
-        let ignore = read_ignore(&context, &dockerfile_path, within.is_some())?;
+        let ignore = read_ignore(&context, &dockerfile_path, default_file)?;
         let named = prepare_named(self.contexts)?;
         let cache_dir = match &self.cache_dir {
             Some(d) => d.clone(),
