@@ -5,7 +5,7 @@
 use super::{
     AnyManifest, ApplyOptions, BTreeMap, BuildContext, BuildError, Ctx, Descriptor, Digest, DockerIgnore, HashMap,
     Image, ImageConfiguration, Layout, Named, OverlayMount, OverlayXattrs, Path, PathBuf, Platform, Progress, Raw,
-    Reference, Repo, Store, View, context, files, overlay_dirs, platform_string,
+    Reference, Repo, Store, View, context, files, overlay_dirs,
 };
 
 /// Where a base image's blobs come from until they are in the store.
@@ -54,7 +54,7 @@ impl Ctx {
         digest: Option<&Digest>,
         platform: &Platform,
     ) -> Result<Image, BuildError> {
-        let cache_key = format!("oci-layout {} {tag:?} {digest:?} {}", dir.display(), platform_string(platform));
+        let cache_key = format!("oci-layout {} {tag:?} {digest:?} {}", dir.display(), platform);
         if let Some(img) = self.images.lock().ok().and_then(|m| m.get(&cache_key).cloned()) {
             return Ok(img);
         }
@@ -107,7 +107,7 @@ impl Ctx {
         reference: &Reference,
         platform: &Platform,
     ) -> Result<Image, BuildError> {
-        let cache_key = format!("registry {reference} {}", platform_string(platform));
+        let cache_key = format!("registry {reference} {platform}");
         if let Some(img) = self.images.lock().ok().and_then(|m| m.get(&cache_key).cloned()) {
             return Ok(img);
         }

@@ -5,7 +5,7 @@
 use super::{
     Arc, BTreeMap, BTreeSet, Build, BuildContext, BuildError, Built, Cancel, Ctx, DockerIgnore, HashMap, Lexer,
     MAX_DOCKERFILE_SIZE, Mutex, Named, Output, PackOptions, Path, PathBuf, Platform, Progress, Store,
-    default_cache_dir, is_cancelled_err, platform_string, rootfs,
+    default_cache_dir, is_cancelled_err, rootfs,
 };
 
 impl Ctx {
@@ -407,10 +407,9 @@ pub(super) fn read_dockerfile(path: &Path, within: Option<&Path>) -> Result<Stri
 /// `TARGETPLATFORM` and friends for a build for `p` on this host.
 pub(super) fn platform_args(p: &Platform) -> Vec<(String, String)> {
     let host = Platform::host();
-    let fmt_p = platform_string;
     let mut out = Vec::new();
     for (prefix, p) in [("TARGET", p), ("BUILD", &host)] {
-        out.push((format!("{prefix}PLATFORM"), fmt_p(p)));
+        out.push((format!("{prefix}PLATFORM"), p.to_string()));
         out.push((format!("{prefix}OS"), p.os.clone()));
         out.push((format!("{prefix}ARCH"), p.architecture.clone()));
         out.push((format!("{prefix}VARIANT"), p.variant.clone().unwrap_or_default()));

@@ -472,14 +472,6 @@ impl Build {
 /// small enough to hold and parse without a second thought.
 pub const MAX_DOCKERFILE_SIZE: u64 = 16 << 20;
 
-/// `os/arch[/variant]`.
-fn platform_string(p: &Platform) -> String {
-    match &p.variant {
-        Some(v) => format!("{}/{}/{}", p.os, p.architecture, v),
-        None => format!("{}/{}", p.os, p.architecture),
-    }
-}
-
 /// A stage's image as it is being built.
 #[derive(Debug, Clone)]
 pub(crate) struct Image {
@@ -505,7 +497,7 @@ impl Image {
         Image {
             config,
             layers: Vec::new(),
-            key: Digest::sha256(format!("scratch {}", platform_string(platform)).as_bytes()),
+            key: Digest::sha256(format!("scratch {platform}").as_bytes()),
             name: "scratch".into(),
             repo: None,
         }
