@@ -19,6 +19,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use kiln::build::{Build, BuildContext, Cancel, Output, Progress};
 
+mod common;
+
 #[derive(Parser)]
 #[command(about = "Build an image from a Dockerfile and a context directory")]
 struct Args {
@@ -139,13 +141,13 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
-        Err(e) => return kiln::cli::exit_code(Err(e.into())),
+        Err(e) => return common::exit_code(Err(e.into())),
     };
-    kiln::cli::exit_code(rt.block_on(run(args)))
+    common::exit_code(rt.block_on(run(args)))
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let mut build = Build::new(&args.context).client(kiln::cli::client(&args.insecure_hosts)?);
+    let mut build = Build::new(&args.context).client(common::client(&args.insecure_hosts)?);
     if let Some(f) = &args.file {
         build = build.dockerfile(f);
     }
@@ -220,13 +222,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // SIGINT / SIGTERM stop the build: its RUN processes are killed and
     // its scratch state removed before the command exits (128 + signal)
     let cancel = Cancel::new();
-    let (result, signal) = kiln::cli::until_signalled(&cancel, build.cancel(cancel.clone()).build()).await?;
+    let (result, signal) = common::until_signalled(&cancel, build.cancel(cancel.clone()).build()).await?;
     if let Some(signal) = signal {
         let source: Box<dyn std::error::Error + Send + Sync> = match result {
             Err(e) => Box::new(e),
             Ok(_) => "the build had finished".into(),
         };
-        return Err(Box::new(kiln::cli::Interrupted { signal, source }));
+        return Err(Box::new(common::Interrupted { signal, source }));
     }
     let built = result?;
     println!("config:   {}", built.config.digest);

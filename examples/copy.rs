@@ -14,6 +14,8 @@ use clap::Parser;
 use kiln::registry_client::{Client, DockerConfig, Progress};
 use kiln::{CopyOptions, ImageLocation};
 
+mod common;
+
 #[derive(Parser)]
 #[command(about = "Copy an image between registries, OCI layouts and docker-archive files")]
 #[allow(clippy::struct_excessive_bools)] // command-line switches
@@ -44,7 +46,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    kiln::cli::exit_code(run(&Args::parse()).await)
+    common::exit_code(run(&Args::parse()).await)
 }
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {

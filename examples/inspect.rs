@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use kiln::ImageLocation;
 
+mod common;
+
 #[derive(Parser)]
 #[command(about = "Inspect an image")]
 struct Args {
@@ -31,11 +33,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    kiln::cli::exit_code(run(&Args::parse()).await)
+    common::exit_code(run(&Args::parse()).await)
 }
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let client = kiln::cli::client(&args.insecure)?;
+    let client = common::client(&args.insecure)?;
     let info = kiln::inspect(&client, &args.image).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);

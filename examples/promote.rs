@@ -13,6 +13,8 @@ use clap::Parser;
 use kiln::PromoteOptions;
 use kiln::oci_image::Reference;
 
+mod common;
+
 #[derive(Parser)]
 #[command(about = "Promote a digest-pinned image to a tag")]
 struct Args {
@@ -36,11 +38,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    kiln::cli::exit_code(run(&Args::parse()).await)
+    common::exit_code(run(&Args::parse()).await)
 }
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let client = kiln::cli::client(&args.insecure)?;
+    let client = common::client(&args.insecure)?;
     let record = kiln::promote(
         &client,
         &args.src,

@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use kiln::oci_image::Reference;
 
+mod common;
+
 #[derive(Parser)]
 #[command(about = "Set the release tags of a version on a digest")]
 struct Args {
@@ -24,11 +26,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    kiln::cli::exit_code(run(&Args::parse()).await)
+    common::exit_code(run(&Args::parse()).await)
 }
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let client = kiln::cli::client(&args.insecure)?;
+    let client = common::client(&args.insecure)?;
     let tags = kiln::release_tags(&client, &args.image, &args.version).await?;
     for t in &tags {
         println!("tagged {}", args.image.repository_only().with_tag(t.clone()));

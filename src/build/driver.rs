@@ -230,7 +230,10 @@ impl Build {
         let store = Store::open(&cache_dir)?;
         let client = match self.client {
             Some(c) => c,
-            None => crate::cli::client(&[]).map_err(|e| BuildError::Task(format!("registry client: {e}")))?,
+            // credentials the way docker and podman read them
+            None => registry_client::Client::builder()
+                .credentials(registry_client::DockerConfig::from_env().map_err(BuildError::Credentials)?)
+                .build()?,
         };
         let overlay =
             self.overlayfs && rustix::process::geteuid().is_root() && rootfs::overlay_available(store.build_dir());

@@ -162,6 +162,9 @@ pub enum BuildError {
     /// A registry request failed.
     #[error(transparent)]
     Registry(#[from] registry_client::Error),
+    /// The registry credentials (docker's or podman's auth file) cannot be read.
+    #[error("reading registry credentials")]
+    Credentials(#[source] registry_client::AuthFileError),
     /// Making a layer failed.
     #[error(transparent)]
     Layer(#[from] layer_diff::LayerError),
