@@ -25,6 +25,7 @@ mod inspect;
 mod promote;
 
 pub use copy::{CopyError, CopyOptions, CopyReport, ImageLocation, LocationError, copy, copy_with};
+pub use dockerfile_parse;
 pub use inspect::{HistoryRow, Inspection, history_rows, inspect};
 pub use layer_diff;
 pub use oci_image;

@@ -127,6 +127,10 @@ pub enum ExecError {
     /// The build was cancelled; the command's processes were killed.
     #[error("cancelled")]
     Cancelled,
+    /// An embedder's executor failed: its own error, kept as the source
+    /// (downcast it to get it back).
+    #[error("the executor failed")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 /// What a run may use besides its process.

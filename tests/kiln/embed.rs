@@ -144,3 +144,47 @@ async fn a_tool_cancels_a_build_through_its_token_and_nothing_is_left() {
     let left = crate::build::processes_with_arg("echo started && sleep 60");
     assert!(left.is_empty(), "RUN still running: {left:?}");
 }
+
+/// An embedder's executor error, as its own type.
+#[derive(Debug, thiserror::Error)]
+#[error("quota exceeded for tenant {tenant}")]
+struct QuotaExceeded {
+    tenant: String,
+}
+
+/// An executor that refuses every command with the tool's own error.
+#[derive(Debug)]
+struct Refusing;
+
+impl Executor for Refusing {
+    fn run(&self, _: &Path, _: &Process, _: RunEnv<'_>, _: &mut dyn FnMut(&[u8])) -> Result<Exit, ExecError> {
+        Err(ExecError::Other(Box::new(QuotaExceeded { tenant: "acme".into() })))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executors_own_error_comes_back_as_its_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(base) = base_layout(tmp.path()) else { return };
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    let err = Build::new(&ctx)
+        .dockerfile_text("FROM kiln-base\nRUN true\n")
+        .cache_dir(tmp.path().join("cache"))
+        .client(client())
+        .with_base(&base)
+        .executor(Arc::new(Refusing))
+        .build()
+        .await
+        .unwrap_err();
+    // walk the chain to the tool's own error, typed
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    let mut found = None;
+    while let Some(e) = source {
+        if let Some(q) = e.downcast_ref::<QuotaExceeded>() {
+            found = Some(q.tenant.clone());
+        }
+        source = e.source();
+    }
+    assert_eq!(found.as_deref(), Some("acme"), "{}", kiln::error_chain(&err));
+}
