@@ -347,13 +347,7 @@ impl<W: Write> Write for Compressor<W> {
 
 /// Detects the compression of a blob from its first bytes.
 pub fn detect(head: &[u8]) -> Compression {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else {
-        Compression::None
-    }
+    Compression::detect(head)
 }
 
 /// A reader that decompresses a layer blob (gzip, zstd or plain tar).

@@ -517,9 +517,9 @@ impl ArchiveReader {
             let mut r = self.open_member(member)?;
             let mut magic = [0u8; 4];
             let n = read_up_to(&mut r, &mut magic).map_err(io("read"))?;
-            let media_type = match magic.get(..n) {
-                Some([0x1f, 0x8b, ..]) => MediaType::OciLayerGzip,
-                Some([0x28, 0xb5, 0x2f, 0xfd]) => MediaType::OciLayerZstd,
+            let media_type = match crate::Compression::detect(magic.get(..n).unwrap_or_default()) {
+                crate::Compression::Gzip => MediaType::OciLayerGzip,
+                crate::Compression::Zstd => MediaType::OciLayerZstd,
                 _ => MediaType::OciLayer,
             };
             let r = magic.get(..n).unwrap_or_default().chain(r);

@@ -110,6 +110,20 @@ pub enum Compression {
     Zstd,
 }
 
+impl Compression {
+    /// The compression a blob's first bytes announce (gzip's `1f 8b`,
+    /// zstd's `28 b5 2f fd`); anything else is taken as plain.
+    pub fn detect(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
 impl MediaType {
     /// Is this an image manifest (OCI or Docker schema 2)?
     pub fn is_manifest(&self) -> bool {

@@ -397,11 +397,12 @@ enum Archive {
 
 /// The compression `head` (a file's first bytes) announces.
 fn compression_of(head: &[u8]) -> Archive {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Archive::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Archive::Zstd
-    } else if head.starts_with(b"BZh") {
+    match oci_image::Compression::detect(head) {
+        oci_image::Compression::Gzip => return Archive::Gzip,
+        oci_image::Compression::Zstd => return Archive::Zstd,
+        _ => {}
+    }
+    if head.starts_with(b"BZh") {
         Archive::Bzip2
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         Archive::Xz
