@@ -49,6 +49,8 @@ struct Case {
     #[serde(default)]
     ssh: bool,
     #[serde(default)]
+    http: BTreeMap<String, String>,
+    #[serde(default)]
     context: Option<String>,
     #[serde(default)]
     contexts: BTreeMap<String, String>,
@@ -185,9 +187,52 @@ fn write_files(root: &Path, files: &[CaseFile]) {
     }
 }
 
+/// A local HTTP server for a case (`http = { "/path" = "content" }`): each
+/// path's content (with a fixed `Last-Modified`), 404 for others. Returns
+/// its base URL; the thread ends with the test process.
+fn http_server(files: &BTreeMap<String, String>) -> String {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let files = files.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let head_only = request.starts_with("HEAD ");
+            let (status, body) = match files.get(&path) {
+                Some(b) => ("200 OK", b.as_bytes()),
+                None => ("404 Not Found", &b""[..]),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            if !head_only {
+                let _ = conn.write_all(body);
+            }
+        }
+    });
+    format!("http://{addr}")
+}
+
 /// Runs one case; `Err` says what did not hold.
 async fn run_case(case: &Case, busybox: &Path) -> Result<(), String> {
     let tmp = tempfile::tempdir().unwrap();
+    let server = if case.http.is_empty() { None } else { Some(http_server(&case.http)) };
+    let with_server = |t: &str| match &server {
+        Some(url) => t.replace("{{SERVER}}", url),
+        None => t.to_owned(),
+    };
+    let dockerfile_text = with_server(&case.dockerfile);
     let root = tmp.path().join("case");
     fs::create_dir_all(&root).unwrap();
     let ctx = case.context.as_ref().map_or_else(|| root.clone(), |c| root.join(c));
@@ -195,7 +240,7 @@ async fn run_case(case: &Case, busybox: &Path) -> Result<(), String> {
     let df_rel = case.dockerfile_path.clone().unwrap_or_else(|| "Dockerfile".into());
     let df = ctx.join(&df_rel);
     fs::create_dir_all(df.parent().unwrap()).unwrap();
-    fs::write(&df, &case.dockerfile).unwrap();
+    fs::write(&df, &dockerfile_text).unwrap();
     write_files(&root, &case.files);
     let out = tmp.path().join("out");
     let mut b =
@@ -207,7 +252,7 @@ async fn run_case(case: &Case, busybox: &Path) -> Result<(), String> {
         b = b.dockerfile(&df);
     }
     let base = BuildContext::oci_layout(busybox, Some("1".parse().unwrap()));
-    let mut args_text = case.dockerfile.clone();
+    let mut args_text = dockerfile_text.clone();
     for v in case.build_args.values() {
         args_text.push(' ');
         args_text.push_str(v);
@@ -228,7 +273,7 @@ async fn run_case(case: &Case, busybox: &Path) -> Result<(), String> {
         b = b.build_context(name.clone(), c);
     }
     for (k, v) in &case.build_args {
-        b = b.build_arg(k.clone(), v.clone());
+        b = b.build_arg(k.clone(), with_server(v));
     }
     if let Some(t) = &case.target {
         b = b.target(t.clone());
