@@ -224,6 +224,18 @@ fn http_server(files: &BTreeMap<String, String>) -> String {
     format!("http://{addr}")
 }
 
+/// The build with a fresh ssh agent as `default` when the case asks for
+/// one (`ssh = true`); the agent lives as long as the returned guard.
+fn with_agent(b: Build, ssh: bool, dir: &Path) -> Result<(Build, Option<testkit::SshAgent>), String> {
+    if !ssh {
+        return Ok((b, None));
+    }
+    let Some(agent) = testkit::SshAgent::start(dir).map_err(|e| e.to_string())? else {
+        return Err("openssh-client is missing".into());
+    };
+    Ok((b.ssh("default", &agent.socket), Some(agent)))
+}
+
 /// Runs one case; `Err` says what did not hold.
 async fn run_case(case: &Case, busybox: &Path) -> Result<(), String> {
     let tmp = tempfile::tempdir().unwrap();
@@ -286,15 +298,7 @@ async fn run_case(case: &Case, busybox: &Path) -> Result<(), String> {
         fs::write(&file, text).unwrap();
         b = b.secret(id.clone(), file);
     }
-    let agent = if case.ssh {
-        let Some(agent) = testkit::SshAgent::start(tmp.path()).map_err(|e| e.to_string())? else {
-            return Err("openssh-client is missing".into());
-        };
-        b = b.ssh("default", &agent.socket);
-        Some(agent)
-    } else {
-        None
-    };
+    let (b, agent) = with_agent(b, case.ssh, tmp.path())?;
     let result = b.build().await;
     drop(agent);
     if case.fails {
