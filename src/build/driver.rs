@@ -249,22 +249,8 @@ impl Build {
         };
         // what every layer depends on besides its step: part of every cache key
         let salt = format!("epoch={epoch:?} compression={:?} level={:?} manifest=oci-v1", self.compression, self.level);
-        let secrets = self
-            .secrets
-            .into_iter()
-            .map(|(id, file)| {
-                let abs = std::path::absolute(&file).map_err(BuildError::io("find the secret", &file))?;
-                Ok((id, abs))
-            })
-            .collect::<Result<_, BuildError>>()?;
-        let ssh = self
-            .ssh
-            .into_iter()
-            .map(|(id, socket)| {
-                let abs = std::path::absolute(&socket).map_err(BuildError::io("find the ssh agent", &socket))?;
-                Ok((id, abs))
-            })
-            .collect::<Result<_, BuildError>>()?;
+        let secrets = absolute_paths(self.secrets, "find the secret")?;
+        let ssh = absolute_paths(self.ssh, "find the ssh agent")?;
         Ok(Ctx {
             context,
             text,
@@ -405,6 +391,18 @@ pub(super) fn read_dockerfile(path: &Path, within: Option<&Path>) -> Result<Stri
         }),
         None => read_regular(path),
     }
+}
+
+/// The paths of `by_id` made absolute (secrets and ssh agents the
+/// invoker named), before anything changes the working directory.
+fn absolute_paths(by_id: BTreeMap<String, PathBuf>, op: &'static str) -> Result<BTreeMap<String, PathBuf>, BuildError> {
+    by_id
+        .into_iter()
+        .map(|(id, path)| {
+            let abs = std::path::absolute(&path).map_err(BuildError::io(op, &path))?;
+            Ok((id, abs))
+        })
+        .collect()
 }
 
 /// `TARGETPLATFORM` and friends for a build for `p` on this host.

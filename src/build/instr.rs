@@ -93,10 +93,10 @@ pub(crate) fn run_args(run: &Run, shell: &[String]) -> Vec<String> {
         CommandLine::Exec(v) => v.clone(),
         CommandLine::Shell(s) => {
             let mut v = shell.to_vec();
-            let script = match run.heredocs.as_slice() {
-                [only] if s.trim_start().starts_with("<<") && s.split_whitespace().count() == 1 => only.content(),
-                [] => s.clone(),
-                docs => {
+            let script = match (lone_heredoc(run), run.heredocs.as_slice()) {
+                (Some(only), _) => only.content(),
+                (None, []) => s.clone(),
+                (None, docs) => {
                     let mut text = s.clone();
                     for d in docs {
                         text.push('\n');
@@ -120,12 +120,17 @@ pub(crate) fn run_args(run: &Run, shell: &[String]) -> Vec<String> {
 /// name and text. BuildKit runs such a heredoc as a program of its own
 /// (the kernel reads the `#!` line), not as shell input.
 pub(crate) fn shebang_script(run: &Run) -> Option<(String, String)> {
+    let only = lone_heredoc(run)?;
+    let text = only.content();
+    text.starts_with("#!").then(|| (only.name.clone(), text))
+}
+
+/// The heredoc of a shell-form `RUN` whose whole command is that one
+/// heredoc (`RUN <<EOF`): its text is the script.
+fn lone_heredoc(run: &Run) -> Option<&dockerfile_parse::Heredoc> {
     let CommandLine::Shell(s) = &run.command else { return None };
     match run.heredocs.as_slice() {
-        [only] if s.trim_start().starts_with("<<") && s.split_whitespace().count() == 1 => {
-            let text = only.content();
-            text.starts_with("#!").then(|| (only.name.clone(), text))
-        }
+        [only] if s.trim_start().starts_with("<<") && s.split_whitespace().count() == 1 => Some(only),
         _ => None,
     }
 }

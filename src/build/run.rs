@@ -200,16 +200,16 @@ impl Ctx {
         let mut mount_stubs = Vec::new();
         let mut parents: Vec<rootfs::Parent> = Vec::new();
         let mut held_views = Vec::new();
-        // ssh mounts: a relay socket each, in a private directory of its own
-        // (short: a socket path has at most 107 bytes)
-        let ssh_dir = Self::private_dir_for(run)?;
+        // the step's private directory (ssh relay sockets, secret copies, a
+        // `#!` script); ssh mounts get a relay socket each
+        let private = Self::private_dir_for(run)?;
         let mut relays = Vec::new();
         let mut ssh_index = 0;
         for (m, bind) in run.mounts.iter().zip(binds) {
             if m.kind == dockerfile_parse::command::MountType::Ssh {
                 let n = ssh_index;
                 ssh_index += 1;
-                let Some(dir) = &ssh_dir else { continue };
+                let Some(dir) = &private else { continue };
                 let Some((pm, relay)) = self.ssh_mount(m, n, dir.path(), &cwd)? else { continue };
                 if n == 0 {
                     instr::set_env(&mut env, "SSH_AUTH_SOCK", &pm.destination);
@@ -228,7 +228,7 @@ impl Ctx {
             }
             let (pm, view) = match bind {
                 Some(source) => self.bind_mount(m, source, &cwd)?,
-                None => self.run_mount(m, &cwd, ssh_dir.as_ref().map(tempfile::TempDir::path))?,
+                None => self.run_mount(m, &cwd, private.as_ref().map(tempfile::TempDir::path))?,
             };
             Self::mount_point_stubs(&merged, &pm.destination, &mut mount_stubs, &mut parents);
             mounts.push(pm);
@@ -237,7 +237,7 @@ impl Ctx {
         // a heredoc with a `#!` line runs as a program of its own, bound
         // read-only at /dev/pipes/NAME (inside runc's /dev: no trace in the image)
         let mut args = args;
-        if let (Some((name, text)), Some(dir)) = (instr::shebang_script(run), &ssh_dir) {
+        if let (Some((name, text)), Some(dir)) = (instr::shebang_script(run), &private) {
             let script = dir.path().join("script");
             std::fs::write(&script, text).map_err(BuildError::io("write", &script))?;
             std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -264,7 +264,7 @@ impl Ctx {
         })?;
         drop(held_views);
         drop(relays);
-        drop(ssh_dir);
+        drop(private);
         // The mount points made for the command go again (deepest first)
         // while still what the runtime made. Never through the live tree: on
         // the upper directory once unmounted, or the flattened tree, each
