@@ -155,15 +155,17 @@ pub(crate) struct Item {
     pub time: Time,
 }
 
-/// Where an entry's modification time comes from in the layer (the writer
-/// then clamps every time to the epoch, when there is one).
+/// Where an entry comes from, which decides its modification time in the
+/// layer (the writer then clamps every time to the epoch, when there is
+/// one) and its owner (without `--chown`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Time {
-    /// The source's own time: files from images, stages and archives.
+    /// Files from images, stages and archives: their own times and owners.
     Source,
     /// An input of the build (context files, heredocs, downloads, git
     /// checkouts): the epoch, so that a checkout's times never reach the
-    /// image; without an epoch (docker's times) the file's own time.
+    /// image (without an epoch, docker's times: the file's own), and root
+    /// as owner (as docker's client sends context files).
     Input,
     /// Made by the step (directories it creates): the epoch, else now.
     Made,
@@ -297,9 +299,8 @@ struct Match {
     rel: String,
     /// The part of `rel` that `--parents` keeps (after a `/./` pivot).
     kept: String,
-    /// Where its times come from.
+    /// Where its times (and owners) come from.
     time: Time,
-    keep_owner: bool,
     is_dir: bool,
 }
 
@@ -502,7 +503,6 @@ fn matches(src: &SourceTree<'_>, req: &CopyRequest<'_>, scratch: &Path) -> Resul
                 rel: doc.name.clone(),
                 kept: String::new(),
                 time: Time::Input,
-                keep_owner: false,
                 is_dir: false,
             });
             continue;
@@ -555,13 +555,11 @@ fn matches(src: &SourceTree<'_>, req: &CopyRequest<'_>, scratch: &Path) -> Resul
                 std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
                 let tar = decompressed(&full, archive, scratch)?;
                 layer_diff::apply_tar(tar, &dir, &layer_diff::ApplyOptions::default())?;
-                out.push(Match { full: dir, rel, kept, time: Time::Source, keep_owner: true, is_dir: true });
+                out.push(Match { full: dir, rel, kept, time: Time::Source, is_dir: true });
                 continue;
             }
-            // files from an image or stage keep their owners; the
-            // context's are root's (as docker's client sends them)
             let time = if src.is_context { Time::Input } else { Time::Source };
-            out.push(Match { full, rel, kept, time, keep_owner: !src.is_context, is_dir: meta.is_dir() });
+            out.push(Match { full, rel, kept, time, is_dir: meta.is_dir() });
         }
     }
     Ok(out)
@@ -594,7 +592,7 @@ fn download(url: &str, req: &CopyRequest<'_>, dir: &Path) -> Result<Match, Build
         let f = std::fs::File::options().write(true).open(&path).map_err(io_err("open", &path))?;
         f.set_modified(t).map_err(io_err("set the time of", &path))?;
     }
-    Ok(Match { full: path, rel: name, kept: String::new(), time: Time::Input, keep_owner: false, is_dir: false })
+    Ok(Match { full: path, rel: name, kept: String::new(), time: Time::Input, is_dir: false })
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {
@@ -637,14 +635,7 @@ fn git_clone(url: &str, keep_git_dir: bool, dir: &Path) -> Result<Match, BuildEr
         let git = dir.join(".git");
         std::fs::remove_dir_all(&git).map_err(io_err("remove", &git))?;
     }
-    Ok(Match {
-        full: dir.to_owned(),
-        rel: String::new(),
-        kept: String::new(),
-        time: Time::Input,
-        keep_owner: false,
-        is_dir: true,
-    })
+    Ok(Match { full: dir.to_owned(), rel: String::new(), kept: String::new(), time: Time::Input, is_dir: true })
 }
 
 fn components(p: &Path) -> Vec<OsString> {
@@ -710,7 +701,7 @@ pub(crate) fn plan(
         };
         let target_abs = if sub.is_empty() { dest_abs.clone() } else { super::instr::join_path(&dest_abs, &sub) };
         let keep = |e: &mut Entry| {
-            if !m.keep_owner {
+            if m.time != Time::Source {
                 e.uid = uid;
                 e.gid = gid;
             } else if let Some((u, g)) = req.chown {
@@ -880,7 +871,7 @@ pub(crate) fn tree_mount(src: &SourceTree<'_>, source: &str) -> Result<TreeMount
     let missing = || BuildError::MissingSource { path: source.to_owned() };
     let full = inside(src.root, &clean).ok_or_else(missing)?;
     let rel = full.strip_prefix(src.root).map(|r| r.to_string_lossy().into_owned()).unwrap_or_default();
-    if excluded(src, &rel) {
+    if excluded(src, &rel) && !keeps_something_below(src, &rel, &full)? {
         return Err(missing());
     }
     let meta = std::fs::metadata(&full).map_err(|_| missing())?;
@@ -894,18 +885,12 @@ pub(crate) fn tree_mount(src: &SourceTree<'_>, source: &str) -> Result<TreeMount
             is_dir: false,
         });
     }
+    // what COPY of the same source would take (re-included files with their parents)
     let snap = Snapshot::walk(&full)?;
-    let mut items = Vec::new();
-    let mut filtered = false;
-    for e in snap.entries() {
-        let in_tree =
-            if rel.is_empty() { e.path.to_string_lossy().into_owned() } else { format!("{rel}/{}", e.path.display()) };
-        if excluded(src, &in_tree) {
-            filtered = true;
-            continue;
-        }
-        items.push(Item { source: full.join(&e.path), entry: e.clone(), time: Time::Source });
-    }
+    let kept = kept_entries(src, &rel, snap.entries());
+    let filtered = kept.len() < snap.entries().len();
+    let items =
+        kept.into_iter().map(|e| Item { source: full.join(&e.path), entry: e.clone(), time: Time::Source }).collect();
     Ok(TreeMount { full, items, filtered, is_dir: true })
 }
 

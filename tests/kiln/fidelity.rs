@@ -184,7 +184,12 @@ async fn dockerignore_reincludes_keep_their_parents() {
     let tmp = tempfile::tempdir().unwrap();
     let Some(busybox) = base_layout(tmp.path()) else { return };
     let ctx = tmp.path().join("ctx");
-    write(&ctx.join("Dockerfile"), "FROM kiln-base\nADD folder1 /f1\nCOPY . /all/\n");
+    // a bind mount of the context shows what COPY sees
+    write(
+        &ctx.join("Dockerfile"),
+        "FROM kiln-base\nADD folder1 /f1\nCOPY . /all/\n\
+         RUN --mount=type=bind,source=folder1,target=/m stat -c '%a' /m/sub > /bindmode && cat /m/sub/file1 > /bindfile\n",
+    );
     write(&ctx.join(".dockerignore"), "**\n!folder1/sub/file1\n");
     write(&ctx.join("folder1/sub/file1"), "one\n");
     write(&ctx.join("folder1/file2"), "two\n");
@@ -210,6 +215,8 @@ async fn dockerignore_reincludes_keep_their_parents() {
     for d in ["f1", "all"] {
         assert_eq!(fs::metadata(root.join(d)).unwrap().mode() & 0o7777, 0o755, "{d}");
     }
+    assert_eq!(fs::read_to_string(root.join("bindmode")).unwrap(), "775\n");
+    assert_eq!(fs::read_to_string(root.join("bindfile")).unwrap(), "one\n");
 }
 
 // 9. An escaped glob character in a source: the Dockerfile's word rules
