@@ -203,14 +203,22 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         build = build.progress(|p| {
             let mut err = std::io::stderr().lock();
             let _ = match p {
-                Progress::Step { stage, name, line, instruction, cached } => writeln!(
+                Progress::StepStarted { step, instruction } => writeln!(
                     err,
-                    "[{}] line {line}: {instruction}{}",
-                    name.map_or_else(|| stage.to_string(), str::to_owned),
-                    if *cached { " (cached)" } else { "" }
+                    "[{}] line {}: {instruction}",
+                    step.name.clone().unwrap_or_else(|| step.stage.to_string()),
+                    step.line
                 ),
+                Progress::StepFinished { step, cached: true, .. } => {
+                    writeln!(
+                        err,
+                        "[{}] line {}: cached",
+                        step.name.clone().unwrap_or_else(|| step.stage.to_string()),
+                        step.line
+                    )
+                }
                 Progress::Output { bytes, .. } => err.write_all(bytes),
-                Progress::Pulling { image } => writeln!(err, "pulling {image}"),
+                Progress::Pulling { image, .. } => writeln!(err, "pulling {image}"),
                 Progress::Writing { target } => writeln!(err, "writing {target}"),
                 Progress::Corrupt { digest } => {
                     writeln!(err, "cached blob {digest} did not match its digest: dropped, building again")

@@ -195,6 +195,7 @@ impl Arguments {
 
 /// A heredoc attached to an instruction.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Heredoc {
     /// The delimiter word, quotes removed.
@@ -207,7 +208,9 @@ pub struct Heredoc {
     pub chomp: bool,
     /// The body as read: every line with its line ending, tabs not stripped.
     pub raw_content: String,
-    /// Where the body and the delimiter line are.
+    /// Where the body and the delimiter line are (not serialized: a
+    /// heredoc moved to another line is the same heredoc).
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub span: Span,
 }
 

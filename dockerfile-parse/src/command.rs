@@ -88,6 +88,7 @@ pub enum CommandError {
 
 /// Shell form or exec (JSON) form.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub enum CommandLine {
     /// Shell form: run through the stage's `SHELL`.
@@ -98,6 +99,7 @@ pub enum CommandLine {
 
 /// `FROM [--platform=p] image [AS name]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct From {
     /// The image (or stage name) as written, not expanded.
@@ -110,6 +112,7 @@ pub struct From {
 
 /// `RUN --mount=type=...`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub enum MountType {
     /// `type=bind` (the default).
@@ -126,6 +129,7 @@ pub enum MountType {
 
 /// `sharing=` of a cache mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub enum Sharing {
     /// `shared` (the default).
@@ -138,6 +142,7 @@ pub enum Sharing {
 
 /// One `RUN --mount`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Mount {
     /// The mount type.
@@ -170,6 +175,7 @@ pub struct Mount {
 
 /// `RUN [--mount ...] [--network=m] [--security=s] cmd`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Run {
     /// The command.
@@ -186,6 +192,7 @@ pub struct Run {
 
 /// `COPY` or `ADD`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Copy {
     /// Sources as written (heredoc sources appear as `<<NAME`).
@@ -216,6 +223,7 @@ pub struct Copy {
 
 /// An `ARG` name with an optional default, as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct ArgDef {
     /// The name.
@@ -226,6 +234,7 @@ pub struct ArgDef {
 
 /// `HEALTHCHECK`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub enum Healthcheck {
     /// `HEALTHCHECK NONE`.
@@ -249,6 +258,7 @@ pub enum Healthcheck {
 
 /// A typed instruction.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub enum Command {
     /// `FROM`

@@ -110,6 +110,17 @@ pub enum Compression {
     Zstd,
 }
 
+impl std::fmt::Display for Compression {
+    /// `none`, `gzip`, `zstd`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        })
+    }
+}
+
 impl Compression {
     /// The compression a blob's first bytes announce (gzip's `1f 8b`,
     /// zstd's `28 b5 2f fd`); anything else is taken as plain.

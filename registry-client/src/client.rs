@@ -267,6 +267,7 @@ impl ClientBuilder {
         let http = make(Some(self.idle_timeout))?;
         let upload_http = make(None)?;
         Ok(Client {
+            progress: self.progress,
             inner: Arc::new(Inner {
                 http,
                 upload_http,
@@ -279,7 +280,6 @@ impl ClientBuilder {
                 insecure_hosts: self.insecure_hosts,
                 retry: self.retry,
                 concurrency: self.concurrency,
-                progress: self.progress,
                 chunk_size: self.chunk_size,
                 single_request_uploads: self.single_request_uploads,
                 streamed_uploads: self.streamed_uploads,
@@ -304,7 +304,6 @@ pub(crate) struct Inner {
     insecure_hosts: BTreeSet<String>,
     pub(crate) retry: RetryPolicy,
     pub(crate) concurrency: usize,
-    progress: Option<ProgressFn>,
     pub(crate) chunk_size: Option<u64>,
     pub(crate) single_request_uploads: bool,
     pub(crate) streamed_uploads: bool,
@@ -315,6 +314,8 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
+    /// [`ClientBuilder::progress`], or [`Client::with_progress`]'s.
+    progress: Option<ProgressFn>,
 }
 
 impl std::fmt::Debug for Client {
@@ -452,27 +453,23 @@ fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
     Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
-#[allow(clippy::many_single_char_names)] // the civil-calendar formula's own names
+/// Parses an HTTP-date (RFC 9110, section 5.6.7): the IMF-fixdate senders
+/// write (`Sun, 06 Nov 1994 08:49:37 GMT`) and the two obsolete forms a
+/// recipient still accepts, RFC 850's (`Sunday, 06-Nov-94 08:49:37 GMT`)
+/// and asctime's (`Sun Nov  6 08:49:37 1994`, UTC).
 pub(crate) fn httpdate_parse(s: &str) -> Option<SystemTime> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else { return None };
-    let day: u64 = day.parse().ok()?;
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| m == month)? as u64
-        + 1;
-    let year: u64 = year.parse().ok()?;
-    let mut t = time.split(':').map(|x| x.parse::<u64>().ok());
-    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
-    // days from civil (1970-01-01)
-    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = (era * 146_097 + doe).checked_sub(719_468)?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(days * 86_400 + h * 3600 + mi * 60 + se))
+    use jiff::fmt::strtime;
+    // one space between words, as the obsolete forms pad with two
+    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let utc = |t: strtime::BrokenDownTime| jiff::tz::Offset::UTC.to_timestamp(t.to_datetime().ok()?).ok();
+    let when = if s.ends_with(" GMT") && s.contains(", ") && !s.contains('-') {
+        utc(strtime::parse("%a, %d %b %Y %H:%M:%S GMT", &s).ok()?)?
+    } else if s.ends_with(" GMT") {
+        utc(strtime::parse("%A, %d-%b-%y %H:%M:%S GMT", &s).ok()?)?
+    } else {
+        utc(strtime::parse("%a %b %d %H:%M:%S %Y", &s).ok()?)?
+    };
+    Some(SystemTime::from(when))
 }
 
 impl Client {
@@ -489,8 +486,23 @@ impl Client {
         ClientBuilder::default()
     }
 
+    /// This client (sharing its connections and token cache) with its
+    /// progress events going to `f` as well (after the callback it had, if
+    /// any): one client, each transfer reporting to its own observer.
+    #[must_use]
+    pub fn with_progress(&self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Client {
+        let before = self.progress.clone();
+        let both = move |p: &Progress| {
+            if let Some(b) = &before {
+                b(p);
+            }
+            f(p);
+        };
+        Client { inner: Arc::clone(&self.inner), progress: Some(Arc::new(both)) }
+    }
+
     pub(crate) fn emit(&self, p: &Progress) {
-        if let Some(f) = &self.inner.progress {
+        if let Some(f) = &self.progress {
             f(p);
         }
     }
@@ -962,10 +974,20 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         assert_eq!(parse_retry_after(&HeaderValue::from_static("7")), Some(Duration::from_secs(7)));
+        // RFC 9110's IMF-fixdate, and the two obsolete forms recipients accept
+        let when = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777));
+        for s in ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+            assert_eq!(httpdate_parse(s), when, "{s}");
+        }
         assert_eq!(
-            httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))
+            httpdate_parse("Tue, 29 Feb 2000 00:00:00 GMT"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400))
         );
+        for bad in
+            ["Sun, 31 Nov 1994 08:49:37 GMT", "Sun, 06 Nov 1994 25:49:37 GMT", "Sun, 06 Nov 1994 08:49:37 PST", ""]
+        {
+            assert_eq!(httpdate_parse(bad), None, "{bad}");
+        }
         let past = parse_retry_after(&HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"));
         assert_eq!(past, Some(Duration::ZERO));
         assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);

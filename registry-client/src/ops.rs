@@ -685,7 +685,7 @@ impl Client {
             method: Method::POST,
             url: url.clone(),
             headers,
-            body: stream_body(source, desc.size, true, None),
+            body: stream_body(source, desc.size, true, Some(self.bytes_reporter(desc))),
             scopes: vec![scope(repo, "pull,push")],
             idempotent: true,
         };
@@ -752,11 +752,14 @@ impl Client {
         source: &Arc<dyn BlobSource>,
         upload: Upload,
     ) -> Result<()> {
+        let body = stream_body(source, desc.size, true, Some(self.bytes_reporter(desc)));
+        self.finish_upload(repo, desc, upload.url, body, desc.size).await
+    }
+
+    /// Reports the bytes of `desc` sent so far as [`Progress::Bytes`].
+    fn bytes_reporter(&self, desc: &Descriptor) -> Arc<dyn Fn(u64) + Send + Sync> {
         let (client, digest, size) = (self.clone(), desc.digest.clone(), desc.size);
-        let on_bytes: Arc<dyn Fn(u64) + Send + Sync> =
-            Arc::new(move |done| client.emit(&Progress::Bytes { digest: digest.clone(), done, total: size }));
-        let body = stream_body(source, size, true, Some(on_bytes));
-        self.finish_upload(repo, desc, upload.url, body, size).await
+        Arc::new(move |done| client.emit(&Progress::Bytes { digest: digest.clone(), done, total: size }))
     }
 
     async fn upload_chunked(

@@ -3,9 +3,9 @@
 //! stacked with overlayfs, or flattened).
 
 use super::{
-    AnyManifest, ApplyOptions, BTreeMap, BuildContext, BuildError, Ctx, Descriptor, Digest, DockerIgnore, HashMap,
-    Image, ImageConfiguration, Layout, Named, OverlayMount, OverlayXattrs, Path, PathBuf, Platform, Progress, Raw,
-    Reference, Repo, Store, View, context, files, overlay_dirs,
+    AnyManifest, ApplyOptions, BTreeMap, BuildContext, BuildError, CacheKey, Ctx, Descriptor, Digest, DockerIgnore,
+    HashMap, Image, ImageConfiguration, Layout, Named, OverlayMount, OverlayXattrs, Path, PathBuf, Platform, Progress,
+    Raw, Reference, Repo, StepId, Store, View, context, files, overlay_dirs,
 };
 
 /// Where a base image's blobs come from until they are in the store.
@@ -164,7 +164,7 @@ impl Ctx {
         Ok(Image {
             config: config_raw.value().clone(),
             layers: manifest_value.layers.clone(),
-            key: Digest::sha256(format!("image {}", manifest.digest()).as_bytes()),
+            key: CacheKey::builder("image").field("manifest", manifest.digest().to_string()).finish().digest().clone(),
             name: name.to_owned(),
             repo: match source {
                 BlobSource::Registry(r) => Some(r.clone()),
@@ -208,22 +208,24 @@ impl Ctx {
         };
         let src = files::SourceTree { root, ignore: Some(ignore), is_context: true };
         let items = files::plan(&src, &req, None, scratch.path())?;
-        let key = Digest::sha256(
-            format!("{}\ncontext {name}\n{}", image.key, files::items_digest(&items, Some(scratch.path()))?).as_bytes(),
-        );
-        let layer = self.items_layer(&key, &|_| {}, &items)?;
+        let key = self
+            .key("context", &image.key)
+            .field("name", name)
+            .field("files", files::items_digest(&items, Some(scratch.path()))?.to_string())
+            .finish();
+        let (layer, _) = self.items_layer(&key, None, &items)?;
         let h = self.history(format!("context {name}"), layer.is_none());
         if let Some((desc, diff_id)) = layer {
             image.layers.push(desc);
             image.config.rootfs.diff_ids.push(diff_id);
         }
         image.config.history.get_or_insert_with(Vec::new).push(h);
-        image.key = key;
+        image.key = key.digest().clone();
         Ok(image)
     }
 
     /// Makes sure the blob `desc` is in the store, fetching it from where its image came from.
-    pub(super) fn ensure_blob(&self, desc: &Descriptor, image: &str) -> Result<(), BuildError> {
+    pub(super) fn ensure_blob(&self, desc: &Descriptor, image: &str, step: Option<&StepId>) -> Result<(), BuildError> {
         if self.store.layout.has_blob(&desc.digest) {
             return Ok(());
         }
@@ -234,8 +236,10 @@ impl Ctx {
                 self.store.layout.write_blob(blob, Some((&desc.digest, desc.size)))?;
             }
             Some(BlobSource::Registry(repo)) => {
-                self.emit(&Progress::Pulling { image });
-                let client = self.client.clone();
+                if let Some(step) = step {
+                    self.emit(&Progress::Pulling { step, image });
+                }
+                let client = self.client_for(step);
                 let layout = self.store.layout.clone();
                 let desc = desc.clone();
                 self.block_on(async move { client.fetch_blob_to_layout(&repo, &desc, &layout).await })??;
@@ -255,7 +259,7 @@ impl Ctx {
     /// stacked twice. A layer repeated right above itself is left out
     /// (applying a layer twice in a row is applying it once); one repeated
     /// above other layers (A, B, A) gets another extracted copy.
-    pub(super) fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>, BuildError> {
+    pub(super) fn layer_dirs(&self, image: &Image, step: Option<&StepId>) -> Result<Vec<PathBuf>, BuildError> {
         let mut dirs: Vec<PathBuf> = Vec::new();
         let mut last: Option<&Digest> = None;
         let mut seen: HashMap<&Digest, usize> = HashMap::new();
@@ -268,7 +272,7 @@ impl Ctx {
             let dir = self.store.layer_dir(&desc.digest, *copy);
             *copy += 1;
             if !dir.exists() {
-                self.ensure_blob(desc, &image.name)?;
+                self.ensure_blob(desc, &image.name, step)?;
                 let tmp = self.store.tempdir("x-")?;
                 let blob = self.store.layout.open_blob(&desc.digest)?;
                 let opts = ApplyOptions { overlay: Some(OverlayXattrs::Trusted), ..ApplyOptions::default() };
@@ -281,20 +285,25 @@ impl Ctx {
     }
 
     /// A read-only view of `image`'s tree (`None` for an image without layers).
-    pub(crate) fn view(&self, image: &Image) -> Result<Option<View>, BuildError> {
-        self.view_of(image, false)
+    pub(crate) fn view(&self, image: &Image, step: Option<&StepId>) -> Result<Option<View>, BuildError> {
+        self.view_of(image, false, step)
     }
 
     /// A view of `image`'s tree (`None` for an image without layers),
     /// `writable` with writes going to a throwaway upper directory (or copy).
-    pub(super) fn view_of(&self, image: &Image, writable: bool) -> Result<Option<View>, BuildError> {
+    pub(super) fn view_of(
+        &self,
+        image: &Image,
+        writable: bool,
+        step: Option<&StepId>,
+    ) -> Result<Option<View>, BuildError> {
         if image.layers.is_empty() {
             return Ok(None);
         }
         let dir = self.store.tempdir("v-")?;
         if self.overlay {
             let mut lowers = vec![self.empty_dir()?];
-            lowers.extend(self.layer_dirs(image)?);
+            lowers.extend(self.layer_dirs(image, step)?);
             let mount = if writable {
                 let (upper, work, merged) = overlay_dirs(dir.path())?;
                 OverlayMount::mount(&lowers, Some((&upper, &work)), &merged)
@@ -305,14 +314,14 @@ impl Ctx {
             };
             return Ok(Some(View { mount: Some(mount), dir }));
         }
-        self.flatten(image, dir.path())?;
+        self.flatten(image, dir.path(), step)?;
         Ok(Some(View { mount: None, dir }))
     }
 
     /// Applies every layer of `image` onto `dir` (no overlayfs here).
-    pub(super) fn flatten(&self, image: &Image, dir: &Path) -> Result<(), BuildError> {
+    pub(super) fn flatten(&self, image: &Image, dir: &Path, step: Option<&StepId>) -> Result<(), BuildError> {
         for desc in &image.layers {
-            self.ensure_blob(desc, &image.name)?;
+            self.ensure_blob(desc, &image.name, step)?;
             let blob = self.store.layout.open_blob(&desc.digest)?;
             layer_diff::apply_blob(std::io::BufReader::new(blob), desc, dir, &ApplyOptions::default())?;
         }

@@ -1,19 +1,19 @@
 //! `COPY`, `ADD` and `WORKDIR`: planned items (see `files`) written as a layer.
 
 use super::{
-    BuildError, Ctx, Descriptor, Digest, FileSink, FromSource, Named, Path, PathBuf, Platform, StageState, View,
-    context, files, instr,
+    BuildError, CacheKey, Ctx, Descriptor, Digest, FileSink, FromSource, KeyBuilder, LayerResult, Named, Path, PathBuf,
+    Platform, StageState, StepId, StepRun, View, context, files, instr,
 };
 
 impl Ctx {
     /// The layer of planned `COPY` items, from the cache under `key` or written now.
     pub(super) fn items_layer(
         &self,
-        key: &Digest,
-        report: &dyn Fn(bool),
+        key: &CacheKey,
+        step: Option<&StepRun<'_>>,
         items: &[files::Item],
-    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
-        self.layer_step(key, report, || {
+    ) -> Result<LayerResult, BuildError> {
+        self.layer_step(key, step, || {
             let now = Self::now();
             let entries: Vec<layer_diff::Entry> = items.iter().map(|i| i.written(self.epoch, now)).collect();
             self.write_layer(|w| {
@@ -27,8 +27,13 @@ impl Ctx {
     }
 
     /// `WORKDIR`: creates the directory when the image lacks it.
-    pub(super) fn workdir(&self, st: &mut StageState, path: &str) -> Result<Option<(Descriptor, Digest)>, BuildError> {
-        let view = self.view(&st.image)?;
+    pub(super) fn workdir(
+        &self,
+        st: &mut StageState,
+        path: &str,
+        step: &StepId,
+    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+        let view = self.view(&st.image, Some(step))?;
         let root = view.as_ref().map(View::path);
         // every directory made is the user's (BuildKit's mkdir -p as USER)
         let user = st.image.cfg().user.clone().unwrap_or_default();
@@ -61,9 +66,9 @@ impl Ctx {
         st: &mut StageState,
         c: &dockerfile_parse::command::Copy,
         add: bool,
-        key_text: &str,
-        report: &dyn Fn(bool),
-    ) -> Result<(Option<(Descriptor, Digest)>, Digest), BuildError> {
+        key: KeyBuilder,
+        step: &StepRun<'_>,
+    ) -> Result<(LayerResult, Digest), BuildError> {
         // where the files come from
         let (source_view, source_root, source_key, ignore) = match &c.from {
             None => (None, self.context.clone(), String::from("context"), Some(&self.ignore)),
@@ -71,14 +76,14 @@ impl Ctx {
                 FromSource::Tree { root, ignore, name } => (None, root.to_owned(), name, Some(ignore)),
                 FromSource::Image(img) => {
                     let key = img.key.to_string();
-                    let view = self.view(&img)?;
+                    let view = self.view(&img, Some(&step.id))?;
                     let root = view.as_ref().map_or_else(|| self.store.root.join("empty"), |v| v.path().to_owned());
                     self.empty_dir()?;
                     (view, root, key, None)
                 }
             },
         };
-        let dest_view = self.view(&st.image)?;
+        let dest_view = self.view(&st.image, Some(&step.id))?;
         let dest_root = dest_view.as_ref().map(View::path);
         let workdir = st.image.cfg().working_dir.clone().unwrap_or_else(|| "/".into());
         let chown = match &c.chown {
@@ -133,18 +138,14 @@ impl Ctx {
         };
         let src = files::SourceTree { root: &source_root, ignore, is_context: ignore.is_some() };
         let items = files::plan(&src, &req, dest_root, scratch.path())?;
-        let key = Digest::sha256(
-            format!(
-                "{}\n{key_text}\n{source_key}\n{}",
-                st.image.key,
-                files::items_digest(&items, Some(scratch.path()))?
-            )
-            .as_bytes(),
-        );
-        let layer = self.items_layer(&key, report, &items)?;
+        let key = key
+            .field("from", &source_key)
+            .field("files", files::items_digest(&items, Some(scratch.path()))?.to_string())
+            .finish();
+        let layer = self.items_layer(&key, Some(step), &items)?;
         drop(source_view);
         drop(dest_view);
-        Ok((layer, key))
+        Ok((layer, key.digest().clone()))
     }
 
     /// What a `--from` names: an earlier stage, a named context (a

@@ -3,8 +3,8 @@
 //! finishing the image and writing the outputs, and stopping cleanly.
 
 use super::{
-    Arc, BTreeMap, BTreeSet, Build, BuildContext, BuildError, Built, Cancel, Ctx, DockerIgnore, HashMap, Lexer,
-    MAX_DOCKERFILE_SIZE, Mutex, Named, Output, PackOptions, Path, PathBuf, Platform, Progress, Store,
+    Arc, BTreeMap, BTreeSet, Build, BuildContext, BuildError, Built, Cancel, Client, Ctx, DockerIgnore, HashMap, Lexer,
+    MAX_DOCKERFILE_SIZE, Mutex, Named, Output, PackOptions, Path, PathBuf, Platform, Progress, StepId, Store,
     default_cache_dir, is_cancelled_err, rootfs,
 };
 
@@ -13,6 +13,17 @@ impl Ctx {
         if let Some(f) = &self.progress {
             f(p);
         }
+    }
+
+    /// The build's client, its transfers reported as [`Progress::Blob`] of `step`.
+    pub(super) fn client_for(&self, step: Option<&StepId>) -> Client {
+        let Some(progress) = self.progress.clone() else { return self.client.clone() };
+        let step = step.cloned();
+        self.client.with_progress(move |p| {
+            if let registry_client::Progress::Bytes { digest, done, total } = p {
+                progress(&Progress::Blob { step: step.as_ref(), digest, done: *done, total: *total });
+            }
+        })
     }
 
     pub(super) fn created(&self) -> String {
@@ -248,7 +259,16 @@ impl Build {
             prefix: None,
         };
         // what every layer depends on besides its step: part of every cache key
-        let salt = format!("epoch={epoch:?} compression={:?} level={:?} manifest=oci-v1", self.compression, self.level);
+        let settings = vec![
+            format!("epoch={}", epoch.map_or_else(|| "none".to_owned(), |e| e.to_string())),
+            format!("compression={}", self.compression),
+            format!("level={}", self.level.map_or_else(|| "default".to_owned(), |l| l.to_string())),
+            "manifest=oci-v1".to_owned(),
+        ];
+        let cache: Arc<dyn super::StepCache> = match self.step_cache {
+            Some(c) => c,
+            None => Arc::new(store.clone()),
+        };
         let secrets = absolute_paths(self.secrets, "find the secret")?;
         let ssh = absolute_paths(self.ssh, "find the ssh agent")?;
         Ok(Ctx {
@@ -261,7 +281,8 @@ impl Build {
             labels: self.labels,
             epoch,
             pack,
-            salt,
+            settings,
+            cache,
             progress: self.progress,
             executor: self.executor,
             outputs: self.outputs,

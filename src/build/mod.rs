@@ -59,6 +59,7 @@ use oci_image::{
 };
 use registry_client::{Client, Repo};
 
+pub use cache::{CacheKey, CachedLayer, MissReason, StepCache, StepRecord};
 pub use cancel::Cancel;
 pub use context::{BuildContext, BuildContextError};
 pub use error::BuildError;
@@ -66,12 +67,13 @@ pub use exec::{ExecError, Executor, Exit, MountKind, Network, OUTPUT_TAIL, Proce
 pub use store::{CacheError, default_cache_dir};
 
 use base::BlobSource;
+use cache::{KeyBuilder, LayerResult, StepRun};
 use epoch::EpochChoice;
 use error::is_cancelled_err;
 use outputs::FileSink;
 use rootfs::OverlayMount;
 use run::overlay_dirs;
-use store::{CacheRecord, Store};
+use store::Store;
 
 /// Where a build's image goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,34 +88,78 @@ pub enum Output {
     Registry,
 }
 
-/// What a build reports while it runs.
+/// A step of the build: where it is in the Dockerfile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StepId {
+    /// The stage's index.
+    pub stage: usize,
+    /// The stage's name, if it has one.
+    pub name: Option<String>,
+    /// The Dockerfile line of the instruction (of the `FROM` for the
+    /// base image's `ONBUILD` triggers).
+    pub line: usize,
+}
+
+/// What a build reports while it runs: one stream for the whole build,
+/// transfers included. A step gives [`Progress::StepStarted`], then for a
+/// step that can be cached and was not [`Progress::CacheMiss`], then its
+/// output and transfers, then [`Progress::StepFinished`] once it succeeded
+/// (a failed step ends the build with its error instead).
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum Progress<'a> {
-    /// A step starts (or is taken from the cache).
-    Step {
-        /// The stage's index.
-        stage: usize,
-        /// Its name, if it has one.
-        name: Option<&'a str>,
-        /// The Dockerfile line.
-        line: usize,
+    /// A step starts.
+    StepStarted {
+        /// The step.
+        step: &'a StepId,
+        /// The instruction, as recorded in the history.
+        instruction: &'a str,
+    },
+    /// A step that can be cached was not found in the cache: it runs.
+    CacheMiss {
+        /// The step.
+        step: &'a StepId,
+        /// Why.
+        reason: &'a MissReason,
+    },
+    /// A step is done.
+    StepFinished {
+        /// The step.
+        step: &'a StepId,
         /// The instruction, as recorded in the history.
         instruction: &'a str,
         /// Taken from the cache without running.
         cached: bool,
+        /// How long it took, cache lookup and transfers included.
+        duration: std::time::Duration,
+        /// The layer it added (`None`: the step changed only the config, or no file).
+        layer: Option<&'a Descriptor>,
     },
     /// Output of a `RUN` command.
     Output {
-        /// The stage's index.
-        stage: usize,
+        /// The step.
+        step: &'a StepId,
         /// The bytes, as they came.
         bytes: &'a [u8],
     },
-    /// A base image's layers are being fetched.
+    /// A base image's layers are being fetched for a step.
     Pulling {
+        /// The step that needs them.
+        step: &'a StepId,
         /// The image.
         image: &'a str,
+    },
+    /// Bytes of a blob moved: fetched for a step, or sent to an output.
+    Blob {
+        /// The step the blob is fetched for (`None`: an output's push).
+        step: Option<&'a StepId>,
+        /// The blob.
+        digest: &'a Digest,
+        /// Bytes moved so far.
+        done: u64,
+        /// The blob's size.
+        total: u64,
     },
     /// An output is being written.
     Writing {
@@ -180,6 +226,7 @@ pub struct Build {
     tags: Vec<Reference>,
     client: Option<Client>,
     cache_dir: Option<PathBuf>,
+    step_cache: Option<Arc<dyn StepCache>>,
     no_cache: bool,
     secrets: BTreeMap<String, PathBuf>,
     ssh: BTreeMap<String, PathBuf>,
@@ -232,6 +279,7 @@ impl Build {
             tags: Vec::new(),
             client: None,
             cache_dir: None,
+            step_cache: None,
             no_cache: false,
             secrets: BTreeMap::new(),
             ssh: BTreeMap::new(),
@@ -384,6 +432,14 @@ impl Build {
         self
     }
 
+    /// Where step results are filed (default: the content store's own
+    /// `cache/` directory). The layers stay in the content store either way.
+    #[must_use]
+    pub fn step_cache(mut self, cache: impl StepCache + 'static) -> Build {
+        self.step_cache = Some(Arc::new(cache));
+        self
+    }
+
     /// `--no-cache`: run every step.
     #[must_use]
     pub fn no_cache(mut self, no_cache: bool) -> Build {
@@ -497,7 +553,7 @@ impl Image {
         Image {
             config,
             layers: Vec::new(),
-            key: Digest::sha256(format!("scratch {platform}").as_bytes()),
+            key: CacheKey::builder("scratch").field("platform", platform.to_string()).finish().digest().clone(),
             name: "scratch".into(),
             repo: None,
         }
@@ -533,8 +589,10 @@ struct Ctx {
     epoch: Option<u64>,
     pack: PackOptions,
     /// What every layer depends on besides its step (epoch, compression,
-    /// level, manifest format): mixed into every step cache key.
-    salt: String,
+    /// level, manifest format), `NAME=value`: part of every step cache key.
+    settings: Vec<String>,
+    /// Where step results are filed.
+    cache: Arc<dyn StepCache>,
     progress: Option<ProgressFn>,
     executor: Arc<dyn Executor>,
     outputs: Vec<Output>,

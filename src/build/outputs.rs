@@ -108,7 +108,7 @@ impl Ctx {
         self.store.layout.write_blob_bytes(manifest.bytes())?;
         // every blob of the image in the store: outputs copy from there
         for l in &image.layers {
-            self.ensure_blob(l, &image.name)?;
+            self.ensure_blob(l, &image.name, None)?;
         }
         let (cached_steps, steps) = self.counts.lock().map(|c| *c).unwrap_or_default();
         Ok(Built {
@@ -173,10 +173,11 @@ impl Ctx {
                     }
                 }
                 Output::Registry => {
+                    let client = self.client_for(None);
                     for t in &self.tags {
                         // base layers already in the target registry are mounted, not uploaded
                         let mount_from = built.base_repo.as_ref().filter(|r| r.registry == Repo::of(t).registry);
-                        let push = self.client.push_from_layout(&self.store.layout, &built.manifest, t, mount_from);
+                        let push = client.push_from_layout(&self.store.layout, &built.manifest, t, mount_from);
                         tokio::select! {
                             r = push => { r.map_err(|e| fail(e.into()))?; }
                             () = self.cancel.cancelled() => return Err(cancelled()),

@@ -3,7 +3,7 @@
 
 use super::{
     BuildError, Ctx, DEFAULT_PATH, Descriptor, Digest, FromSource, Image, MountKind, Network, OverlayMount, PROXY_ARGS,
-    Path, PathBuf, Process, ProcessMount, Progress, RunEnv, StageState, View, files, instr, rootfs, ssh,
+    Path, PathBuf, Process, ProcessMount, Progress, RunEnv, StageState, StepId, View, files, instr, rootfs, ssh,
 };
 
 /// A tmpfs `size=` in bytes: a number with an optional binary unit (`k`,
@@ -98,19 +98,18 @@ impl Ctx {
     pub(super) fn mounts_key(
         run: &dockerfile_parse::command::Run,
         binds: &[Option<BindSource>],
-    ) -> Result<String, BuildError> {
-        let mut out = String::new();
-        for (m, bind) in run.mounts.iter().zip(binds) {
+    ) -> Result<Vec<String>, BuildError> {
+        let mut out = Vec::new();
+        for (i, (m, bind)) in run.mounts.iter().zip(binds).enumerate() {
             let source = m.source.as_deref().unwrap_or("/");
             let part = match bind {
                 None => continue,
                 Some(BindSource::Tree { name, tree }) => {
-                    format!("{name} {source} {}", files::items_digest(&tree.items, None)?)
+                    format!("{i}\0{name}\0{source}\0{}", files::items_digest(&tree.items, None)?)
                 }
-                Some(BindSource::Image(img)) => format!("image {} {source}", img.key),
+                Some(BindSource::Image(img)) => format!("{i}\0image {}\0{source}", img.key),
             };
-            out.push_str(&part);
-            out.push('\n');
+            out.push(part);
         }
         Ok(out)
     }
@@ -121,6 +120,7 @@ impl Ctx {
         st: &mut StageState,
         run: &dockerfile_parse::command::Run,
         binds: Vec<Option<BindSource>>,
+        step: &StepId,
     ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
         let shell = super::config::shell(&st.image.config);
         let args = instr::run_args(run, &shell);
@@ -139,12 +139,12 @@ impl Ctx {
         let (upper, workdir, merged) = overlay_dirs(work.path())?;
         let mut lowers = vec![self.empty_dir()?];
         let (mount, before) = if self.overlay {
-            lowers.extend(self.layer_dirs(&st.image)?);
+            lowers.extend(self.layer_dirs(&st.image, Some(step))?);
             let m = OverlayMount::mount(&lowers, Some((&upper, &workdir)), &merged)
                 .map_err(BuildError::io("mount overlay on", &merged))?;
             (Some(m), None)
         } else {
-            self.flatten(&st.image, &merged)?;
+            self.flatten(&st.image, &merged, Some(step))?;
             (None, Some(layer_diff::Snapshot::walk(&merged)?))
         };
         let cfg = st.image.cfg().clone();
@@ -227,7 +227,7 @@ impl Ctx {
                 }
             }
             let (pm, view) = match bind {
-                Some(source) => self.bind_mount(m, source, &cwd)?,
+                Some(source) => self.bind_mount(m, source, &cwd, step)?,
                 None => self.run_mount(m, &cwd, private.as_ref().map(tempfile::TempDir::path))?,
             };
             Self::mount_point_stubs(&merged, &pm.destination, &mut mount_stubs, &mut parents);
@@ -256,11 +256,10 @@ impl Ctx {
         process.gid = gid;
         process.network = network;
         process.mounts = mounts;
-        let index = st.index;
         let scratch = self.store.tempdir("x-")?;
         let env = RunEnv::new(scratch.path(), &self.cancel);
         let exit = self.executor.run(&merged, &process, env, &mut |bytes| {
-            self.emit(&Progress::Output { stage: index, bytes });
+            self.emit(&Progress::Output { step, bytes });
         })?;
         drop(held_views);
         drop(relays);
@@ -460,6 +459,7 @@ impl Ctx {
         m: &dockerfile_parse::command::Mount,
         source: BindSource,
         cwd: &str,
+        step: &StepId,
     ) -> Result<(ProcessMount, Option<View>), BuildError> {
         let dest = required_target(m, cwd)?;
         let source_rel = m.source.as_deref().unwrap_or("/");
@@ -483,7 +483,7 @@ impl Ctx {
                 }
             }
             BindSource::Image(img) => {
-                let view = if let Some(v) = self.view_of(&img, writable)? {
+                let view = if let Some(v) = self.view_of(&img, writable, Some(step))? {
                     v
                 } else {
                     // an image without layers: an empty directory of its own

@@ -3,7 +3,7 @@
 
 use super::{
     BTreeMap, Base, BuildError, Command, Ctx, Descriptor, Digest, History, Image, Named, PLATFORM_ARGS, Platform,
-    Progress, StageState, context, instr,
+    StageState, StepId, StepRun, context, instr,
 };
 
 impl Ctx {
@@ -155,42 +155,33 @@ impl Ctx {
         }
         .map_err(|e| BuildError::Expand(Box::new(e)))?;
         let created_by = instr::created_by(original);
-        let key_text = format!("{created_by}\n{cmd:?}");
-        let stage_index = st.index;
-        let report = |cached: bool| {
-            self.emit(&Progress::Step {
-                stage: stage_index,
-                name: stage.name.as_deref(),
-                line,
-                instruction: &created_by,
-                cached,
-            });
-        };
+        let step = StepRun::start(self, StepId { stage: st.index, name: stage.name.clone(), line }, created_by.clone());
+        // the instruction as run, a defined encoding (see cache.rs)
+        let command = serde_json::to_vec(&cmd).map_err(|e| BuildError::Task(format!("encode the step: {e}")))?;
+        let key = self.key("step", &st.image.key).field("instruction", &created_by).field("command", &command);
         match &cmd {
             Command::Run(run) => {
                 // RUN sees the build arguments as environment variables,
-                // and what its mounts hold (their options are in key_text)
+                // and what its mounts hold (their options are in the command)
                 let binds = self.bind_sources(st, run)?;
-                let mounts = Self::mounts_key(run, &binds)?;
-                let key = Digest::sha256(
-                    format!(
-                        "{}\n{}\n{}\n{:?}\n{mounts}",
-                        st.image.key,
-                        key_text,
-                        serde_json::to_string(&st.image.config.config).unwrap_or_default(),
-                        st.args
-                    )
-                    .as_bytes(),
-                );
-                let layer = self.layer_step(&key, &report, || self.run(st, run, binds))?;
-                self.push_history(st, created_by.clone(), layer);
-                st.image.key = key;
+                let config = serde_json::to_vec(&st.image.config.config)
+                    .map_err(|e| BuildError::Task(format!("encode the step: {e}")))?;
+                let key = key
+                    .field("config", config)
+                    .fields("arg", st.args.iter().map(|(k, v)| format!("{k}={v}")))
+                    .fields("mount", Self::mounts_key(run, &binds)?)
+                    .finish();
+                let (layer, cached) = self.layer_step(&key, Some(&step), || self.run(st, run, binds, &step.id))?;
+                step.finish(cached, layer.as_ref().map(|l| &l.0));
+                self.push_history(st, created_by, layer);
+                st.image.key = key.digest().clone();
                 return Ok(());
             }
             Command::Copy(c) | Command::Add(c) => {
                 let add = matches!(cmd, Command::Add(_));
-                let (layer, key) = self.copy(st, c, add, &key_text, &report)?;
-                self.push_history(st, created_by.clone(), layer);
+                let ((layer, cached), key) = self.copy(st, c, add, key, &step)?;
+                step.finish(cached, layer.as_ref().map(|l| &l.0));
+                self.push_history(st, created_by, layer);
                 st.image.key = key;
                 return Ok(());
             }
@@ -199,15 +190,15 @@ impl Ctx {
                 let path = instr::workdir_path(&cwd, dir);
                 st.image.cfg().working_dir = Some(path.clone());
                 let path = instr::join_path("/", &path);
-                let key = Digest::sha256(format!("{}\n{key_text}\n{path}", st.image.key).as_bytes());
-                let layer = self.layer_step(&key, &report, || self.workdir(st, &path))?;
+                let key = key.field("path", &path).finish();
+                let (layer, cached) = self.layer_step(&key, Some(&step), || self.workdir(st, &path, &step.id))?;
+                step.finish(cached, layer.as_ref().map(|l| &l.0));
                 self.push_history(st, created_by, layer);
-                st.image.key = key;
+                st.image.key = key.digest().clone();
                 return Ok(());
             }
             _ => {}
         }
-        report(false);
         match cmd {
             Command::Arg(defs) => {
                 for d in defs {
@@ -232,7 +223,8 @@ impl Ctx {
             // everything else only changes the image config
             other => super::config::apply(&mut st.image.config, other, &mut st.cmd_set)?,
         }
-        st.image.key = Digest::sha256(format!("{}\n{key_text}", st.image.key).as_bytes());
+        st.image.key = key.finish().digest().clone();
+        step.finish(false, None);
         self.push_history(st, created_by, None);
         Ok(())
     }

@@ -25,16 +25,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use oci_image::{Descriptor, Digest, Layout};
-use serde::{Deserialize, Serialize};
 
-use super::BuildError;
-
-/// A cached step's result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct CacheRecord {
-    /// The layer the step made, with its diff id; `None` for steps without one.
-    pub layer: Option<(Descriptor, Digest)>,
-}
+use super::{BuildError, CacheKey, StepCache, StepRecord};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
@@ -272,30 +264,6 @@ impl Store {
             .map_err(BuildError::io("create", &self.build.path))
     }
 
-    fn cache_path(&self, key: &Digest) -> PathBuf {
-        self.root.join("cache").join(key.encoded())
-    }
-
-    /// The cached result of the step `key`, when its blobs are still here.
-    pub fn cache_get(&self, key: &Digest) -> Option<CacheRecord> {
-        let bytes = fs::read(self.cache_path(key)).ok()?;
-        let rec: CacheRecord = serde_json::from_slice(&bytes).ok()?;
-        match &rec.layer {
-            Some((desc, _)) if !self.layout.has_blob(&desc.digest) => None,
-            _ => Some(rec),
-        }
-    }
-
-    /// Records the step `key`'s result (atomically; a failure only loses the cache entry).
-    pub fn cache_put(&self, key: &Digest, rec: &CacheRecord) {
-        let Ok(bytes) = serde_json::to_vec(rec) else { return };
-        let path = self.cache_path(key);
-        let Ok(mut tmp) = tempfile::NamedTempFile::new_in(&self.build.path) else { return };
-        if io::Write::write_all(&mut tmp, &bytes).is_ok() {
-            let _ = tmp.persist(path);
-        }
-    }
-
     /// Reads each blob of `blobs` in the store again and drops the ones
     /// that do not match their digest or size (a flipped bit, a tampered
     /// file), so that they are made or fetched again; returns those.
@@ -358,6 +326,30 @@ fn cache_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<Pa
     match set("HOME").filter(|d| d.is_absolute()) {
         Some(h) => Ok(h.join(".cache").join("kiln")),
         None => Err(CacheError::NoDirectory),
+    }
+}
+
+/// The default step cache: one JSON record per key in `cache/`, written
+/// atomically; a record that cannot be read is a miss.
+impl StepCache for Store {
+    fn get(&self, key: &CacheKey) -> Option<StepRecord> {
+        let bytes = fs::read(self.cache_path(key)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn put(&self, key: &CacheKey, record: &StepRecord) {
+        let Ok(bytes) = serde_json::to_vec(record) else { return };
+        let path = self.cache_path(key);
+        let Ok(mut tmp) = tempfile::NamedTempFile::new_in(&self.build.path) else { return };
+        if io::Write::write_all(&mut tmp, &bytes).is_ok() {
+            let _ = tmp.persist(path);
+        }
+    }
+}
+
+impl Store {
+    fn cache_path(&self, key: &CacheKey) -> PathBuf {
+        self.root.join("cache").join(key.digest().encoded())
     }
 }
 

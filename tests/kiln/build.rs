@@ -530,7 +530,7 @@ async fn run_mounts_network_platform_args_git_and_excludes() {
         .secret("token", &secret)
         .output(Output::Layout(out.clone()))
         .progress(move |p| {
-            if matches!(p, kiln::build::Progress::Step { .. }) {
+            if matches!(p, kiln::build::Progress::StepStarted { .. }) {
                 seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         })
