@@ -171,6 +171,17 @@ pub(crate) enum Time {
     Made,
 }
 
+impl Time {
+    /// Its name in cache keys.
+    fn name(self) -> &'static str {
+        match self {
+            Time::Source => "source",
+            Time::Input => "input",
+            Time::Made => "made",
+        }
+    }
+}
+
 impl Item {
     /// The entry as the layer records it, its time set by [`Time`].
     pub fn written(&self, epoch: Option<u64>, now: i64) -> Entry {
@@ -808,11 +819,17 @@ pub(crate) fn existing_above(root: &Path, paths: &[PathBuf]) -> Result<Vec<Entry
 /// inode, size, mtime and ctime in nanoseconds: what git trusts to tell that
 /// a file changed, so a cached rebuild need not read the whole context) or,
 /// for files this build made under `scratch` (heredocs, extracted archives,
-/// git checkouts, new each time), their contents.
+/// git checkouts, new each time), their contents, and their time only when
+/// it is their own (an archive's), not the epoch or the time they were made.
 pub(crate) fn items_digest(items: &[Item], scratch: Option<&Path>) -> Result<Digest, BuildError> {
     let mut w = DigestWriter::new(std::io::sink());
     for item in items {
         let e = &item.entry;
+        let made_here = scratch.is_some_and(|s| item.source.starts_with(s));
+        // what this build made is new each time: its contents say what it
+        // is, and its time is the epoch (a setting of every key) unless it
+        // came with its own (an archive's entries)
+        let mtime = if made_here && item.time != Time::Source { layer_diff::Timestamp::default() } else { e.mtime };
         let kind = match &e.kind {
             Kind::File => "f".to_owned(),
             Kind::Dir => "d".to_owned(),
@@ -820,19 +837,19 @@ pub(crate) fn items_digest(items: &[Item], scratch: Option<&Path>) -> Result<Dig
             other => format!("{other:?}"),
         };
         let line = format!(
-            "{}\0{kind}\0{:o}\0{}\0{}\0{}\0{:?}\0{}.{}\n",
+            "{}\0{kind}\0{:o}\0{}\0{}\0{}\0{}\0{}.{}\n",
             e.path.display(),
             e.mode,
             e.uid,
             e.gid,
             e.size,
-            item.time,
-            e.mtime.sec,
-            e.mtime.nsec
+            item.time.name(),
+            mtime.sec,
+            mtime.nsec
         );
         std::io::Write::write_all(&mut w, line.as_bytes()).map_err(io_err("hash", &item.source))?;
         if matches!(e.kind, Kind::File) {
-            if scratch.is_some_and(|s| item.source.starts_with(s)) {
+            if made_here {
                 let mut f = std::fs::File::open(&item.source).map_err(io_err("open", &item.source))?;
                 std::io::copy(&mut f, &mut w).map_err(io_err("read", &item.source))?;
             } else {

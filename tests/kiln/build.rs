@@ -444,6 +444,30 @@ async fn a_rebuild_takes_every_step_from_the_cache_and_no_cache_runs_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heredocs_moved_to_other_lines_keep_their_cache_and_changed_bodies_do_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(base) = base_layout(tmp.path()) else { return };
+    let ctx = tmp.path().join("ctx");
+    let steps = "RUN <<EOF\necho ran >> /log\nEOF\nCOPY <<EOF /note\nhello\nEOF\n";
+    write(&ctx.join("Dockerfile"), &format!("FROM {base}\n{steps}"));
+    let cache = tmp.path().join("cache");
+    let first = build(&ctx, &cache).with_base(&base).build().await.unwrap();
+    assert_eq!((first.cached_steps, first.steps), (0, 2));
+    // the same steps two lines further down: the same inputs
+    write(&ctx.join("Dockerfile"), &format!("FROM {base}\n# a comment\n# another\n{steps}"));
+    let moved = build(&ctx, &cache).with_base(&base).build().await.unwrap();
+    assert_eq!((moved.cached_steps, moved.steps), (2, 0));
+    // another body is another step
+    write(&ctx.join("Dockerfile"), &format!("FROM {base}\n{}", steps.replace("echo ran", "echo ran again")));
+    let changed = build(&ctx, &cache).with_base(&base).build().await.unwrap();
+    assert_eq!((changed.cached_steps, changed.steps), (0, 2));
+    write(&ctx.join("Dockerfile"), &format!("FROM {base}\n{}", steps.replace("hello", "bye")));
+    let copied = build(&ctx, &cache).with_base(&base).build().await.unwrap();
+    assert_eq!((copied.cached_steps, copied.steps), (1, 1));
+    assert_ne!(copied.manifest.digest, first.manifest.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_archive_output_reads_back_with_skopeo() {
     let Some(skopeo) = tool("skopeo") else { return };
     let tmp = tempfile::tempdir().unwrap();
