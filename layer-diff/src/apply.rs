@@ -18,7 +18,7 @@ use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use oci_image::{Descriptor, Digest, DigestReader, VerifyError, VerifyingReader};
 use rustix::fd::{AsFd, OwnedFd};
@@ -221,12 +221,6 @@ fn clean(name: &[u8]) -> Vec<OsString> {
     out
 }
 
-fn join(parts: &[OsString]) -> PathBuf {
-    parts.iter().collect()
-}
-
-const MAX_LINKS: usize = 255;
-
 /// Applies one tar stream onto a root.
 struct Applier<'a> {
     root: &'a Path,
@@ -275,59 +269,22 @@ impl Applier<'_> {
     /// missing directories and replacing non-directories when `create`.
     /// Returns the resolved root-relative path, or `None` when it does not exist.
     fn resolve_dir(&mut self, parts: &[OsString], name: &Path, create: bool) -> Result<Option<PathBuf>, ApplyError> {
-        let mut stack: Vec<OsString> = Vec::new();
-        let mut queue: std::collections::VecDeque<OsString> = parts.iter().cloned().collect();
-        let mut links = 0;
-        while let Some(c) = queue.pop_front() {
-            if c.is_empty() || c == "." {
-                continue;
+        let root = self.root;
+        let made = crate::inroot::walk(root, parts.iter().cloned(), |host, rel, what| {
+            if !create {
+                return Ok(false);
             }
-            if c == ".." {
-                stack.pop();
-                continue;
+            if what == crate::inroot::Other::NotDir {
+                fs::remove_file(host).map_err(io_at("replace non-directory parent", rel))?;
             }
-            let rel = join(&stack).join(&c);
-            let host = self.root.join(&rel);
-            match fs::symlink_metadata(&host) {
-                Ok(m) if m.is_dir() => stack.push(c),
-                Ok(m) if m.file_type().is_symlink() => {
-                    links += 1;
-                    if links > MAX_LINKS {
-                        return Err(ApplyError::SymlinkLoop { path: name.to_owned() });
-                    }
-                    let target = fs::read_link(&host).map_err(io_at("read link", &rel))?;
-                    let mut front = Vec::new();
-                    for comp in target.components() {
-                        match comp {
-                            Component::RootDir => stack.clear(),
-                            Component::Prefix(_) | Component::CurDir => {}
-                            Component::ParentDir => front.push(OsString::from("..")),
-                            Component::Normal(n) => front.push(n.to_owned()),
-                        }
-                    }
-                    for f in front.into_iter().rev() {
-                        queue.push_front(f);
-                    }
-                }
-                Ok(_) => {
-                    if !create {
-                        return Ok(None);
-                    }
-                    fs::remove_file(&host).map_err(io_at("replace non-directory parent", &rel))?;
-                    self.mkdir(&host, &rel)?;
-                    stack.push(c);
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if !create {
-                        return Ok(None);
-                    }
-                    self.mkdir(&host, &rel)?;
-                    stack.push(c);
-                }
-                Err(e) => return Err(io_at("stat", &rel)(e)),
-            }
-        }
-        Ok(Some(join(&stack)))
+            self.mkdir(host, rel)?;
+            Ok(true)
+        });
+        made.map_err(|e| match e {
+            crate::inroot::WalkError::TooManyLinks => ApplyError::SymlinkLoop { path: name.to_owned() },
+            crate::inroot::WalkError::Io(op, path, source) => ApplyError::Io { op, path, source },
+            crate::inroot::WalkError::Other(e) => e,
+        })
     }
 
     fn mkdir(&mut self, host: &Path, rel: &Path) -> Result<(), ApplyError> {

@@ -37,6 +37,7 @@ mod compress;
 mod diff;
 mod hashing;
 mod idmap;
+mod inroot;
 mod readahead;
 mod snapshot;
 mod writer;
@@ -45,6 +46,7 @@ pub use apply::{ApplyError, ApplyInfo, ApplyOptions, OverlayXattrs, apply_blob, 
 pub use compress::{Decompressor, ParallelGzip, detect};
 pub use diff::{Change, ChangeKind, changes_size, diff, overlay_changes};
 pub use idmap::{IdMap, IdRange};
+pub use inroot::{MAX_SYMLINKS, resolve_in_root};
 pub use snapshot::{Entry, Kind, Snapshot, SnapshotError, Timestamp, keep_xattr};
 pub use writer::{LayerWriter, OPAQUE_MARKER, WHITEOUT_PREFIX};
 

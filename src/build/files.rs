@@ -196,47 +196,9 @@ impl Item {
     }
 }
 
-const MAX_LINKS: usize = 40;
-
-/// `rel` (a path inside `root`, `/`-separated, absolute or not) resolved
-/// the way a process chrooted to `root` would see it: symlinks followed,
-/// absolute targets and `..` kept inside `root`. `None` past 40 links.
-pub(crate) fn inside(root: &Path, rel: &str) -> Option<PathBuf> {
-    let mut done: Vec<OsString> = Vec::new();
-    let mut todo: Vec<OsString> = rel.split('/').rev().filter(|s| !s.is_empty()).map(OsString::from).collect();
-    let mut links = 0;
-    while let Some(part) = todo.pop() {
-        match part.to_str() {
-            Some(".") => continue,
-            Some("..") => {
-                done.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let mut candidate = root.to_path_buf();
-        candidate.extend(&done);
-        candidate.push(&part);
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > MAX_LINKS {
-                    return None;
-                }
-                let target = std::fs::read_link(&candidate).ok()?;
-                if target.is_absolute() {
-                    done.clear();
-                }
-                let t = target.to_string_lossy().into_owned();
-                todo.extend(t.split('/').rev().filter(|s| !s.is_empty()).map(OsString::from));
-            }
-            _ => done.push(part),
-        }
-    }
-    let mut out = root.to_path_buf();
-    out.extend(done);
-    Some(out)
-}
+/// `rel` resolved inside `root` as a process chrooted there would see it
+/// (the one resolution layer extraction uses too).
+pub(crate) use layer_diff::resolve_in_root as inside;
 
 /// The directories to create (relative, top down) so that `path` (absolute
 /// in the image) exists, given the image's tree at `root`: symlinks on the
@@ -953,20 +915,6 @@ pub(crate) fn materialize(tree: &TreeMount, into: &Path, link: bool) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn inside_keeps_links_in_the_root() {
-        let d = tempfile::tempdir().unwrap();
-        let r = d.path();
-        std::fs::create_dir_all(r.join("usr/bin")).unwrap();
-        std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
-        std::os::unix::fs::symlink("/../../etc", r.join("escape")).unwrap();
-        assert_eq!(inside(r, "/bin/x").unwrap(), r.join("usr/bin/x"));
-        assert_eq!(inside(r, "escape/passwd").unwrap(), r.join("etc/passwd"));
-        assert_eq!(inside(r, "../../x").unwrap(), r.join("x"));
-        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
-        assert!(inside(r, "loop/x").is_none());
-    }
 
     #[test]
     fn missing_dirs_follow_links() {

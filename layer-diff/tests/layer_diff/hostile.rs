@@ -501,6 +501,23 @@ fn traversal_by_symlink() -> Vec<Case> {
     }
     long.symlink("c300", "../victim").file("c0/hello", "overwrite");
     v.push(Case::tar("300-link chain", long.build(), refused(|_, e| matches!(e, ApplyError::SymlinkLoop { .. }))));
+    // the kernel's limit, as every in-root resolution of kiln has it: a
+    // path through 40 links resolves, one through 41 is a loop
+    let chain = |links: usize| {
+        let mut t = RawTar::new();
+        t.dir("d");
+        for i in 1..links {
+            t.symlink(&format!("k{i}"), &format!("k{}", i + 1));
+        }
+        t.symlink(&format!("k{links}"), "d").file("k1/hello", "x");
+        t.build()
+    };
+    v.push(Case::tar("40-link chain", chain(layer_diff::MAX_SYMLINKS), ok(|a, _| assert_eq!(read(a, "d/hello"), "x"))));
+    v.push(Case::tar(
+        "41-link chain",
+        chain(layer_diff::MAX_SYMLINKS + 1),
+        refused(|_, e| matches!(e, ApplyError::SymlinkLoop { .. })),
+    ));
     v
 }
 
