@@ -414,7 +414,7 @@ fn traversal_by_hardlink() -> Vec<Case> {
 }
 
 fn traversal_by_symlink() -> Vec<Case> {
-    let mut v = vec![
+    let v = vec![
         Case::tar(
             "symlink ../victim then a file through it",
             RawTar::new().symlink("l", "../victim").file("l/hello", "overwrite").file("l/new", "new").build(),
