@@ -416,10 +416,8 @@ async fn copy_plain(
             let from = Layout::open(dir)?;
             let desc = layout_entry(&from, src, tag.as_ref())?;
             let into = Layout::create(to)?;
-            let reachable = reachable_from(&from, &desc)?;
-            for d in &reachable {
-                from.copy_blob_to(d, &into)?;
-            }
+            // what a document names is copied before it
+            from.walk(&desc, |d, _| from.copy_blob_to(d, &into).map(drop))?;
             match to_tag.as_ref().or(tag.as_ref()) {
                 Some(t) => into.set_ref_name(t, None, desc.clone())?,
                 None => into.add_manifest(desc.clone())?,
@@ -468,33 +466,6 @@ async fn copy_plain(
             Ok(report(digest, 0, 0, 0))
         }
     }
-}
-
-/// Every descriptor reachable from `desc` in a layout (itself included).
-fn reachable_from(layout: &Layout, desc: &Descriptor) -> Result<Vec<Descriptor>, CopyError> {
-    let mut out = vec![desc.clone()];
-    let mut i = 0;
-    while let Some(d) = out.get(i).cloned() {
-        i += 1;
-        if !(d.media_type.is_manifest() || d.media_type.is_index()) {
-            continue;
-        }
-        match layout.read_manifest(&d)? {
-            oci_image::AnyManifest::Image(m) => {
-                let v = m.value();
-                out.extend(
-                    std::iter::once(&v.config)
-                        .chain(&v.layers)
-                        .filter(|x| x.urls.is_none() || layout.has_blob(&x.digest))
-                        .cloned(),
-                );
-            }
-            oci_image::AnyManifest::Index(ix) => out.extend(ix.value().manifests.iter().cloned()),
-        }
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    out.retain(|d| seen.insert(d.digest.clone()));
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -148,6 +148,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
     Ok(())
 }
 
+/// What [`Layout::walk`] calls on every descriptor.
+type Visitor<'v> = dyn FnMut(&Descriptor, Option<&AnyManifest>) -> Result<(), LayoutError> + 'v;
+
 impl Layout {
     /// Opens the layout at `root`, creating it when it does not exist yet
     /// (or is an empty directory, whose mode it keeps). The new layout is
@@ -486,31 +489,47 @@ impl Layout {
     /// everything they reference are present and intact, so an index entry
     /// never points at an incomplete image.
     fn check_complete(&self, desc: &Descriptor) -> Result<(), LayoutError> {
-        let mut seen = BTreeSet::new();
-        self.walk(desc, &mut seen, &mut |layout, d| {
-            if !layout.has_blob(&d.digest) {
-                return Err(LayoutError::BlobNotFound { path: layout.root.clone(), digest: d.digest.clone() });
+        self.walk(desc, |d, _| {
+            if !self.has_blob(&d.digest) {
+                return Err(LayoutError::BlobNotFound { path: self.root.clone(), digest: d.digest.clone() });
             }
             Ok(())
         })
     }
 
-    /// Visits `desc` and, depth first, everything it references.
-    fn walk(
+    /// Visits `desc` and everything it references, each digest once, depth
+    /// first, children before the manifest or index naming them (the order
+    /// a push needs: what a document names is there before it). `visit`
+    /// gets each descriptor with, for a manifest or an index, its document.
+    /// Foreign layers (with `urls`) that are not in the layout are left out.
+    ///
+    /// # Errors
+    /// [`LayoutError::BlobNotFound`] or an invalid document on the way, or
+    /// the first error of `visit`.
+    pub fn walk(
+        &self,
+        desc: &Descriptor,
+        mut visit: impl FnMut(&Descriptor, Option<&AnyManifest>) -> Result<(), LayoutError>,
+    ) -> Result<(), LayoutError> {
+        self.walk_from(desc, &mut BTreeSet::new(), &mut visit)
+    }
+
+    /// [`Layout::walk`], skipping the digests in `seen` (and adding to it).
+    fn walk_from(
         &self,
         desc: &Descriptor,
         seen: &mut BTreeSet<Digest>,
-        visit: &mut dyn FnMut(&Layout, &Descriptor) -> Result<(), LayoutError>,
+        visit: &mut Visitor<'_>,
     ) -> Result<(), LayoutError> {
         if !seen.insert(desc.digest.clone()) {
             return Ok(());
         }
-        visit(self, desc)?;
         let m = &desc.media_type;
         if !(m.is_manifest() || m.is_index()) {
-            return Ok(());
+            return visit(desc, None);
         }
-        match self.read_manifest(desc)? {
+        let doc = self.read_manifest(desc)?;
+        match &doc {
             AnyManifest::Image(raw) => {
                 let v = raw.value();
                 for d in std::iter::once(&v.config).chain(&v.layers) {
@@ -518,16 +537,16 @@ impl Layout {
                     if d.urls.is_some() && !self.has_blob(&d.digest) {
                         continue;
                     }
-                    self.walk(d, seen, visit)?;
+                    self.walk_from(d, seen, visit)?;
                 }
             }
             AnyManifest::Index(raw) => {
                 for d in &raw.value().manifests {
-                    self.walk(d, seen, visit)?;
+                    self.walk_from(d, seen, visit)?;
                 }
             }
         }
-        Ok(())
+        visit(desc, Some(&doc))
     }
 
     /// Names `desc` in `index.json` by `reference`'s tag (the
@@ -624,7 +643,7 @@ impl Layout {
     pub fn reachable(&self) -> Result<BTreeSet<Digest>, LayoutError> {
         let mut seen = BTreeSet::new();
         for d in &self.index()?.manifests {
-            self.walk(d, &mut seen, &mut |_, _| Ok(()))?;
+            self.walk_from(d, &mut seen, &mut |_, _| Ok(()))?;
         }
         Ok(seen)
     }
@@ -636,10 +655,10 @@ impl Layout {
     pub fn verify(&self) -> Result<(), LayoutError> {
         let mut seen = BTreeSet::new();
         for d in &self.index()?.manifests {
-            self.walk(d, &mut seen, &mut |layout, d| {
-                let r = layout.open_blob(&d.digest)?;
+            self.walk_from(d, &mut seen, &mut |d, _| {
+                let r = self.open_blob(&d.digest)?;
                 crate::verify(r, &d.digest, d.size)
-                    .map_err(|source| LayoutError::Verify { path: layout.root.clone(), source: Box::new(source) })
+                    .map_err(|source| LayoutError::Verify { path: self.root.clone(), source: Box::new(source) })
             })?;
         }
         Ok(())

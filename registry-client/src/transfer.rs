@@ -56,39 +56,6 @@ pub fn image_blobs(manifests: &[AnyManifest]) -> Vec<Descriptor> {
         .collect()
 }
 
-/// Collects the blobs (config and layers) and child manifests of an image or index, depth first.
-fn collect(
-    layout: &Layout,
-    desc: &Descriptor,
-    blobs: &mut Vec<Descriptor>,
-    manifests: &mut Vec<(Descriptor, Bytes)>,
-) -> Result<()> {
-    let m = layout.read_manifest(desc).map_err(layout_err)?;
-    match &m {
-        AnyManifest::Image(raw) => {
-            let v = raw.value();
-            for d in std::iter::once(&v.config).chain(&v.layers) {
-                // foreign layers (with urls) that are not in the layout are not pushed
-                if d.urls.is_some() && !layout.has_blob(&d.digest) {
-                    continue;
-                }
-                blobs.push(d.clone());
-            }
-        }
-        AnyManifest::Index(raw) => {
-            for child in &raw.value().manifests {
-                if child.media_type.is_manifest() || child.media_type.is_index() {
-                    collect(layout, child, blobs, manifests)?;
-                } else {
-                    blobs.push(child.clone());
-                }
-            }
-        }
-    }
-    manifests.push((desc.clone(), m.bytes().clone()));
-    Ok(())
-}
-
 impl Client {
     /// Pushes blobs (deduplicated by the caller) concurrently, bounded by the
     /// configured concurrency, and counts what happened to them.
@@ -140,11 +107,18 @@ impl Client {
         mount_from: Option<&Repo>,
     ) -> Result<PushReport> {
         let repo = Repo::of(target);
+        // the blobs, and the documents children first
         let mut blobs = Vec::new();
         let mut manifests = Vec::new();
-        collect(layout, desc, &mut blobs, &mut manifests)?;
-        let mut seen = BTreeSet::new();
-        blobs.retain(|d| seen.insert(d.digest.clone()));
+        layout
+            .walk(desc, |d, doc| {
+                match doc {
+                    Some(doc) => manifests.push((d.clone(), doc.bytes().clone())),
+                    None => blobs.push(d.clone()),
+                }
+                Ok(())
+            })
+            .map_err(layout_err)?;
         let mut report = self
             .push_blobs(&repo, blobs, mount_from, |d| {
                 Arc::new(LayoutBlob { layout: layout.clone(), digest: d.digest.clone() })
