@@ -111,14 +111,6 @@ pub enum CopyError {
     /// A docker-archive operation failed.
     #[error("docker-archive")]
     Archive(#[from] Box<oci_image::ArchiveError>),
-    /// A layout source needs a tag or holds more than one image.
-    #[error("{location}: name the image with :TAG (the layout holds {count} entries)")]
-    Ambiguous {
-        /// The location.
-        location: String,
-        /// Entries in the layout's index.
-        count: usize,
-    },
     /// The destination cannot take this source as is.
     #[error("cannot copy {from} to {to}: {why}")]
     Unsupported {
@@ -177,16 +169,6 @@ pub struct CopyReport {
     pub mounted: usize,
     /// Blobs already present.
     pub skipped: usize,
-}
-
-fn layout_entry(layout: &Layout, location: &ImageLocation, tag: Option<&Tag>) -> Result<Descriptor, CopyError> {
-    if let Some(t) = tag {
-        return Ok(layout.resolve(t.as_str())?);
-    }
-    match layout.index()?.manifests.as_slice() {
-        [only] => Ok(only.clone()),
-        other => Err(CopyError::Ambiguous { location: location.to_string(), count: other.len() }),
-    }
 }
 
 /// The full name to record beside `tag` in a layout, when the source has one.
@@ -402,7 +384,7 @@ async fn copy_plain(
         }
         (L::Layout { dir, tag }, L::Registry(d)) => {
             let layout = Layout::open(dir)?;
-            let desc = layout_entry(&layout, src, tag.as_ref())?;
+            let desc = layout.image(tag.as_ref().map(Tag::as_str))?;
             let r = client.push_from_layout(&layout, &desc, d, None).await?;
             Ok(report(desc.digest, r.uploaded, r.mounted, r.skipped))
         }
@@ -414,7 +396,7 @@ async fn copy_plain(
         }
         (L::Layout { dir, tag }, L::Layout { dir: to, tag: to_tag }) => {
             let from = Layout::open(dir)?;
-            let desc = layout_entry(&from, src, tag.as_ref())?;
+            let desc = from.image(tag.as_ref().map(Tag::as_str))?;
             let into = Layout::create(to)?;
             // what a document names is copied before it
             from.walk(&desc, |d, _| from.copy_blob_to(d, &into).map(drop))?;
@@ -452,7 +434,7 @@ async fn copy_plain(
         }
         (L::Layout { dir, tag }, L::DockerArchive { file, name }) => {
             let layout = Layout::open(dir)?;
-            let desc = layout_entry(&layout, src, tag.as_ref())?;
+            let desc = layout.image(tag.as_ref().map(Tag::as_str))?;
             let digest = write_archive(&layout, &desc, file, name.as_ref(), overwrite)?;
             Ok(report(digest, 0, 0, 0))
         }

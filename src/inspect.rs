@@ -88,16 +88,7 @@ pub async fn inspect(client: &Client, location: &ImageLocation) -> Result<Inspec
         }
         ImageLocation::Layout { dir, tag } => {
             let layout = Layout::open(dir).map_err(layout_err)?;
-            let desc = match tag {
-                Some(t) => layout.resolve(t.as_str()).map_err(layout_err)?,
-                None => layout
-                    .index()
-                    .map_err(layout_err)?
-                    .manifests
-                    .first()
-                    .cloned()
-                    .ok_or_else(|| CopyError::Ambiguous { location: location.to_string(), count: 0 })?,
-            };
+            let desc = layout.image(tag.as_ref().map(oci_image::Tag::as_str)).map_err(layout_err)?;
             let m = layout.read_manifest(&desc).map_err(layout_err)?;
             let config = match &m {
                 AnyManifest::Image(raw) => Some(layout.read_blob(&raw.value().config).map_err(layout_err)?),

@@ -102,6 +102,14 @@ pub enum LayoutError {
         /// The tag asked for.
         tag: String,
     },
+    /// No tag was given, and the layout does not hold exactly one image.
+    #[error("layout {path} holds {count} images: name one by tag")]
+    Ambiguous {
+        /// The layout.
+        path: PathBuf,
+        /// Entries in `index.json`.
+        count: usize,
+    },
     /// A reference without a tag was given where a tag is needed.
     #[error("reference {reference} has no tag to name it by in the layout")]
     MissingTag {
@@ -604,6 +612,24 @@ impl Layout {
             .into_iter()
             .find(|d| d.annotation(ANNOTATION_REF_NAME) == Some(tag))
             .ok_or_else(|| LayoutError::TagNotFound { path: self.root.clone(), tag: tag.to_owned() })
+    }
+
+    /// The image a location such as `oci:DIR[:TAG]` names: the entry tagged
+    /// `tag`, or without a tag the layout's only entry (as skopeo reads
+    /// `oci:DIR`).
+    ///
+    /// # Errors
+    /// [`LayoutError::TagNotFound`], [`LayoutError::Ambiguous`] without a
+    /// tag when the layout holds no image or several.
+    pub fn image(&self, tag: Option<&str>) -> Result<Descriptor, LayoutError> {
+        if let Some(t) = tag {
+            return self.resolve(t);
+        }
+        let mut entries = self.index()?.manifests;
+        match entries.len() {
+            1 => Ok(entries.remove(0)),
+            count => Err(LayoutError::Ambiguous { path: self.root.clone(), count }),
+        }
     }
 
     /// The tags in `index.json`, in index order.

@@ -75,10 +75,7 @@ impl Ctx {
                 .find(|d| d.digest == *want)
                 .cloned()
                 .ok_or_else(|| base(format!("{want} is not in the layout's index.json").into()))?,
-            (None, None) => match entries.as_slice() {
-                [only] => only.clone(),
-                _ => return Err(base("the layout holds several images; name one with :TAG".into())),
-            },
+            (None, None) => layout.image(None).map_err(|e| base(Box::new(e)))?,
         };
         let mut m = layout.read_manifest(&desc).map_err(|e| base(Box::new(e)))?;
         if let AnyManifest::Index(index) = &m {

@@ -103,7 +103,14 @@ async fn an_ambiguous_layout_source_is_refused() {
     )
     .await
     .unwrap_err();
-    assert!(e.to_string().contains("name the image with :TAG"), "{e}");
+    let text = kiln::error_chain(&e);
+    assert!(text.contains("holds 2 images") && text.contains("name one by tag"), "{text}");
+    // inspect takes no entry at random either
+    let e = kiln::inspect(&client, &loc(&format!("oci:{}", layout.display()))).await.unwrap_err();
+    let text = kiln::error_chain(&e);
+    assert!(text.contains("holds 2 images") && text.contains("name one by tag"), "{text}");
+    // with a tag, both know which
+    assert!(kiln::inspect(&client, &loc(&format!("oci:{}:two", layout.display()))).await.is_ok());
 }
 
 #[tokio::test]
