@@ -121,6 +121,20 @@ pub enum CopyError {
         /// Why.
         why: &'static str,
     },
+    /// The source index has no manifest for a platform asked for.
+    #[error("{source_ref} has no manifest for platform {platform}")]
+    NoPlatform {
+        /// The source.
+        source_ref: String,
+        /// The platform.
+        platform: Box<oci_image::Platform>,
+    },
+    /// The destination registry did not say which digest it stored.
+    #[error("{destination}: the registry named no digest for the copied manifest")]
+    NoDigest {
+        /// The destination.
+        destination: String,
+    },
     /// A temporary directory could not be made.
     #[error("creating a temporary directory")]
     Temp(#[source] std::io::Error),
@@ -320,7 +334,7 @@ async fn select_and_copy(
             .value()
             .manifest_for(p)
             .cloned()
-            .ok_or_else(|| registry_client::Error::not_found(format!("{s} has no manifest for platform {p}")))?;
+            .ok_or_else(|| CopyError::NoPlatform { source_ref: s.to_string(), platform: Box::new(p.clone()) })?;
         if !chosen.iter().any(|c: &Descriptor| c.digest == child.digest) {
             chosen.push(child);
         }
@@ -379,7 +393,7 @@ async fn copy_plain(
     match (src, dst) {
         (L::Registry(s), L::Registry(d)) => {
             let r = client.copy_between(s, d).await?;
-            let digest = r.digest.ok_or_else(|| registry_client::Error::from_mismatch(&Digest::sha256(b""), None))?;
+            let digest = r.digest.ok_or_else(|| CopyError::NoDigest { destination: d.to_string() })?;
             Ok(report(digest, r.uploaded, r.mounted, r.skipped))
         }
         (L::Layout { dir, tag }, L::Registry(d)) => {

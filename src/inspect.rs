@@ -5,7 +5,54 @@ use oci_image::{AnyManifest, Descriptor, Digest, ImageConfiguration, Layout, Raw
 use registry_client::{Client, Repo};
 use serde::Serialize;
 
-use crate::{CopyError, ImageLocation};
+use crate::ImageLocation;
+
+/// Why an image could not be inspected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InspectError {
+    /// Reading from the registry failed.
+    #[error("inspecting {location}")]
+    Registry {
+        /// The location.
+        location: String,
+        /// The registry's error.
+        #[source]
+        source: registry_client::Error,
+    },
+    /// Reading the OCI layout failed.
+    #[error("inspecting {location}")]
+    Layout {
+        /// The location.
+        location: String,
+        /// The layout's error.
+        #[source]
+        source: Box<oci_image::LayoutError>,
+    },
+    /// Reading the docker-archive failed.
+    #[error("inspecting {location}")]
+    Archive {
+        /// The location.
+        location: String,
+        /// The archive's error.
+        #[source]
+        source: Box<oci_image::ArchiveError>,
+    },
+    /// The image's config is not a valid image configuration.
+    #[error("{location}: invalid image config {digest}")]
+    Config {
+        /// The location.
+        location: String,
+        /// The config's digest.
+        digest: Digest,
+        /// Why.
+        #[source]
+        source: Box<oci_image::DocumentError>,
+    },
+    /// A temporary directory for a docker-archive could not be made.
+    #[error("creating a temporary directory")]
+    Temp(#[source] std::io::Error),
+}
 
 /// One row of an image's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -45,6 +92,19 @@ pub struct Inspection {
     pub referrers: Vec<Descriptor>,
 }
 
+/// A layout's image: its manifest (or index) and config, no referrers.
+fn read_from_layout(
+    layout: &Layout,
+    desc: &Descriptor,
+) -> Result<(AnyManifest, Option<bytes::Bytes>, Vec<Descriptor>), oci_image::LayoutError> {
+    let m = layout.read_manifest(desc)?;
+    let config = match &m {
+        AnyManifest::Image(raw) => Some(layout.read_blob(&raw.value().config)?),
+        AnyManifest::Index(_) => None,
+    };
+    Ok((m, config, Vec::new()))
+}
+
 /// Builds the history rows: non-empty steps take the layers in order.
 pub fn history_rows(config: &ImageConfiguration, layers: &[Descriptor]) -> Vec<HistoryRow> {
     let mut next = layers.iter();
@@ -66,20 +126,26 @@ pub fn history_rows(config: &ImageConfiguration, layers: &[Descriptor]) -> Vec<H
         .collect()
 }
 
-fn layout_err(e: oci_image::LayoutError) -> CopyError {
-    CopyError::from(e)
-}
-
-/// Reads an image for inspection (registry or `oci:DIR[:TAG]`).
+/// Reads an image for inspection: a registry's, an OCI layout's
+/// (`oci:DIR[:TAG]`) or a docker-archive's (`docker-archive:FILE[:NAME]`,
+/// as `docker load` would see it: its manifest is made anew, so its digest
+/// is the one kiln's copy of it to a layout or a registry gets).
 ///
 /// # Errors
-/// [`CopyError`] for unreadable locations.
-pub async fn inspect(client: &Client, location: &ImageLocation) -> Result<Inspection, CopyError> {
+/// [`InspectError`] naming the location that could not be read.
+pub async fn inspect(client: &Client, location: &ImageLocation) -> Result<Inspection, InspectError> {
+    let at = || location.to_string();
+    let layout_err = |e: oci_image::LayoutError| InspectError::Layout { location: at(), source: Box::new(e) };
+    // an archive holds no manifest: it is read through a layout of its own
+    let tmp;
     let (manifest, config_bytes, referrers) = match location {
         ImageLocation::Registry(r) => {
-            let m = client.get_manifest(r).await?;
+            let registry_err = |e| InspectError::Registry { location: at(), source: e };
+            let m = client.get_manifest(r).await.map_err(registry_err)?;
             let config = match &m {
-                AnyManifest::Image(raw) => Some(client.fetch_small_blob(&Repo::of(r), &raw.value().config).await?),
+                AnyManifest::Image(raw) => {
+                    Some(client.fetch_small_blob(&Repo::of(r), &raw.value().config).await.map_err(registry_err)?)
+                }
                 AnyManifest::Index(_) => None,
             };
             let pinned: Reference = r.repository_only().with_digest(m.digest().clone());
@@ -89,25 +155,29 @@ pub async fn inspect(client: &Client, location: &ImageLocation) -> Result<Inspec
         ImageLocation::Layout { dir, tag } => {
             let layout = Layout::open(dir).map_err(layout_err)?;
             let desc = layout.image(tag.as_ref().map(oci_image::Tag::as_str)).map_err(layout_err)?;
-            let m = layout.read_manifest(&desc).map_err(layout_err)?;
-            let config = match &m {
-                AnyManifest::Image(raw) => Some(layout.read_blob(&raw.value().config).map_err(layout_err)?),
-                AnyManifest::Index(_) => None,
-            };
-            (m, config, Vec::new())
+            read_from_layout(&layout, &desc).map_err(layout_err)?
         }
-        ImageLocation::DockerArchive { .. } => {
-            return Err(CopyError::Unsupported {
-                from: location.to_string(),
-                to: "inspect".into(),
-                why: "inspect a docker-archive by copying it to an OCI layout first",
-            });
+        ImageLocation::DockerArchive { file, name } => {
+            let archive_err = |e| InspectError::Archive { location: at(), source: Box::new(e) };
+            let reader = oci_image::ArchiveReader::open(file).map_err(archive_err)?;
+            let wanted = name.as_ref().map(Reference::familiar);
+            let image = reader.find(wanted.as_deref()).map_err(archive_err)?;
+            tmp = crate::private_tempdir().map_err(InspectError::Temp)?;
+            let layout = Layout::create(tmp.path().join("layout")).map_err(layout_err)?;
+            let desc = reader.copy_to_layout(image, &layout, None).map_err(archive_err)?;
+            read_from_layout(&layout, &desc).map_err(layout_err)?
         }
     };
-    let config = config_bytes
-        .map(|b| Raw::<ImageConfiguration>::from_bytes(b).map(Raw::into_value))
-        .transpose()
-        .map_err(|e| registry_client::Error::not_found(format!("invalid config: {e}")))?;
+    let config = match (&manifest, config_bytes) {
+        (AnyManifest::Image(m), Some(b)) => {
+            Some(Raw::<ImageConfiguration>::from_bytes(b).map(Raw::into_value).map_err(|e| InspectError::Config {
+                location: at(),
+                digest: m.value().config.digest.clone(),
+                source: Box::new(e),
+            })?)
+        }
+        _ => None,
+    };
     let mut out = Inspection {
         name: location.to_string(),
         digest: manifest.digest().clone(),

@@ -42,6 +42,16 @@ pub enum PromoteError {
     /// The version is not a release version.
     #[error("invalid release version")]
     Version(#[from] oci_image::ReleaseTagError),
+    /// The destination stored another digest than the one promoted.
+    #[error("{destination} stored {}, not {expected}", got.as_ref().map_or_else(|| "no digest".to_owned(), ToString::to_string))]
+    DigestChanged {
+        /// The destination.
+        destination: Box<Reference>,
+        /// The digest promoted.
+        expected: Box<Digest>,
+        /// What the registry stored, if it said.
+        got: Option<Box<Digest>>,
+    },
     /// A registry operation failed.
     #[error("registry")]
     Registry(#[from] registry_client::Error),
@@ -155,7 +165,11 @@ pub async fn promote(
     if !opts.dry_run {
         let report = client.copy_between(&pinned, &target).await?;
         if report.digest.as_ref() != Some(&digest) {
-            return Err(registry_client::Error::from_mismatch(&digest, report.digest.as_ref()).into());
+            return Err(PromoteError::DigestChanged {
+                destination: Box::new(target),
+                expected: Box::new(digest),
+                got: report.digest.map(Box::new),
+            });
         }
     }
     Ok(PromotionRecord {

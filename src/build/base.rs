@@ -116,18 +116,23 @@ impl Ctx {
                 let reference = reference2;
                 let mut m = client.get_manifest(&reference).await?;
                 if let AnyManifest::Index(index) = &m {
-                    let child = index.value().manifest_for(&platform2).cloned().ok_or_else(|| {
-                        registry_client::Error::not_found(format!("{reference} has no manifest for {platform2}"))
-                    })?;
+                    let child = index
+                        .value()
+                        .manifest_for(&platform2)
+                        .cloned()
+                        .ok_or_else(|| format!("{reference} has no manifest for {platform2}"))?;
                     m = client.get_manifest(&reference.repository_only().with_digest(child.digest)).await?;
                 }
                 let AnyManifest::Image(image) = m else {
-                    return Err(registry_client::Error::not_found(format!("{reference}: not an image")));
+                    return Err(format!("{reference}: the index names another index, not an image").into());
                 };
                 let config = client.fetch_small_blob(&Repo::of(&reference), &image.value().config).await?;
-                Ok((image, config))
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>((image, config))
             })?
-            .map_err(|e: registry_client::Error| BuildError::Base { image: name.to_owned(), source: Box::new(e) })?;
+            .map_err(|source: Box<dyn std::error::Error + Send + Sync>| BuildError::Base {
+                image: name.to_owned(),
+                source,
+            })?;
         let img = self.adopt_image(name, &image, config, &BlobSource::Registry(Repo::of(reference)))?;
         if let Ok(mut m) = self.images.lock() {
             m.insert(cache_key, img.clone());

@@ -128,10 +128,10 @@ impl Ctx {
 
     /// Runs `fut` on the build's runtime from a blocking task, stopping
     /// when the build is cancelled.
-    pub(super) fn block_on<T>(
+    pub(super) fn block_on<T, E>(
         &self,
-        fut: impl std::future::Future<Output = Result<T, registry_client::Error>>,
-    ) -> Result<Result<T, registry_client::Error>, BuildError> {
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<Result<T, E>, BuildError> {
         let cancel = self.cancel.clone();
         self.rt.block_on(async move {
             tokio::select! {

@@ -130,7 +130,24 @@ async fn inspect_reports_layers_history_and_platforms() {
     assert!(info.history_text().contains("kiln: COPY . /"));
     let json = serde_json::to_value(&info).unwrap();
     assert_eq!(json["digest"], built.manifest.digest.to_string());
-    assert!(kiln::inspect(&client, &loc("docker-archive:/nonexistent.tar")).await.is_err());
+    let missing = kiln::inspect(&client, &loc("docker-archive:/nonexistent.tar")).await.unwrap_err();
+    assert!(matches!(missing, kiln::InspectError::Archive { .. }), "{missing:?}");
+    // a docker-archive is inspected as docker load would see it
+    let tar = dir.path().join("a.tar");
+    copy(
+        &client,
+        &loc(&format!("oci:{}:v1", dir.path().join("l").display())),
+        &loc(&format!("docker-archive:{}", tar.display())),
+    )
+    .await
+    .unwrap();
+    let from_archive = kiln::inspect(&client, &loc(&format!("docker-archive:{}", tar.display()))).await.unwrap();
+    assert_eq!(from_archive.config_digest.as_ref(), Some(&built.config.digest));
+    // (its layers are plain tars: other sizes and digests, the same steps)
+    let steps =
+        |i: &kiln::Inspection| i.history.iter().map(|h| (h.created.clone(), h.created_by.clone())).collect::<Vec<_>>();
+    assert_eq!(steps(&from_archive), steps(&info));
+    assert_eq!(from_archive.layers.len(), built.layers.len());
 }
 
 #[test]
