@@ -6,9 +6,10 @@ use reqwest::header::LAST_MODIFIED;
 use std::time::SystemTime;
 use url::Url;
 
-use crate::client::{Client, check, redact};
+use crate::client::{Client, redact};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::BlobSink;
+use crate::transport::check;
 
 /// What [`Client::download`] fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,8 +72,11 @@ impl Client {
                 continue;
             }
             resp = check(resp, &what).await?;
-            let last_modified =
-                resp.headers().get(LAST_MODIFIED).and_then(|v| v.to_str().ok()).and_then(crate::client::httpdate_parse);
+            let last_modified = resp
+                .headers()
+                .get(LAST_MODIFIED)
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::transport::httpdate_parse);
             let too_big = || Error::new(ErrorKind::Protocol, format!("{what}: the file is over the {max}-byte limit"));
             if resp.content_length().is_some_and(|n| n > max) {
                 return Err(too_big());

@@ -24,6 +24,7 @@ mod ops;
 mod progress;
 mod tls;
 mod transfer;
+mod transport;
 
 pub use auth::{Anonymous, Credential, CredentialError, CredentialProvider, StaticCredentials};
 pub use client::{Client, ClientBuilder, DEFAULT_MAX_DOWNLOAD, Repo, RetryPolicy};
