@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ast::{Dockerfile, Span};
 use crate::command::{ArgDef, Command, CommandError};
-use crate::shell::{Budget, ExpandError, Lexer};
+use crate::shell::{Budget, ExpandError, Lexer, Lookup};
 
 /// Why the stages could not be worked out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -255,6 +255,35 @@ fn find_stage(stages: &[Stage], reference: &str) -> Option<usize> {
     reference.parse::<usize>().ok().filter(|&i| i < stages.len())
 }
 
+/// The value an `ARG` takes, by BuildKit's rule, for the planner and for a
+/// builder alike: the build argument of its name (the automatic platform
+/// arguments included), else its default expanded against `scope` (the
+/// variables as they are before the line; the default is expanded only when
+/// it is used, so a `${X:?}` there fails only then), else, in a stage, the
+/// value of the global `ARG` of that name (`globals`; `None` for a global
+/// `ARG`). Also gives the variables the expansion looked up.
+///
+/// # Errors
+///
+/// [`ExpandError`] from the default.
+pub fn arg_value<L: Lookup + ?Sized>(
+    def: &ArgDef,
+    build_args: &BTreeMap<String, String>,
+    globals: Option<&BTreeMap<String, String>>,
+    lexer: &Lexer,
+    scope: &L,
+) -> Result<(Option<String>, BTreeSet<String>), ExpandError> {
+    if let Some(v) = build_args.get(&def.name) {
+        return Ok((Some(v.clone()), BTreeSet::new()));
+    }
+    if let Some(d) = &def.default {
+        let out = lexer.expand(d, scope)?;
+        let used = out.matched.into_iter().chain(out.unmatched).collect();
+        return Ok((Some(out.value), used));
+    }
+    Ok((globals.and_then(|g| g.get(&def.name)).cloned(), BTreeSet::new()))
+}
+
 fn expand(lexer: &Lexer, word: &str, env: &BTreeMap<String, String>, span: Span) -> Result<String, StageError> {
     lexer.expand_word(word, env).map_err(|source| StageError::Expand {
         word: word.to_string(),
@@ -305,23 +334,17 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan, StageError> {
                 let mut used = BTreeSet::new();
                 for def in &defs {
                     declared.insert(def.name.clone());
-                    let value = if let Some(v) = opts.build_args.get(&def.name) {
-                        Some(v.clone())
-                    } else if let Some(d) = &def.default {
-                        let scope = if stages.is_empty() { &global_values } else { &before };
-                        let out = lexer.expand(d, scope).map_err(|source| StageError::Expand {
-                            word: d.clone(),
-                            span,
-                            source: Box::new(source),
+                    let (scope, globals) =
+                        if stages.is_empty() { (&global_values, None) } else { (&before, Some(&global_values)) };
+                    let (value, looked_up) =
+                        arg_value(def, &opts.build_args, globals, &lexer, scope).map_err(|source| {
+                            StageError::Expand {
+                                word: def.default.clone().unwrap_or_default(),
+                                span,
+                                source: Box::new(source),
+                            }
                         })?;
-                        used.extend(out.matched);
-                        used.extend(out.unmatched);
-                        Some(out.value)
-                    } else if !stages.is_empty() {
-                        global_values.get(&def.name).cloned()
-                    } else {
-                        None
-                    };
+                    used.extend(looked_up);
                     if stages.is_empty() {
                         if let Some(v) = value {
                             global_values.insert(def.name.clone(), v);
@@ -691,6 +714,28 @@ FROM busybox AS tools\nFROM deps\nCOPY --from=deps /a /a\n";
         let plan = p("ARG V=1\nFROM a\nRUN x\nFROM b\nARG V\nENV W=$V\n", &[], None).unwrap();
         assert!(!plan.stages[0].vars.contains_key("V"));
         assert_eq!(plan.stages[1].vars.get("W").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn arg_values_follow_buildkits_rule() {
+        let lexer = Lexer::new('\\');
+        let def = |name: &str, default: Option<&str>| ArgDef { name: name.into(), default: default.map(Into::into) };
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        let (given, globals, scope) = (map(&[("A", "given")]), map(&[("G", "global")]), map(&[("S", "scoped")]));
+        let value = |d: &ArgDef, globals: Option<&BTreeMap<String, String>>| {
+            arg_value(d, &given, globals, &lexer, &scope).map(|(v, _)| v)
+        };
+        // a given argument wins, and its default is never expanded
+        assert_eq!(value(&def("A", Some("${UNSET:?must be set}")), None).unwrap().as_deref(), Some("given"));
+        // else the default, expanded against the scope before the line
+        let (v, used) = arg_value(&def("B", Some("x-$S")), &given, None, &lexer, &scope).unwrap();
+        assert_eq!((v.as_deref(), used), (Some("x-scoped"), BTreeSet::from(["S".to_owned()])));
+        assert!(value(&def("B", Some("${UNSET:?must be set}")), None).is_err());
+        // else, in a stage, the global ARG's value; a global ARG has none
+        assert_eq!(value(&def("G", None), Some(&globals)).unwrap().as_deref(), Some("global"));
+        assert_eq!(value(&def("G", None), None).unwrap(), None);
     }
 
     #[test]

@@ -51,7 +51,7 @@ use std::sync::{Arc, Mutex};
 use dockerfile_parse::command::Command;
 use dockerfile_parse::dockerignore::DockerIgnore;
 use dockerfile_parse::shell::Lexer;
-use dockerfile_parse::stages::{Base, PLATFORM_ARGS, PROXY_ARGS, Plan};
+use dockerfile_parse::stages::{Base, PROXY_ARGS, Plan};
 use layer_diff::{ApplyOptions, OverlayXattrs, PackOptions};
 use oci_image::{
     AnyManifest, Compression, ContainerConfig, Descriptor, Digest, History, ImageConfiguration, Layout,

@@ -2,8 +2,8 @@
 //! cache or made, and the history it records.
 
 use super::{
-    BTreeMap, Base, BuildError, Command, Ctx, Descriptor, Digest, History, Image, Named, PLATFORM_ARGS, Platform,
-    StageState, StepId, StepRun, context, instr,
+    BTreeMap, Base, BuildError, Command, Ctx, Descriptor, Digest, History, Image, Named, Platform, StageState, StepId,
+    StepRun, context, instr,
 };
 
 impl Ctx {
@@ -134,26 +134,35 @@ impl Ctx {
         line: usize,
     ) -> Result<(), BuildError> {
         let vars = Self::vars(st);
-        // the default of an argument the build gives is never expanded (a
-        // `${X:?}` there only fails when the default is used, as in BuildKit)
-        let given = |name: &str| self.args.contains_key(name) && !PLATFORM_ARGS.contains(&name);
-        let (cmd, _) = match command {
-            Command::Arg(defs) if defs.iter().any(|d| d.default.is_some() && given(&d.name)) => {
-                let defs = defs
-                    .iter()
-                    .map(|d| {
-                        let mut d = d.clone();
-                        if given(&d.name) {
-                            d.default = None;
-                        }
-                        d
-                    })
-                    .collect();
-                Command::Arg(defs).expand(&self.lexer, &vars)
+        let cmd = match command {
+            // an ARG takes its values by the planner's rule; its expanded
+            // form holds them, as the plan's steps do
+            Command::Arg(defs) => {
+                let mut out = Vec::with_capacity(defs.len());
+                for d in defs {
+                    let mut d = d.clone();
+                    d.name = self.lexer.expand_word(&d.name, &vars).map_err(|e| BuildError::Expand(Box::new(e)))?;
+                    d.default = if d.name == "TARGETSTAGE" && !self.args.contains_key(&d.name) {
+                        // BuildKit's built-in: the name of the stage being built
+                        let target = self.plan.stages.get(self.plan.target).and_then(|s| s.name.clone());
+                        Some(target.unwrap_or_else(|| "default".into()))
+                    } else {
+                        dockerfile_parse::stages::arg_value(
+                            &d,
+                            &self.args,
+                            Some(&self.plan.global_values),
+                            &self.lexer,
+                            &vars,
+                        )
+                        .map_err(|e| BuildError::Expand(Box::new(e)))?
+                        .0
+                    };
+                    out.push(d);
+                }
+                Command::Arg(out)
             }
-            other => other.expand(&self.lexer, &vars),
-        }
-        .map_err(|e| BuildError::Expand(Box::new(e)))?;
+            other => other.expand(&self.lexer, &vars).map_err(|e| BuildError::Expand(Box::new(e)))?.0,
+        };
         let created_by = instr::created_by(original);
         let step = StepRun::start(self, StepId { stage: st.index, name: stage.name.clone(), line }, created_by.clone());
         // the instruction as run, a defined encoding (see cache.rs)
@@ -202,21 +211,8 @@ impl Ctx {
         match cmd {
             Command::Arg(defs) => {
                 for d in defs {
-                    if d.name == "TARGETSTAGE" && !self.args.contains_key(&d.name) {
-                        // BuildKit's built-in: the name of the stage being built
-                        let target = self.plan.stages.get(self.plan.target).and_then(|s| s.name.clone());
-                        st.args.insert(d.name.clone(), target.unwrap_or_else(|| "default".into()));
-                        continue;
-                    }
-                    let value = self
-                        .args
-                        .get(&d.name)
-                        .filter(|_| !PLATFORM_ARGS.contains(&d.name.as_str()) || self.args.contains_key(&d.name))
-                        .cloned()
-                        .or(d.default.clone())
-                        .or_else(|| self.plan.global_values.get(&d.name).cloned());
-                    if let Some(v) = value {
-                        st.args.insert(d.name.clone(), v);
+                    if let Some(v) = d.default {
+                        st.args.insert(d.name, v);
                     }
                 }
             }
