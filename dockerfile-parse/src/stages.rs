@@ -30,6 +30,16 @@ pub enum StageError {
     /// An instruction that is not a valid command.
     #[error(transparent)]
     Command(#[from] Box<CommandError>),
+    /// A base image's `ONBUILD` trigger that is not one instruction, or
+    /// one a trigger may not be (`ONBUILD`, `FROM`, `MAINTAINER`).
+    #[error("invalid ONBUILD trigger {trigger:?} of the base image")]
+    Trigger {
+        /// The trigger as the image gives it.
+        trigger: String,
+        /// Why.
+        #[source]
+        problem: TriggerProblem,
+    },
     /// An instruction other than `ARG` before the first `FROM`.
     #[error("no build stage in current context: {instruction} before the first FROM (at {span})")]
     NoStage {
@@ -253,6 +263,42 @@ fn find_stage(stages: &[Stage], reference: &str) -> Option<usize> {
         return Some(s.index);
     }
     reference.parse::<usize>().ok().filter(|&i| i < stages.len())
+}
+
+/// What is wrong with an `ONBUILD` trigger ([`StageError::Trigger`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TriggerProblem {
+    /// It does not parse.
+    #[error(transparent)]
+    Parse(Box<crate::ParseError>),
+    /// It is no valid trigger (`ONBUILD`, `FROM`, `MAINTAINER`, bad flags).
+    #[error(transparent)]
+    Command(Box<CommandError>),
+    /// It holds more or less than one instruction.
+    #[error("{0} instructions, not one")]
+    Count(usize),
+}
+
+/// A base image's `ONBUILD` trigger (the text its config's `OnBuild`
+/// holds) as the command it runs, checked as the `ONBUILD` instruction
+/// checks its trigger: one instruction, and not `ONBUILD`, `FROM` or
+/// `MAINTAINER`. Returns the command and the instruction as written.
+///
+/// # Errors
+///
+/// [`StageError::Trigger`] naming the trigger.
+pub fn onbuild_trigger(trigger: &str) -> Result<(Command, String), StageError> {
+    let fail = |problem| StageError::Trigger { trigger: trigger.to_owned(), problem };
+    let df = crate::parse(&format!("ONBUILD {trigger}")).map_err(|e| fail(TriggerProblem::Parse(Box::new(e))))?;
+    let [inst] = df.instructions.as_slice() else {
+        return Err(fail(TriggerProblem::Count(df.instructions.len())));
+    };
+    match inst.command().map_err(|e| fail(TriggerProblem::Command(Box::new(e))))? {
+        Command::Onbuild { trigger: command, expression } => Ok((*command, expression)),
+        // `ONBUILD X` parses as an ONBUILD or not at all
+        _ => Err(fail(TriggerProblem::Count(0))),
+    }
 }
 
 /// The value an `ARG` takes, by BuildKit's rule, for the planner and for a
@@ -714,6 +760,16 @@ FROM busybox AS tools\nFROM deps\nCOPY --from=deps /a /a\n";
         let plan = p("ARG V=1\nFROM a\nRUN x\nFROM b\nARG V\nENV W=$V\n", &[], None).unwrap();
         assert!(!plan.stages[0].vars.contains_key("V"));
         assert_eq!(plan.stages[1].vars.get("W").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn onbuild_triggers_are_checked_as_the_instruction_checks_them() {
+        let (cmd, text) = onbuild_trigger("RUN echo hi").unwrap();
+        assert!(matches!(cmd, Command::Run(_)), "{cmd:?}");
+        assert_eq!(text, "RUN echo hi");
+        for bad in ["FROM alpine", "MAINTAINER me", "ONBUILD RUN x", "NOTANINSTRUCTION x", "", "RUN a\nRUN b"] {
+            assert!(matches!(onbuild_trigger(bad), Err(StageError::Trigger { .. })), "{bad:?}");
+        }
     }
 
     #[test]

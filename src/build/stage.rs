@@ -41,23 +41,15 @@ impl Ctx {
         let triggers = st.image.cfg().on_build.take().unwrap_or_default();
         // the base's ONBUILD triggers run first (an image's or an earlier stage's)
         for t in triggers {
-            let df = dockerfile_parse::parse(&t).map_err(|e| {
-                self.at(from_line, &format!("ONBUILD {t}"))(BuildError::Parse {
+            // checked as the ONBUILD instruction checks its trigger
+            let (cmd, original) = dockerfile_parse::stages::onbuild_trigger(&t).map_err(|e| {
+                self.at(from_line, &format!("ONBUILD {t}"))(BuildError::Plan {
                     dockerfile: self.dockerfile.clone(),
                     source: Box::new(e),
                 })
             })?;
-            for inst in &df.instructions {
-                let cmd = inst.command().map_err(|e| {
-                    self.at(from_line, &format!("ONBUILD {t}"))(BuildError::Plan {
-                        dockerfile: self.dockerfile.clone(),
-                        source: Box::new(dockerfile_parse::stages::StageError::Command(Box::new(e))),
-                    })
-                })?;
-                let original = inst.original.clone();
-                self.step(&mut st, &stage, &cmd, &original, from_line)
-                    .map_err(self.at(from_line, &format!("ONBUILD {original}")))?;
-            }
+            self.step(&mut st, &stage, &cmd, &original, from_line)
+                .map_err(self.at(from_line, &format!("ONBUILD {original}")))?;
         }
         for step in &stage.steps {
             if self.cancel.is_cancelled() {

@@ -249,3 +249,37 @@ async fn hostile_base_layers_are_refused_or_contained() {
     assert!(!out.exists());
     assert_eq!(snapshot(&victim), before);
 }
+
+/// A base image whose config carries `ONBUILD` triggers that the `ONBUILD`
+/// instruction refuses (a nested `ONBUILD`, `FROM`, `MAINTAINER`): the build
+/// refuses them too, instead of running or recording them.
+#[tokio::test]
+async fn base_image_triggers_the_instruction_refuses_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), "FROM hostile\nENV A=1\n").unwrap();
+    for (i, trigger) in ["MAINTAINER mallory", "ONBUILD RUN echo nested", "FROM scratch"].into_iter().enumerate() {
+        let dir = tmp.path().join(format!("triggers{i}"));
+        let layout = Layout::create(&dir).unwrap();
+        let mut cfg = kiln::oci_image::ContainerConfig::default();
+        cfg.on_build = Some(vec![trigger.to_owned()]);
+        let config = Raw::new(ConfigBuilder::new(&kiln::oci_image::Platform::host()).config(cfg).build());
+        layout.write_blob_bytes(config.bytes()).unwrap();
+        let manifest = Raw::new(ManifestBuilder::new(config.descriptor()).build());
+        layout.write_blob_bytes(manifest.bytes()).unwrap();
+        layout.set_tag(&"hostile/base:1".parse().unwrap(), manifest.descriptor()).unwrap();
+        let out = tmp.path().join(format!("out{i}"));
+        let err = Build::new(&ctx)
+            .build_context("hostile", BuildContext::oci_layout(&dir, Some("1".parse().unwrap())))
+            .cache_dir(tmp.path().join("cache"))
+            .output(Output::Layout(out.clone()))
+            .build()
+            .await
+            .map(|b| b.image.author)
+            .expect_err(trigger);
+        let text = kiln::error_chain(&err);
+        assert!(text.contains("invalid ONBUILD trigger") && text.contains(trigger), "{trigger}: {text}");
+        assert!(!out.exists(), "{trigger}: an output was written");
+    }
+}
