@@ -262,8 +262,7 @@ async fn base_image_triggers_the_instruction_refuses_are_refused() {
     for (i, trigger) in ["MAINTAINER mallory", "ONBUILD RUN echo nested", "FROM scratch"].into_iter().enumerate() {
         let dir = tmp.path().join(format!("triggers{i}"));
         let layout = Layout::create(&dir).unwrap();
-        let mut cfg = kiln::oci_image::ContainerConfig::default();
-        cfg.on_build = Some(vec![trigger.to_owned()]);
+        let cfg = kiln::oci_image::ContainerConfig { on_build: Some(vec![trigger.to_owned()]), ..Default::default() };
         let config = Raw::new(ConfigBuilder::new(&kiln::oci_image::Platform::host()).config(cfg).build());
         layout.write_blob_bytes(config.bytes()).unwrap();
         let manifest = Raw::new(ManifestBuilder::new(config.descriptor()).build());
