@@ -2,7 +2,7 @@
 //! history (like `docker image history`), platforms, referrers.
 
 use oci_image::{AnyManifest, Descriptor, Digest, ImageConfiguration, Layout, Raw, Reference};
-use registry_client::{Client, Repo};
+use registry_client::{Client, Repository};
 use serde::Serialize;
 
 use crate::ImageLocation;
@@ -144,7 +144,7 @@ pub async fn inspect(client: &Client, location: &ImageLocation) -> Result<Inspec
             let m = client.get_manifest(r).await.map_err(registry_err)?;
             let config = match &m {
                 AnyManifest::Image(raw) => {
-                    Some(client.fetch_small_blob(&Repo::of(r), &raw.value().config).await.map_err(registry_err)?)
+                    Some(client.fetch_small_blob(&Repository::of(r), &raw.value().config).await.map_err(registry_err)?)
                 }
                 AnyManifest::Index(_) => None,
             };

@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use oci_image::{AnyManifest, Descriptor, Digest, Reference, Tag};
-use registry_client::{Client, ErrorKind, Repo};
+use registry_client::{Client, ErrorKind, Repository};
 use serde::Serialize;
 
 /// Why a promotion or release failed.
@@ -109,14 +109,14 @@ fn now_rfc3339() -> String {
 /// Registry errors reading the source or checking the destination.
 pub async fn plan_copy(client: &Client, source: &Reference, target: &Reference) -> Result<CopyPlan, PromoteError> {
     let tree = client.manifest_tree(source).await?;
-    let (src_repo, dst_repo) = (Repo::of(source), Repo::of(target));
-    let same_registry = src_repo.registry == dst_repo.registry;
+    let (src_repo, dst_repo) = (Repository::of(source), Repository::of(target));
+    let same_registry = src_repo.registry() == dst_repo.registry();
     let mut plan = CopyPlan::default();
     // foreign layers (with urls) are not copied
     for d in registry_client::image_blobs(&tree).into_iter().filter(|d| d.urls.is_none()) {
         if client.head_blob(&dst_repo, &d.digest).await?.is_some() {
             plan.skip.push(d);
-        } else if same_registry && src_repo.path != dst_repo.path {
+        } else if same_registry && src_repo.path() != dst_repo.path() {
             plan.mount.push(d);
         } else {
             plan.upload_bytes += d.size;
@@ -204,7 +204,7 @@ pub async fn release_tags(client: &Client, pinned: &Reference, version: &str) ->
         }
         Err(e) => return Err(e.into()),
     };
-    let existing = match client.list_tags(&Repo::of(pinned)).await {
+    let existing = match client.list_tags(&Repository::of(pinned)).await {
         Ok(t) => t,
         Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e.into()),

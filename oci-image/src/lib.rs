@@ -47,7 +47,7 @@ pub use document::{
 pub use layout::{BlobInfo, BlobWriter, IndexLock, Layout, LayoutError, MAX_DOCUMENT_SIZE, UnhashedBlobWriter};
 pub use media_type::{Compression, MediaType, MediaTypeError};
 pub use platform::{Platform, PlatformError};
-pub use reference::{DOCKER_HUB, NAME_MAX, Reference, ReferenceError, Tag};
+pub use reference::{DOCKER_HUB, NAME_MAX, Reference, ReferenceError, Repository, Tag};
 pub use release::{Release, ReleaseTagError, release_tags};
 pub use stale::{locked_tempdir_in, reclaim_stale, reclaim_stale_with};
 

@@ -71,6 +71,13 @@ pub enum ReferenceError {
         #[source]
         source: DigestError,
     },
+    /// A repository name was expected, but a tag or digest came with it,
+    /// or the registry named apart is not the one the name resolves to.
+    #[error("invalid repository {input:?}: a repository is a registry and a path, without tag or digest")]
+    NotARepository {
+        /// The rejected input.
+        input: String,
+    },
     /// A bare 64-character hex string, which Docker reserves for image ids.
     #[error("invalid reference {input:?}: cannot be a 64-character hexadecimal string")]
     HexName {
@@ -419,9 +426,144 @@ impl<'de> serde::Deserialize<'de> for Reference {
     }
 }
 
+/// A repository on a registry (`docker.io/library/nginx`,
+/// `localhost:5000/team/app`): where a registry client's requests go and
+/// which token scope they need. Parsed as a [`Reference`] without tag or
+/// digest, Docker Hub's short forms normalised (`nginx` is
+/// `docker.io/library/nginx`).
+///
+/// ```
+/// use oci_image::Repository;
+/// let r: Repository = "localhost:5000/team/app".parse()?;
+/// assert_eq!((r.registry(), r.path()), ("localhost:5000", "team/app"));
+/// assert_eq!("nginx".parse::<Repository>()?.to_string(), "docker.io/library/nginx");
+/// assert!("nginx:1.25".parse::<Repository>().is_err());
+/// # Ok::<(), oci_image::ReferenceError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Repository {
+    domain: String,
+    path: String,
+}
+
+impl Repository {
+    /// Parses a repository name (no tag, no digest).
+    ///
+    /// # Errors
+    /// [`ReferenceError`] naming the bad part; [`ReferenceError::NotARepository`]
+    /// with a tag or digest.
+    pub fn parse(input: &str) -> Result<Self, ReferenceError> {
+        let r = Reference::parse_name_only(input)?;
+        if r.tag.is_some() || r.digest.is_some() {
+            return Err(ReferenceError::NotARepository { input: input.to_owned() });
+        }
+        Ok(Repository { domain: r.domain, path: r.path })
+    }
+
+    /// The repository `path` on `registry` (`localhost:5000`, `docker.io`).
+    ///
+    /// # Errors
+    /// As [`Repository::parse`]; [`ReferenceError::NotARepository`] when
+    /// `registry` is not a registry host (`path` would be read as part of
+    /// a Docker Hub name).
+    pub fn new(registry: &str, path: &str) -> Result<Self, ReferenceError> {
+        let input = format!("{registry}/{path}");
+        let r = Repository::parse(&input)?;
+        let same = r.domain == registry || (registry == "index.docker.io" && r.domain == DOCKER_HUB);
+        if !same {
+            return Err(ReferenceError::NotARepository { input });
+        }
+        Ok(r)
+    }
+
+    /// The repository of a reference.
+    pub fn of(r: &Reference) -> Repository {
+        Repository { domain: r.domain.clone(), path: r.path.clone() }
+    }
+
+    /// The registry as references name it (`docker.io`, `localhost:5000`).
+    pub fn registry(&self) -> &str {
+        &self.domain
+    }
+
+    /// The path within the registry (`library/nginx`).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The host to talk to: Docker Hub's API lives on `registry-1.docker.io`.
+    pub fn api_host(&self) -> &str {
+        if self.domain == DOCKER_HUB { "registry-1.docker.io" } else { &self.domain }
+    }
+
+    /// The repository as a reference without tag or digest.
+    pub fn reference(&self) -> Reference {
+        Reference { domain: self.domain.clone(), path: self.path.clone(), tag: None, digest: None }
+    }
+}
+
+impl From<&Reference> for Repository {
+    fn from(r: &Reference) -> Self {
+        Repository::of(r)
+    }
+}
+
+impl FromStr for Repository {
+    type Err = ReferenceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Repository::parse(s)
+    }
+}
+
+impl fmt::Display for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.domain, self.path)
+    }
+}
+
+impl fmt::Debug for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Repository({self})")
+    }
+}
+
+impl serde::Serialize for Repository {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Repository {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Repository::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repositories() {
+        let r = Repository::new("localhost:5000", "kiln/app").unwrap();
+        assert_eq!(r.to_string(), "localhost:5000/kiln/app");
+        assert_eq!(r, "localhost:5000/kiln/app".parse().unwrap());
+        assert_eq!(Repository::new("docker.io", "nginx").unwrap().path(), "library/nginx");
+        assert_eq!(Repository::new("docker.io", "nginx").unwrap().api_host(), "registry-1.docker.io");
+        // not a registry host: "team" would be read as a Docker Hub namespace
+        assert!(matches!(Repository::new("team", "app"), Err(ReferenceError::NotARepository { .. })));
+        assert!(matches!(
+            Repository::parse("a/b@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+            Err(ReferenceError::NotARepository { .. })
+        ));
+        assert!(Repository::new("localhost:5000", "Bad").is_err());
+        assert!(Repository::new("localhost:5000", "").is_err());
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Repository>(&json).unwrap(), r);
+        assert!(serde_json::from_str::<Repository>("\"a/b:c\"").is_err());
+    }
 
     fn r(s: &str) -> String {
         Reference::parse(s).unwrap().to_string()

@@ -13,6 +13,8 @@ use reqwest::header::{HeaderMap, HeaderValue, LOCATION};
 use rustls::pki_types::pem::PemObject as _;
 use url::Url;
 
+use oci_image::Repository;
+
 use crate::auth::{Anonymous, Challenge, Credential, CredentialProvider, TokenCache, TokenResponse, parse_challenge};
 use crate::error::{Error, ErrorKind, Result, kind_for_status};
 use crate::progress::{Progress, ProgressFn};
@@ -324,24 +326,45 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// A repository on a registry: where requests go and which token scope they need.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Repo {
-    /// The registry as named in references (`docker.io`, `localhost:5000`).
-    pub registry: String,
-    /// The repository path (`library/nginx`).
-    pub path: String,
+/// Where a request goes, for its scheme, credentials and token scope: a
+/// repository, or a registry as a whole (the catalog).
+pub(crate) trait Endpoint: Send + Sync {
+    /// The registry as references name it.
+    fn registry(&self) -> &str;
+    /// The repository path; empty for the registry as a whole.
+    fn path(&self) -> &str;
+    /// The host to talk to.
+    fn api_host(&self) -> &str;
 }
 
-impl Repo {
-    /// The repository of a reference.
-    pub fn of(r: &oci_image::Reference) -> Repo {
-        Repo { registry: r.domain().to_owned(), path: r.path().to_owned() }
+impl Endpoint for Repository {
+    fn registry(&self) -> &str {
+        Repository::registry(self)
     }
 
-    /// The host to talk to: Docker Hub's API lives on `registry-1.docker.io`.
-    pub fn api_host(&self) -> &str {
-        if self.registry == oci_image::DOCKER_HUB { "registry-1.docker.io" } else { &self.registry }
+    fn path(&self) -> &str {
+        Repository::path(self)
+    }
+
+    fn api_host(&self) -> &str {
+        Repository::api_host(self)
+    }
+}
+
+/// A registry as a whole, for requests that name no repository.
+pub(crate) struct RegistryRoot(pub(crate) String);
+
+impl Endpoint for RegistryRoot {
+    fn registry(&self) -> &str {
+        &self.0
+    }
+
+    fn path(&self) -> &'static str {
+        ""
+    }
+
+    fn api_host(&self) -> &str {
+        if self.0 == oci_image::DOCKER_HUB { "registry-1.docker.io" } else { &self.0 }
     }
 }
 
@@ -399,7 +422,7 @@ impl Client {
 
     /// `scheme://host/v2/` for a repository's registry: HTTPS, except that a
     /// loopback or insecure host that does not speak TLS is used over HTTP.
-    pub(crate) async fn base_url(&self, repo: &Repo) -> Result<Url> {
+    pub(crate) async fn base_url(&self, repo: &dyn Endpoint) -> Result<Url> {
         let host = repo.api_host().to_owned();
         let cached = self.inner.schemes.lock().ok().and_then(|m| m.get(&host).copied());
         let scheme = match cached {
@@ -422,10 +445,10 @@ impl Client {
             .map_err(|_| Error::new(ErrorKind::Invalid, format!("invalid registry host {host:?}")))
     }
 
-    pub(crate) async fn url(&self, repo: &Repo, tail: &str) -> Result<Url> {
+    pub(crate) async fn url(&self, repo: &dyn Endpoint, tail: &str) -> Result<Url> {
         let base = self.base_url(repo).await?;
-        base.join(&format!("{}/{tail}", repo.path))
-            .map_err(|_| Error::new(ErrorKind::Invalid, format!("invalid repository path {:?}", repo.path)))
+        base.join(&format!("{}/{tail}", repo.path()))
+            .map_err(|_| Error::new(ErrorKind::Invalid, format!("invalid repository path {:?}", repo.path())))
     }
 
     /// Resolves a `Location` header against the request URL, refusing a
@@ -472,14 +495,14 @@ impl Client {
     /// The credential for `repo`, asked of the provider only when a
     /// request needs one (a registry that never challenges never makes a
     /// credential helper run).
-    fn credential(&self, repo: &Repo) -> Result<Option<Credential>> {
-        self.inner.credentials.credential(&repo.registry, &repo.path).map_err(|e| {
-            Error::new(ErrorKind::Credentials, format!("credentials for {}: {e}", repo.registry)).with_source(e)
+    fn credential(&self, repo: &dyn Endpoint) -> Result<Option<Credential>> {
+        self.inner.credentials.credential(repo.registry(), repo.path()).map_err(|e| {
+            Error::new(ErrorKind::Credentials, format!("credentials for {}: {e}", repo.registry())).with_source(e)
         })
     }
 
-    pub(crate) fn auth_header(&self, repo: &Repo, scopes: &[String]) -> Result<Option<HeaderValue>> {
-        let registry = repo.registry.as_str();
+    pub(crate) fn auth_header(&self, repo: &dyn Endpoint, scopes: &[String]) -> Result<Option<HeaderValue>> {
+        let registry = repo.registry();
         if let Some(t) = self.inner.tokens.get(registry, &Self::scope_key(scopes)) {
             return Ok(bearer(&t));
         }
@@ -498,11 +521,11 @@ impl Client {
     /// challenge cannot be answered.
     pub(crate) async fn authenticate(
         &self,
-        repo: &Repo,
+        repo: &dyn Endpoint,
         scopes: &[String],
         challenge: Option<&str>,
     ) -> Result<Option<HeaderValue>> {
-        let registry = repo.registry.as_str();
+        let registry = repo.registry();
         let Some(challenge) = challenge.and_then(parse_challenge) else { return Ok(None) };
         let credential = self.credential(repo)?;
         match challenge {

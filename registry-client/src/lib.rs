@@ -27,10 +27,11 @@ mod transfer;
 mod transport;
 
 pub use auth::{Anonymous, Credential, CredentialError, CredentialProvider, StaticCredentials};
-pub use client::{Client, ClientBuilder, DEFAULT_MAX_DOWNLOAD, Repo, RetryPolicy};
+pub use client::{Client, ClientBuilder, DEFAULT_MAX_DOWNLOAD, RetryPolicy};
 pub use config::{AuthFileError, DEFAULT_HELPER_TIMEOUT, DockerConfig};
 pub use download::Download;
 pub use error::{Error, ErrorCode, ErrorKind, Result};
+pub use oci_image::Repository;
 pub use ops::{
     BlobPush, BlobSink, BlobSource, BytesSource, LayoutBlob, MAX_LISTED_TAGS, MAX_MANIFEST_SIZE, TagsPage, fallback_tag,
 };

@@ -12,9 +12,10 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use oci_image::{AnyManifest, Descriptor, Digest, Layout, LayoutError, Platform, Reference};
 
-use crate::client::{Client, Repo};
+use crate::client::Client;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::{BlobPush, BytesSource, LayoutBlob};
+use oci_image::Repository;
 
 /// What a push did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,9 +62,9 @@ impl Client {
     /// configured concurrency, and counts what happened to them.
     async fn push_blobs(
         &self,
-        repo: &Repo,
+        repo: &Repository,
         blobs: Vec<Descriptor>,
-        mount_from: Option<&Repo>,
+        mount_from: Option<&Repository>,
         source_of: impl Fn(&Descriptor) -> Arc<dyn crate::ops::BlobSource>,
     ) -> Result<PushReport> {
         let results: Vec<(BlobPush, u64)> = stream::iter(blobs.into_iter().map(|d| {
@@ -104,9 +105,9 @@ impl Client {
         layout: &Layout,
         desc: &Descriptor,
         target: &Reference,
-        mount_from: Option<&Repo>,
+        mount_from: Option<&Repository>,
     ) -> Result<PushReport> {
-        let repo = Repo::of(target);
+        let repo = Repository::of(target);
         // the blobs, and the documents children first
         let mut blobs = Vec::new();
         let mut manifests = Vec::new();
@@ -143,7 +144,7 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::push_blob`].
-    pub async fn push_bytes(&self, repo: &Repo, desc: &Descriptor, bytes: Bytes) -> Result<BlobPush> {
+    pub async fn push_bytes(&self, repo: &Repository, desc: &Descriptor, bytes: Bytes) -> Result<BlobPush> {
         self.push_blob(repo, desc, Arc::new(BytesSource(bytes)), None).await
     }
 
@@ -166,7 +167,7 @@ impl Client {
         platform: Option<&Platform>,
         name: Option<&Reference>,
     ) -> Result<Descriptor> {
-        let repo = Repo::of(source);
+        let repo = Repository::of(source);
         let mut top = self.get_manifest(source).await?;
         if let (Some(p), AnyManifest::Index(index)) = (platform, &top) {
             let child =
@@ -239,11 +240,11 @@ impl Client {
     /// # Errors
     /// As [`Client::fetch_blob`]; [`ErrorKind::DigestMismatch`] when the
     /// bytes do not match `desc` (nothing is left in the layout then).
-    pub async fn fetch_blob_to_layout(&self, repo: &Repo, desc: &Descriptor, layout: &Layout) -> Result<()> {
+    pub async fn fetch_blob_to_layout(&self, repo: &Repository, desc: &Descriptor, layout: &Layout) -> Result<()> {
         self.pull_blob_into(repo, desc, layout).await
     }
 
-    async fn pull_blob_into(&self, repo: &Repo, desc: &Descriptor, layout: &Layout) -> Result<()> {
+    async fn pull_blob_into(&self, repo: &Repository, desc: &Descriptor, layout: &Layout) -> Result<()> {
         let (mut tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let layout = layout.clone();
         let expected = desc.digest.clone();
@@ -265,7 +266,7 @@ impl Client {
 /// reads from, so nothing touches the disk and memory stays bounded.
 pub struct RegistryBlob {
     client: Client,
-    repo: Repo,
+    repo: Repository,
     desc: Descriptor,
     runtime: tokio::runtime::Handle,
 }
@@ -275,7 +276,7 @@ impl RegistryBlob {
     ///
     /// # Panics
     /// When called outside a tokio runtime.
-    pub fn new(client: Client, repo: Repo, desc: Descriptor) -> Self {
+    pub fn new(client: Client, repo: Repository, desc: Descriptor) -> Self {
         RegistryBlob { client, repo, desc, runtime: tokio::runtime::Handle::current() }
     }
 }
@@ -325,8 +326,8 @@ impl Client {
     /// every blob and child manifest is in place.
     #[tracing::instrument(level = "debug", skip_all, fields(source = %source, target = %target))]
     pub async fn copy_between(&self, source: &Reference, target: &Reference) -> Result<PushReport> {
-        let src_repo = Repo::of(source);
-        let dst_repo = Repo::of(target);
+        let src_repo = Repository::of(source);
+        let dst_repo = Repository::of(target);
         let top = self.get_manifest(source).await?;
         let top_desc = top.descriptor();
         let (_, manifests) = self.pull_manifest_tree(source, top).await?;
@@ -334,7 +335,7 @@ impl Client {
         // foreign layers (with urls) stay where they are
         blobs.retain(|d| d.urls.is_none());
         // within one registry, blobs are mounted from the source repository
-        let mount = (src_repo.registry == dst_repo.registry).then_some(&src_repo);
+        let mount = (src_repo.registry() == dst_repo.registry()).then_some(&src_repo);
         let mut report = self
             .push_blobs(&dst_repo, blobs, mount, |d| {
                 Arc::new(RegistryBlob::new(self.clone(), src_repo.clone(), d.clone()))

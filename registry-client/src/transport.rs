@@ -12,7 +12,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER, WWW_AU
 use reqwest::{Method, StatusCode};
 use url::Url;
 
-use crate::client::{Client, LARGE_BODY, Repo, redact, same_host};
+use crate::client::{Client, Endpoint, LARGE_BODY, redact, same_host};
 use crate::error::{Error, ErrorKind, Result, kind_for_status, parse_codes};
 use crate::progress::Progress;
 
@@ -138,7 +138,7 @@ pub(crate) fn httpdate_parse(s: &str) -> Option<SystemTime> {
 impl Client {
     /// Sends a request with auth and retries; returns the response whatever
     /// its status once it is final (not 401 after re-auth, not retryable).
-    pub(crate) async fn send(&self, repo: &Repo, req: &Request) -> Result<reqwest::Response> {
+    pub(crate) async fn send(&self, repo: &dyn Endpoint, req: &Request) -> Result<reqwest::Response> {
         let policy = &self.inner.retry;
         let mut attempt = 0u32;
         // refusals of credentials this call had just obtained
@@ -202,7 +202,7 @@ impl Client {
                             resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_owned);
                         // the refused token is stale, unless another request has replaced it already
                         if let Some(token) = sent.as_ref().and_then(|h| h.to_str().ok()?.strip_prefix("Bearer ")) {
-                            self.inner.tokens.forget_token(&repo.registry, &Self::scope_key(&req.scopes), token);
+                            self.inner.tokens.forget_token(repo.registry(), &Self::scope_key(&req.scopes), token);
                         }
                         let Some(next) = self.authenticate(repo, &req.scopes, challenge.as_deref()).await? else {
                             return Ok(resp);
@@ -285,7 +285,7 @@ impl Client {
     }
 
     /// Sends and turns a non-success status into an [`Error`].
-    pub(crate) async fn send_ok(&self, repo: &Repo, req: &Request, what: &str) -> Result<reqwest::Response> {
+    pub(crate) async fn send_ok(&self, repo: &dyn Endpoint, req: &Request, what: &str) -> Result<reqwest::Response> {
         let resp = self.send(repo, req).await?;
         check(resp, what).await
     }

@@ -5,13 +5,13 @@
 use super::{
     AnyManifest, ApplyOptions, BTreeMap, BuildContext, BuildError, CacheKey, Ctx, Descriptor, Digest, DockerIgnore,
     HashMap, Image, ImageConfiguration, Layout, Named, OverlayMount, OverlayXattrs, Path, PathBuf, Platform, Progress,
-    Raw, Reference, Repo, StepId, Store, View, context, files, overlay_dirs,
+    Raw, Reference, Repository, StepId, Store, View, context, files, overlay_dirs,
 };
 
 /// Where a base image's blobs come from until they are in the store.
 #[derive(Clone)]
 pub(super) enum BlobSource {
-    Registry(Repo),
+    Registry(Repository),
     Layout(Layout),
 }
 
@@ -126,14 +126,14 @@ impl Ctx {
                 let AnyManifest::Image(image) = m else {
                     return Err(format!("{reference}: the index names another index, not an image").into());
                 };
-                let config = client.fetch_small_blob(&Repo::of(&reference), &image.value().config).await?;
+                let config = client.fetch_small_blob(&Repository::of(&reference), &image.value().config).await?;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>((image, config))
             })?
             .map_err(|source: Box<dyn std::error::Error + Send + Sync>| BuildError::Base {
                 image: name.to_owned(),
                 source,
             })?;
-        let img = self.adopt_image(name, &image, config, &BlobSource::Registry(Repo::of(reference)))?;
+        let img = self.adopt_image(name, &image, config, &BlobSource::Registry(Repository::of(reference)))?;
         if let Ok(mut m) = self.images.lock() {
             m.insert(cache_key, img.clone());
         }

@@ -57,7 +57,7 @@ use oci_image::{
     AnyManifest, Compression, ContainerConfig, Descriptor, Digest, History, ImageConfiguration, Layout,
     ManifestBuilder, Platform, Raw, Reference,
 };
-use registry_client::{Client, Repo};
+use registry_client::{Client, Repository};
 
 pub use cache::{CacheKey, CachedLayer, MissReason, StepCache, StepRecord};
 pub use cancel::Cancel;
@@ -202,7 +202,7 @@ pub struct Built {
     /// Steps run.
     pub steps: usize,
     /// The base image's repository (pushes to its registry mount its layers).
-    base_repo: Option<Repo>,
+    base_repo: Option<Repository>,
 }
 
 /// A Dockerfile build (see the [module docs](self)).
@@ -538,7 +538,7 @@ pub(crate) struct Image {
     /// Where it came from, for messages.
     name: String,
     /// The registry repository of the base image, for cross-repository mounts.
-    repo: Option<Repo>,
+    repo: Option<Repository>,
 }
 
 impl Image {

@@ -3,7 +3,7 @@
 
 use super::{
     BTreeMap, BuildError, Built, Cancel, Ctx, Image, Layout, ManifestBuilder, Output, Path, Progress, Raw, Reference,
-    Repo,
+    Repository,
 };
 
 /// A download written straight to a file.
@@ -176,7 +176,8 @@ impl Ctx {
                     let client = self.client_for(None);
                     for t in &self.tags {
                         // base layers already in the target registry are mounted, not uploaded
-                        let mount_from = built.base_repo.as_ref().filter(|r| r.registry == Repo::of(t).registry);
+                        let mount_from =
+                            built.base_repo.as_ref().filter(|r| r.registry() == Repository::of(t).registry());
                         let push = client.push_from_layout(&self.store.layout, &built.manifest, t, mount_from);
                         tokio::select! {
                             r = push => { r.map_err(|e| fail(e.into()))?; }

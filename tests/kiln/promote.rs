@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use kiln::oci_image::{AnyManifest, Descriptor, IndexBuilder, Layout, ManifestBuilder, MediaType, Raw, Reference};
-use kiln::registry_client::{Client, Credential, Repo, StaticCredentials};
+use kiln::registry_client::{Client, Credential, Repository, StaticCredentials};
 use kiln::{
     CopyOptions, ImageLocation, PromoteError, PromoteOptions, copy, copy_with, image_from_dir, promote, release_tags,
 };
@@ -66,7 +66,7 @@ async fn promote_moves_the_exact_digest_and_refuses_collisions() {
     assert_eq!(plan.plan.upload.len(), 2, "config and layer would be uploaded");
     assert!(plan.plan.upload_bytes > 0);
     assert_eq!(env.client.head_manifest(&prod).await.unwrap(), None, "dry run wrote nothing");
-    assert_eq!(env.client.head_blob(&Repo::of(&prod), &plan.plan.upload[0].digest).await.unwrap(), None);
+    assert_eq!(env.client.head_blob(&Repository::of(&prod), &plan.plan.upload[0].digest).await.unwrap(), None);
 
     let record = promote(&env.client, &pinned, &prod, PromoteOptions::default()).await.unwrap();
     assert_eq!(record.digest, built.digest);
@@ -164,7 +164,7 @@ async fn referrers_travel_with_the_image() {
     build(&env, "v1", "signed\n", "linux/amd64");
     let pinned = push(&env, "v1", &format!("{}/team/signed:v1", env.dev.host())).await;
     let subject = env.client.head_manifest(&pinned).await.unwrap().unwrap();
-    let repo = Repo::of(&pinned);
+    let repo = Repository::of(&pinned);
     env.client.push_bytes(&repo, &Descriptor::empty(), bytes::Bytes::from_static(b"{}")).await.unwrap();
     let sig = Raw::new(
         ManifestBuilder::new(Descriptor::empty())

@@ -3,7 +3,7 @@
 
 use oci_image::{
     AnyManifest, ConfigBuilder, Descriptor, Digest, Document, History, ImageConfiguration, ImageIndex, ImageManifest,
-    IndexBuilder, ManifestBuilder, MediaType, Platform, Raw, Reference, Release,
+    IndexBuilder, ManifestBuilder, MediaType, Platform, Raw, Reference, Release, Repository,
 };
 use proptest::prelude::*;
 
@@ -56,6 +56,16 @@ proptest! {
         prop_assert_eq!(Reference::parse(&r.familiar()).unwrap(), r.clone());
         let json = serde_json::to_string(&r).unwrap();
         prop_assert_eq!(serde_json::from_str::<Reference>(&json).unwrap(), r);
+    }
+
+    #[test]
+    fn repositories_round_trip(s in reference_string()) {
+        let r = Repository::of(&Reference::parse(&s).unwrap_or_else(|e| panic!("{s}: {e}")));
+        let shown = r.to_string();
+        prop_assert_eq!(Repository::parse(&shown).unwrap(), r.clone());
+        prop_assert_eq!(Repository::new(r.registry(), r.path()).unwrap(), r.clone());
+        let json = serde_json::to_string(&r).unwrap();
+        prop_assert_eq!(serde_json::from_str::<Repository>(&json).unwrap(), r);
     }
 
     #[test]

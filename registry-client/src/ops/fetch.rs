@@ -8,17 +8,18 @@ use reqwest::header::{CONTENT_LENGTH, HeaderMap, HeaderValue, RANGE};
 use reqwest::{Method, StatusCode};
 
 use super::{BlobSink, MAX_MANIFEST_SIZE, scope};
-use crate::client::{Client, Repo, redact};
+use crate::client::{Client, redact};
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
 use crate::transport::{Body, Request, check};
+use oci_image::Repository;
 
 impl Client {
     /// `HEAD` of a blob: its size, or `None` when absent.
     ///
     /// # Errors
     /// Transport and auth errors.
-    pub async fn head_blob(&self, repo: &Repo, digest: &Digest) -> Result<Option<u64>> {
+    pub async fn head_blob(&self, repo: &Repository, digest: &Digest) -> Result<Option<u64>> {
         let url = self.url(repo, &format!("blobs/{digest}")).await?;
         let req = Request::new(Method::HEAD, url, vec![scope(repo, "pull")]);
         let resp = self.send(repo, &req).await?;
@@ -33,7 +34,7 @@ impl Client {
     ///
     /// # Errors
     /// [`ErrorKind::NotFound`], [`ErrorKind::Protocol`] when unsupported.
-    pub async fn delete_blob(&self, repo: &Repo, digest: &Digest) -> Result<()> {
+    pub async fn delete_blob(&self, repo: &Repository, digest: &Digest) -> Result<()> {
         let url = self.url(repo, &format!("blobs/{digest}")).await?;
         let req = Request::new(Method::DELETE, url, vec![scope(repo, "delete"), scope(repo, "pull,push")]);
         self.send_ok(repo, &req, &format!("deleting blob {digest}")).await.map(drop)
@@ -47,10 +48,10 @@ impl Client {
     /// # Errors
     /// [`ErrorKind::DigestMismatch`] (nothing past the expected size is
     /// passed on), transport errors after retries, the sink's error.
-    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo.path, digest = %desc.digest, size = desc.size))]
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo.path(), digest = %desc.digest, size = desc.size))]
     pub async fn fetch_blob(
         &self,
-        repo: &Repo,
+        repo: &Repository,
         desc: &Descriptor,
         verify: bool,
         sink: &mut impl BlobSink,
@@ -138,7 +139,7 @@ impl Client {
 
     /// GET of a blob from `offset`, following redirects by hand so that the
     /// registry's `Authorization` never goes to another host.
-    async fn blob_get(&self, repo: &Repo, digest: &Digest, offset: u64) -> Result<reqwest::Response> {
+    async fn blob_get(&self, repo: &Repository, digest: &Digest, offset: u64) -> Result<reqwest::Response> {
         let url = self.url(repo, &format!("blobs/{digest}")).await?;
         let mut headers = HeaderMap::new();
         if offset > 0 {
@@ -186,7 +187,7 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::fetch_blob`]; refuses blobs over 4 MiB.
-    pub async fn fetch_small_blob(&self, repo: &Repo, desc: &Descriptor) -> Result<Bytes> {
+    pub async fn fetch_small_blob(&self, repo: &Repository, desc: &Descriptor) -> Result<Bytes> {
         if desc.size > MAX_MANIFEST_SIZE {
             return Err(Error::new(
                 ErrorKind::Protocol,

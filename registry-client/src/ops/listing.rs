@@ -4,16 +4,17 @@ use reqwest::Method;
 use url::Url;
 
 use super::{MAX_LISTED_TAGS, TagsPage, next_link, scope};
-use crate::client::{Client, Repo};
+use crate::client::{Client, RegistryRoot};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::Request;
+use oci_image::Repository;
 
 impl Client {
     /// One page of tags; `n` and `last` as the spec defines them.
     ///
     /// # Errors
     /// [`ErrorKind::NotFound`] for an unknown repository.
-    pub async fn tags_page(&self, repo: &Repo, n: Option<usize>, last: Option<&str>) -> Result<TagsPage> {
+    pub async fn tags_page(&self, repo: &Repository, n: Option<usize>, last: Option<&str>) -> Result<TagsPage> {
         let mut url = self.url(repo, "tags/list").await?;
         {
             let mut q = url.query_pairs_mut();
@@ -30,14 +31,14 @@ impl Client {
         self.tags_at(repo, url).await
     }
 
-    async fn tags_at(&self, repo: &Repo, url: Url) -> Result<TagsPage> {
+    async fn tags_at(&self, repo: &Repository, url: Url) -> Result<TagsPage> {
         #[derive(serde::Deserialize)]
         struct Tags {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
         let req = Request::new(Method::GET, url.clone(), vec![scope(repo, "pull")]);
-        let doc = self.get_document(repo, &req, &format!("listing tags of {}", repo.path), &[]).await?;
+        let doc = self.get_document(repo, &req, &format!("listing tags of {}", repo.path()), &[]).await?;
         let next = next_link(&doc.headers).map(|l| url.join(&l).map(|u| u.to_string())).transpose().ok().flatten();
         let tags: Tags = serde_json::from_slice(&doc.body)
             .map_err(|e| Error::new(ErrorKind::Protocol, format!("invalid tag list: {e}")))?;
@@ -51,7 +52,7 @@ impl Client {
     ///
     /// # Errors
     /// [`ErrorKind::Protocol`] for a pagination loop or an endless listing; HTTP errors.
-    pub async fn list_tags(&self, repo: &Repo) -> Result<Vec<String>> {
+    pub async fn list_tags(&self, repo: &Repository) -> Result<Vec<String>> {
         let mut page = self.tags_page(repo, None, None).await?;
         let mut all = Vec::new();
         let mut seen_tags = std::collections::HashSet::new();
@@ -67,18 +68,18 @@ impl Client {
             if all.len() > MAX_LISTED_TAGS {
                 return Err(Error::new(
                     ErrorKind::Protocol,
-                    format!("tag listing of {} goes on past {MAX_LISTED_TAGS} tags", repo.path),
+                    format!("tag listing of {} goes on past {MAX_LISTED_TAGS} tags", repo.path()),
                 ));
             }
             let Some(next) = page.next.take() else { break };
             if fresh == 0 {
                 return Err(Error::new(
                     ErrorKind::Protocol,
-                    format!("tag pagination of {} loops: a page with a next link brought no new tag", repo.path),
+                    format!("tag pagination of {} loops: a page with a next link brought no new tag", repo.path()),
                 ));
             }
             if !seen_urls.insert(next.clone()) || seen_urls.len() > 10_000 {
-                return Err(Error::new(ErrorKind::Protocol, format!("tag pagination of {} loops", repo.path)));
+                return Err(Error::new(ErrorKind::Protocol, format!("tag pagination of {} loops", repo.path())));
             }
             let url = Url::parse(&next).map_err(|_| Error::new(ErrorKind::Protocol, "invalid Link URL"))?;
             let base = self.base_url(repo).await?;
@@ -103,7 +104,7 @@ impl Client {
             #[serde(default)]
             repositories: Vec<String>,
         }
-        let repo = Repo { registry: registry.to_owned(), path: String::new() };
+        let repo = RegistryRoot(registry.to_owned());
         let mut url =
             self.base_url(&repo).await?.join("_catalog").map_err(|_| Error::new(ErrorKind::Invalid, "catalog URL"))?;
         let mut all = Vec::new();

@@ -8,22 +8,23 @@ use reqwest::{Method, StatusCode};
 use url::Url;
 
 use super::{MANIFEST_ACCEPT, fallback_tag, header_digest, scope};
-use crate::client::{Client, Repo};
+use crate::client::Client;
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{Body, Request, check};
+use oci_image::Repository;
 
 impl Client {
     /// Checks that the registry speaks the v2 API (and that credentials work).
     ///
     /// # Errors
     /// [`ErrorKind::Unauthorized`], transport errors.
-    pub async fn ping(&self, repo: &Repo) -> Result<()> {
+    pub async fn ping(&self, repo: &Repository) -> Result<()> {
         let url = self.base_url(repo).await?;
         let req = Request::new(Method::GET, url, vec![scope(repo, "pull")]);
         self.send_ok(repo, &req, "ping").await.map(drop)
     }
 
-    pub(super) fn manifest_request(method: Method, url: Url, repo: &Repo) -> Request {
+    pub(super) fn manifest_request(method: Method, url: Url, repo: &Repository) -> Request {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
         Request::new(method, url, vec![scope(repo, "pull")]).with_headers(headers)
@@ -36,7 +37,7 @@ impl Client {
     /// [`ErrorKind::NotFound`], [`ErrorKind::DigestMismatch`], schema 1 as
     /// [`ErrorKind::Protocol`] with a "convert" hint, oversized documents.
     pub async fn get_manifest(&self, r: &Reference) -> Result<AnyManifest> {
-        let repo = Repo::of(r);
+        let repo = Repository::of(r);
         let url = self.url(&repo, &format!("manifests/{}", r.manifest_reference())).await?;
         let req = Self::manifest_request(Method::GET, url, &repo);
         let doc = self.get_document(&repo, &req, &format!("fetching manifest {r}"), &[]).await?;
@@ -66,7 +67,7 @@ impl Client {
     /// # Errors
     /// Transport and auth errors.
     pub async fn head_manifest(&self, r: &Reference) -> Result<Option<Descriptor>> {
-        let repo = Repo::of(r);
+        let repo = Repository::of(r);
         let url = self.url(&repo, &format!("manifests/{}", r.manifest_reference())).await?;
         let req = Self::manifest_request(Method::HEAD, url, &repo);
         let resp = self.send(&repo, &req).await?;
@@ -96,7 +97,7 @@ impl Client {
     /// # Errors
     /// [`ErrorKind::DigestMismatch`] when the registry reports another digest; HTTP errors.
     pub async fn put_manifest(&self, r: &Reference, bytes: Bytes, media_type: &MediaType) -> Result<Digest> {
-        let repo = Repo::of(r);
+        let repo = Repository::of(r);
         let digest = Digest::sha256(&bytes);
         let target = match (r.tag(), r.digest()) {
             (Some(t), _) => t.to_string(),
@@ -181,7 +182,7 @@ impl Client {
     /// # Errors
     /// [`ErrorKind::NotFound`], [`ErrorKind::Protocol`] when deletion is unsupported (400/405).
     pub async fn delete_manifest(&self, r: &Reference) -> Result<()> {
-        let repo = Repo::of(r);
+        let repo = Repository::of(r);
         let url = self.url(&repo, &format!("manifests/{}", r.manifest_reference())).await?;
         let req = Request::new(Method::DELETE, url, vec![scope(&repo, "delete"), scope(&repo, "pull,push")]);
         self.send_ok(&repo, &req, &format!("deleting manifest {r}")).await.map(drop)

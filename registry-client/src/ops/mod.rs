@@ -19,9 +19,10 @@ use oci_image::Digest;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LINK};
 
-use crate::client::{Client, Repo};
+use crate::client::{Client, Endpoint};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{Request, check};
+use oci_image::Repository;
 
 /// The largest manifest accepted (the distribution spec's 4 MiB).
 pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
@@ -111,8 +112,8 @@ pub struct TagsPage {
     pub next: Option<String>,
 }
 
-fn scope(repo: &Repo, actions: &str) -> String {
-    format!("repository:{}:{actions}", repo.path)
+fn scope(repo: &Repository, actions: &str) -> String {
+    format!("repository:{}:{actions}", repo.path())
 }
 
 fn header_digest(h: &HeaderMap) -> Option<Digest> {
@@ -145,7 +146,13 @@ impl Client {
     /// reads its body, capped at [`MAX_MANIFEST_SIZE`]; when the body breaks
     /// off, the whole GET is sent again (it is idempotent). Statuses in
     /// `pass` are returned as they are; other failures become errors.
-    async fn get_document(&self, repo: &Repo, req: &Request, what: &str, pass: &[StatusCode]) -> Result<Document> {
+    async fn get_document(
+        &self,
+        repo: &dyn Endpoint,
+        req: &Request,
+        what: &str,
+        pass: &[StatusCode],
+    ) -> Result<Document> {
         let mut attempt = 0;
         loop {
             attempt += 1;

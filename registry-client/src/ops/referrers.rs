@@ -4,8 +4,9 @@
 use oci_image::{AnyManifest, Descriptor, Digest, ImageIndex, MediaType, Raw, Reference};
 use reqwest::{Method, StatusCode};
 
-use crate::client::{Client, Repo};
+use crate::client::Client;
 use crate::error::{Error, ErrorKind, Result};
+use oci_image::Repository;
 
 impl Client {
     /// The referrers of `subject` (a digest reference), filtered by
@@ -18,7 +19,7 @@ impl Client {
         let digest = subject
             .digest()
             .ok_or_else(|| Error::new(ErrorKind::Invalid, format!("referrers need a digest: {subject}")))?;
-        let repo = Repo::of(subject);
+        let repo = Repository::of(subject);
         let mut url = self.url(&repo, &format!("referrers/{digest}")).await?;
         if let Some(t) = artifact_type {
             url.query_pairs_mut().append_pair("artifactType", t.as_str());

@@ -12,10 +12,11 @@ use reqwest::{Method, StatusCode};
 use url::Url;
 
 use super::{BlobPush, BlobSource, READ_CHUNK, header_digest, scope};
-use crate::client::{Client, Repo};
+use crate::client::Client;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
 use crate::transport::{Body, Request, check};
+use oci_image::Repository;
 
 impl Client {
     /// Uploads a blob unless present: HEAD, then a cross-repository mount
@@ -25,23 +26,23 @@ impl Client {
     /// # Errors
     /// [`ErrorKind::DigestMismatch`] when the registry computes another
     /// digest; HTTP and transport errors after retries.
-    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo.path, digest = %desc.digest, size = desc.size))]
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo.path(), digest = %desc.digest, size = desc.size))]
     pub async fn push_blob(
         &self,
-        repo: &Repo,
+        repo: &Repository,
         desc: &Descriptor,
         source: Arc<dyn BlobSource>,
-        mount_from: Option<&Repo>,
+        mount_from: Option<&Repository>,
     ) -> Result<BlobPush> {
         if self.head_blob(repo, &desc.digest).await?.is_some() {
             self.emit(&Progress::BlobSkipped { digest: desc.digest.clone() });
             return Ok(BlobPush::Skipped);
         }
         let mut location = None;
-        if let Some(from) = mount_from.filter(|f| f.registry == repo.registry && f.path != repo.path) {
+        if let Some(from) = mount_from.filter(|f| f.registry() == repo.registry() && f.path() != repo.path()) {
             match self.mount(repo, &desc.digest, from).await? {
                 Mount::Done => {
-                    self.emit(&Progress::BlobMounted { digest: desc.digest.clone(), from: from.path.clone() });
+                    self.emit(&Progress::BlobMounted { digest: desc.digest.clone(), from: from.path().to_owned() });
                     return Ok(BlobPush::Mounted);
                 }
                 Mount::Upload(loc) => location = loc.map(|url| Upload { url, min_chunk: None }),
@@ -99,9 +100,9 @@ impl Client {
         Ok(BlobPush::Uploaded)
     }
 
-    async fn mount(&self, repo: &Repo, digest: &Digest, from: &Repo) -> Result<Mount> {
+    async fn mount(&self, repo: &Repository, digest: &Digest, from: &Repository) -> Result<Mount> {
         let mut url = self.url(repo, "blobs/uploads/").await?;
-        url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", &from.path);
+        url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", from.path());
         let req = Request::new(Method::POST, url.clone(), vec![scope(repo, "pull,push"), scope(from, "pull")])
             .with_headers(content_length_zero());
         let resp = self.send(repo, &req).await?;
@@ -120,7 +121,7 @@ impl Client {
     /// (201); the upload to continue with when it answered 202.
     async fn single_request_upload(
         &self,
-        repo: &Repo,
+        repo: &Repository,
         desc: &Descriptor,
         source: &Arc<dyn BlobSource>,
     ) -> Result<Option<Upload>> {
@@ -148,7 +149,7 @@ impl Client {
         Ok(Some(Upload { url: self.resolve_upload_location(&url, resp.headers())?, min_chunk: None }))
     }
 
-    async fn start_upload(&self, repo: &Repo) -> Result<Upload> {
+    async fn start_upload(&self, repo: &Repository) -> Result<Upload> {
         let url = self.url(repo, "blobs/uploads/").await?;
         let req =
             Request::new(Method::POST, url.clone(), vec![scope(repo, "pull,push")]).with_headers(content_length_zero());
@@ -161,7 +162,14 @@ impl Client {
         Ok(Upload { url: self.resolve_upload_location(&url, resp.headers())?, min_chunk })
     }
 
-    async fn finish_upload(&self, repo: &Repo, desc: &Descriptor, mut url: Url, body: Body, len: u64) -> Result<()> {
+    async fn finish_upload(
+        &self,
+        repo: &Repository,
+        desc: &Descriptor,
+        mut url: Url,
+        body: Body,
+        len: u64,
+    ) -> Result<()> {
         url.query_pairs_mut().append_pair("digest", &desc.digest.to_string());
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
@@ -194,7 +202,7 @@ impl Client {
 
     async fn upload_monolithic(
         &self,
-        repo: &Repo,
+        repo: &Repository,
         desc: &Descriptor,
         source: &Arc<dyn BlobSource>,
         upload: Upload,
@@ -211,7 +219,7 @@ impl Client {
 
     async fn upload_chunked(
         &self,
-        repo: &Repo,
+        repo: &Repository,
         desc: &Descriptor,
         source: &Arc<dyn BlobSource>,
         upload: Upload,
@@ -289,7 +297,7 @@ impl Client {
     }
 
     /// The upload's status: its newest location and how many bytes it holds.
-    async fn upload_status(&self, repo: &Repo, url: &Url) -> Result<(Url, u64)> {
+    async fn upload_status(&self, repo: &Repository, url: &Url) -> Result<(Url, u64)> {
         let req = Request::new(Method::GET, url.clone(), vec![scope(repo, "pull,push")]);
         let resp = self.send_ok(repo, &req, "checking an upload's status").await?;
         let kept = resp
@@ -313,7 +321,7 @@ impl Client {
     /// One streamed `PATCH` with the whole body (chunked transfer), then `PUT ?digest=`.
     async fn upload_streamed(
         &self,
-        repo: &Repo,
+        repo: &Repository,
         desc: &Descriptor,
         source: &Arc<dyn BlobSource>,
         upload: Upload,

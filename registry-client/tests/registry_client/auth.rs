@@ -6,7 +6,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bytes::Bytes;
 use oci_image::{Descriptor, MediaType};
-use registry_client::{BytesSource, Client, Credential, DockerConfig, ErrorKind, Repo, StaticCredentials};
+use registry_client::{BytesSource, Client, Credential, DockerConfig, ErrorKind, Repository, StaticCredentials};
 use testkit::{Registry, RegistryOptions};
 
 use super::noise;
@@ -26,7 +26,7 @@ fn secured() -> Option<Registry> {
 #[tokio::test]
 async fn basic_auth_with_static_credentials() {
     let Some(reg) = secured() else { return };
-    let repo = Repo { registry: reg.host(), path: "kiln/secure".into() };
+    let repo = Repository::new(&reg.host(), "kiln/secure").unwrap();
     let anon = Client::builder().build().unwrap();
     let e = anon.ping(&repo).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
@@ -60,7 +60,7 @@ async fn basic_auth_from_docker_config() {
     .unwrap();
     let config = DockerConfig::from_paths(&[dir.path().join("config.json")]).unwrap();
     let c = Client::builder().credentials(config).build().unwrap();
-    let repo = Repo { registry: reg.host(), path: "kiln/fromconfig".into() };
+    let repo = Repository::new(&reg.host(), "kiln/fromconfig").unwrap();
     c.ping(&repo).await.unwrap();
     assert_eq!(c.list_tags(&repo).await.unwrap_err().kind(), ErrorKind::NotFound);
 }
@@ -85,8 +85,8 @@ fn token_registry(ttl_secs: u64) -> Option<Registry> {
 async fn bearer_tokens_from_a_token_server_the_registry_verifies() {
     let Some(reg) = token_registry(300) else { return };
     let tokens = reg.token_server().unwrap();
-    let src = Repo { registry: reg.host(), path: "kiln/tok-src".into() };
-    let dst = Repo { registry: reg.host(), path: "kiln/tok-dst".into() };
+    let src = Repository::new(&reg.host(), "kiln/tok-src").unwrap();
+    let dst = Repository::new(&reg.host(), "kiln/tok-dst").unwrap();
     let anon = Client::builder().build().unwrap();
     let e = anon.ping(&src).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
@@ -135,7 +135,7 @@ async fn identity_tokens_use_the_refresh_token_grant() {
         .credentials(DockerConfig::from_paths(&[dir.path().join("config.json")]).unwrap())
         .build()
         .unwrap();
-    let repo = Repo { registry: reg.host(), path: "kiln/identity".into() };
+    let repo = Repository::new(&reg.host(), "kiln/identity").unwrap();
     c.ping(&repo).await.unwrap();
     let data = noise(12, 100);
     let desc = Descriptor::of_bytes(MediaType::OciLayer, &data);
@@ -151,7 +151,7 @@ async fn expired_tokens_are_fetched_again() {
         .credentials(StaticCredentials::new().with(reg.host(), Credential::basic("tok-user", "tok-pass")))
         .build()
         .unwrap();
-    let repo = Repo { registry: reg.host(), path: "kiln/expiry".into() };
+    let repo = Repository::new(&reg.host(), "kiln/expiry").unwrap();
     let data = noise(13, 100);
     let desc = Descriptor::of_bytes(MediaType::OciLayer, &data);
     c.push_blob(&repo, &desc, Arc::new(BytesSource(Bytes::from(data))), None).await.unwrap();
@@ -165,7 +165,7 @@ async fn expired_tokens_are_fetched_again() {
 async fn tls_with_a_ca_made_for_this_run() {
     let Some(_) = testkit::tool("docker-registry") else { return };
     let reg = Registry::start_with(&RegistryOptions { tls: true, ..RegistryOptions::default() }).unwrap();
-    let repo = Repo { registry: reg.host(), path: "kiln/tls".into() };
+    let repo = Repository::new(&reg.host(), "kiln/tls").unwrap();
     let c = Client::builder().ca_certificate_pem(reg.ca_pem().unwrap()).build().unwrap();
     c.ping(&repo).await.unwrap();
     let data = noise(14, 50_000);
@@ -187,7 +187,7 @@ async fn through_a_proxy_both_https_tunnels_and_plain_http() {
     // HTTPS: a CONNECT tunnel, TLS end to end with the registry
     let tls = Registry::start_with(&RegistryOptions { tls: true, ..RegistryOptions::default() }).unwrap();
     let c = Client::builder().ca_certificate_pem(tls.ca_pem().unwrap()).proxy(proxy.url()).build().unwrap();
-    let repo = Repo { registry: tls.host(), path: "kiln/proxied".into() };
+    let repo = Repository::new(&tls.host(), "kiln/proxied").unwrap();
     let data = noise(21, 20_000);
     let desc = Descriptor::of_bytes(MediaType::OciLayer, &data);
     c.push_blob(&repo, &desc, Arc::new(BytesSource(Bytes::from(data.clone()))), None).await.unwrap();
@@ -198,7 +198,7 @@ async fn through_a_proxy_both_https_tunnels_and_plain_http() {
     // plain HTTP on loopback: absolute-form requests through the proxy
     let plain = Registry::start().unwrap();
     let c = Client::builder().proxy(proxy.url()).build().unwrap();
-    let repo = Repo { registry: plain.host(), path: "kiln/proxied".into() };
+    let repo = Repository::new(&plain.host(), "kiln/proxied").unwrap();
     c.push_blob(&repo, &desc, Arc::new(BytesSource(Bytes::from(data))), None).await.unwrap();
     assert!(proxy.forwarded() >= 3, "HEAD, POST and PUT were forwarded: {}", proxy.forwarded());
 }
@@ -220,7 +220,7 @@ async fn credential_helpers_that_hang_fail_or_print_junk_are_errors_not_anonymou
     helper(dir.path(), "hangs", "sleep 60");
     helper(dir.path(), "fails", "echo 'the keychain is locked' >&2; exit 1");
     helper(dir.path(), "junk", "echo '<html>surprise</html>'");
-    let repo = Repo { registry: reg.host(), path: "kiln/helped".into() };
+    let repo = Repository::new(&reg.host(), "kiln/helped").unwrap();
     let timeout = std::time::Duration::from_millis(800);
     for (name, expect) in
         [("hangs", "gave no answer within"), ("fails", "the keychain is locked"), ("junk", "not a credential")]
@@ -248,7 +248,7 @@ async fn credential_helpers_that_hang_fail_or_print_junk_are_errors_not_anonymou
         let desc = Descriptor::of_bytes(MediaType::OciLayer, &data);
         let started = std::time::Instant::now();
         c.push_blob(
-            &Repo { registry: open.host(), path: "kiln/open".into() },
+            &Repository::new(&open.host(), "kiln/open").unwrap(),
             &desc,
             Arc::new(BytesSource(Bytes::from(data))),
             None,

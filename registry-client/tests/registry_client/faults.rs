@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use oci_image::{Layout, Reference};
-use registry_client::{Client, Credential, ErrorKind, Repo, RetryPolicy, StaticCredentials};
+use registry_client::{Client, Credential, ErrorKind, Repository, RetryPolicy, StaticCredentials};
 use testkit::{Fault, FaultPlan, FaultProxy, Registry, RegistryOptions, TokenAuth};
 
 use super::image;
@@ -142,7 +142,7 @@ async fn exhausted_retries_report_the_right_kind() {
     let host = proxy.host();
     let few = RetryPolicy { max_attempts: 3, ..quick_retries() };
     let c = client(&host, few.clone());
-    let repo = Repo { registry: host.clone(), path: "kiln/exhausted".into() };
+    let repo = Repository::new(&host, "kiln/exhausted").unwrap();
     let d = oci_image::Digest::sha256(b"x");
     let e = c.head_blob(&repo, &d).await.unwrap_err();
     assert_eq!((e.kind(), e.status(), e.is_retryable()), (ErrorKind::Server, Some(503), true), "{e}");
@@ -169,7 +169,7 @@ async fn chunked_uploads_survive_dropped_connections() {
     let proxy = FaultProxy::start(reg.port(), FaultPlan { seed: 7, rate: 0.05, faults: vec![Fault::Drop] }).unwrap();
     let retry = RetryPolicy { max_attempts: 20, ..quick_retries() };
     let c = Client::builder().chunk_size(8192).retry(retry).build().unwrap();
-    let repo = Repo { registry: proxy.host(), path: "kiln/chunks".into() };
+    let repo = Repository::new(&proxy.host(), "kiln/chunks").unwrap();
     let direct = Client::builder().build().unwrap();
     for i in 0..10usize {
         let data = super::noise(500 + i as u64, 50_000 + i * 1000);
@@ -183,10 +183,7 @@ async fn chunked_uploads_survive_dropped_connections() {
         .await
         .unwrap_or_else(|e| panic!("blob {i}: {e:?}"));
         let mut out = Vec::new();
-        direct
-            .fetch_blob(&Repo { registry: reg.host(), path: "kiln/chunks".into() }, &desc, true, &mut out)
-            .await
-            .unwrap();
+        direct.fetch_blob(&Repository::new(&reg.host(), "kiln/chunks").unwrap(), &desc, true, &mut out).await.unwrap();
         assert_eq!(out, data, "blob {i}");
     }
     assert!(proxy.counts().faults.get("Drop").copied().unwrap_or(0) >= 2, "{:?}", proxy.counts());
@@ -199,7 +196,7 @@ async fn chunked_uploads_resume_from_the_upload_range() {
     let port: u16 = scripted.host().rsplit(':').next().unwrap().parse().unwrap();
     let proxy = FaultProxy::start(port, FaultPlan { seed: 11, rate: 0.25, faults: vec![Fault::Drop] }).unwrap();
     let c = Client::builder().chunk_size(8192).retry(quick_retries()).build().unwrap();
-    let repo = Repo { registry: proxy.host(), path: "kiln/resume".into() };
+    let repo = Repository::new(&proxy.host(), "kiln/resume").unwrap();
     let blobs = 8u64;
     for i in 0..blobs {
         let data = super::noise(700 + i, 60_000);

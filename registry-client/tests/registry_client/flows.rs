@@ -4,15 +4,15 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use oci_image::{AnyManifest, Descriptor, Digest, Layout, MediaType, Reference};
-use registry_client::{BlobPush, BytesSource, Client, ErrorKind, Progress, Repo};
+use registry_client::{BlobPush, BytesSource, Client, ErrorKind, Progress, Repository};
 
 use super::{client, digest_of, image, index, noise, registry};
 
-fn repo(reg: &testkit::Registry, path: &str) -> Repo {
-    Repo { registry: reg.host(), path: path.to_owned() }
+fn repo(reg: &testkit::Registry, path: &str) -> Repository {
+    Repository::new(&reg.host(), path).unwrap()
 }
 
-async fn fetch(client: &Client, repo: &Repo, desc: &Descriptor) -> Vec<u8> {
+async fn fetch(client: &Client, repo: &Repository, desc: &Descriptor) -> Vec<u8> {
     let mut out = Vec::new();
     client.fetch_blob(repo, desc, true, &mut out).await.unwrap();
     out
@@ -170,7 +170,7 @@ async fn images_and_indexes_push_and_pull_byte_identical() {
     assert_eq!(e.kind(), ErrorKind::NotFound);
 
     // tags and catalog
-    let r = Repo::of(&single_ref);
+    let r = Repository::of(&single_ref);
     let mut tags = c.list_tags(&r).await.unwrap();
     tags.sort();
     assert_eq!(tags, ["multi", "single"]);
@@ -198,7 +198,7 @@ async fn referrers_fall_back_to_the_tag_schema() {
     // an SBOM artifact referring to the subject, listed through a fallback index
     let sbom = Bytes::from_static(b"{\"sbom\":true}");
     let blob = Descriptor::of_bytes("application/vnd.example.sbom+json".parse().unwrap(), &sbom);
-    let repo = Repo::of(&subject_ref);
+    let repo = Repository::of(&subject_ref);
     c.push_bytes(&repo, &blob, sbom).await.unwrap();
     c.push_bytes(&repo, &Descriptor::empty(), Bytes::from_static(b"{}")).await.unwrap();
     let artifact_type: MediaType = "application/vnd.example.sbom".parse().unwrap();

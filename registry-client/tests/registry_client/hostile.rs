@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use oci_image::{Descriptor, Layout, Reference};
-use registry_client::{Client, Credential, ErrorKind, Repo, RetryPolicy, StaticCredentials};
+use registry_client::{Client, Credential, ErrorKind, Repository, RetryPolicy, StaticCredentials};
 use testkit::{Fault, FaultPlan, FaultProxy, Quirks, Registry, ScriptedRegistry};
 
 use super::{client, image, index, noise};
@@ -122,7 +122,7 @@ fn assert_untouched(layout: &Layout, what: &str) {
 /// no manifest, none of the blobs.
 async fn assert_nothing_pushed(reg: &Registry, repo: &str, image: &Descriptor, src: &Layout, what: &str) {
     let c = client();
-    let r = Repo { registry: reg.host(), path: repo.to_owned() };
+    let r = Repository::new(&reg.host(), repo).unwrap();
     match c.list_tags(&r).await {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Ok(tags) if tags.is_empty() => {}
@@ -362,7 +362,7 @@ async fn upload_locations_on_other_hosts_are_refused_and_no_manifest_is_pushed()
 async fn endless_tag_pagination_is_cut_off() {
     let Some(s) = Setup::start().await else { return };
     let c = Client::builder().retry(quick()).build().unwrap();
-    let repo = Repo { registry: s.proxy.host(), path: REPO.to_owned() };
+    let repo = Repository::new(&s.proxy.host(), REPO).unwrap();
     let mut want = c.list_tags(&repo).await.unwrap();
     want.sort();
     assert_eq!(want, vec!["multi".to_owned(), "v1".to_owned()]);
@@ -376,7 +376,7 @@ async fn endless_tag_pagination_is_cut_off() {
 
     // a registry that invents new tags on every page forever: stopped at the cap
     let endless = ScriptedRegistry::start(Quirks { endless_tags: true, ..Quirks::default() }).unwrap();
-    let r = Repo { registry: endless.host(), path: "kiln/endless".into() };
+    let r = Repository::new(&endless.host(), "kiln/endless").unwrap();
     let e = c.list_tags(&r).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
     assert!(e.to_string().contains(&registry_client::MAX_LISTED_TAGS.to_string()), "{e}");
@@ -392,7 +392,7 @@ async fn hostile_blob_source_sizes_never_reach_the_registry() {
     let Some(_) = testkit::tool("docker-registry") else { return };
     let reg = Registry::start().unwrap();
     let c = Client::builder().retry(quick()).build().unwrap();
-    let r = Repo { registry: reg.host(), path: "kiln/lies".into() };
+    let r = Repository::new(&reg.host(), "kiln/lies").unwrap();
     let data = noise(77, 10_000);
     let mut desc = Descriptor::of_bytes(oci_image::MediaType::OciLayer, &data);
     let other = noise(78, 10_000);
@@ -444,7 +444,7 @@ async fn a_local_blob_that_is_not_its_digest_is_never_uploaded_in_any_mode() {
         // kiln says its own blob is bad, rather than leaving it to the registry
         assert!(e.to_string().contains("not what its digest says"), "{mode}: {e}");
         assert!(e.to_string().contains(&bad.digest.to_string()), "{mode}: {e}");
-        let r = Repo { registry: s.reg.host(), path: repo.clone() };
+        let r = Repository::new(&s.reg.host(), &repo).unwrap();
         assert_eq!(c.head_blob(&r, &bad.digest).await.unwrap(), None, "{mode}: the bad blob was stored");
         let by_digest: Reference = format!("{}/{repo}@{}", s.reg.host(), s.image.digest).parse().unwrap();
         assert_eq!(c.head_manifest(&by_digest).await.unwrap(), None, "{mode}: the manifest was pushed");

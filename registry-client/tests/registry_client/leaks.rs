@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::Engine as _;
 use oci_image::{Descriptor, Layout, Reference};
-use registry_client::{Client, ClientBuilder, Credential, ErrorKind, Repo, RetryPolicy, StaticCredentials};
+use registry_client::{Client, ClientBuilder, Credential, ErrorKind, Repository, RetryPolicy, StaticCredentials};
 use testkit::{Fault, FaultPlan, FaultProxy, Registry, RegistryOptions, TokenAuth};
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -150,7 +150,7 @@ async fn flows(c: &Client, host: &str, src: &Layout, img: &Descriptor, out: &std
     layout.verify().unwrap();
     let copied = c.copy_between(&a, &b).await.unwrap();
     assert_eq!(copied.digest.as_ref(), Some(&img.digest));
-    assert_eq!(c.list_tags(&Repo::of(&b)).await.unwrap(), vec!["v1".to_owned()]);
+    assert_eq!(c.list_tags(&Repository::of(&b)).await.unwrap(), vec!["v1".to_owned()]);
 }
 
 fn token_registry(tls: bool) -> Registry {

@@ -5,16 +5,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use oci_image::{Descriptor, Layout, ManifestBuilder, MediaType, Raw, Reference};
-use registry_client::{BlobPush, BytesSource, Client, Credential, ErrorKind, Repo, StaticCredentials};
+use registry_client::{BlobPush, BytesSource, Client, Credential, ErrorKind, Repository, StaticCredentials};
 use testkit::{Quirks, ScriptedRegistry};
 
 use super::{client, image, noise};
 
-fn repo(s: &ScriptedRegistry, path: &str) -> Repo {
-    Repo { registry: s.host(), path: path.to_owned() }
+fn repo(s: &ScriptedRegistry, path: &str) -> Repository {
+    Repository::new(&s.host(), path).unwrap()
 }
 
-async fn put_blob(c: &Client, r: &Repo, data: &[u8]) -> Descriptor {
+async fn put_blob(c: &Client, r: &Repository, data: &[u8]) -> Descriptor {
     let d = Descriptor::of_bytes(MediaType::OciLayer, data);
     c.push_blob(r, &d, Arc::new(BytesSource(Bytes::from(data.to_vec()))), None).await.unwrap();
     d
@@ -29,7 +29,7 @@ async fn referrers_api_with_artifact_type_filter() {
     let subject = image(&layout, "v1", 1, &[100], "linux/amd64");
     let name: Reference = format!("{}/kiln/refs:v1", s.host()).parse().unwrap();
     c.push_from_layout(&layout, &subject, &name, None).await.unwrap();
-    let r = Repo::of(&name);
+    let r = Repository::of(&name);
     c.push_bytes(&r, &Descriptor::empty(), Bytes::from_static(b"{}")).await.unwrap();
     for (t, n) in [("application/vnd.example.sbom", 1), ("application/vnd.example.sig", 2)] {
         let art = Raw::new(
@@ -76,7 +76,7 @@ async fn link_pagination_tag_delete_and_loops() {
         want.push(tag);
     }
     want.sort();
-    let r = Repo::of(&base);
+    let r = Repository::of(&base);
     assert_eq!(c.list_tags(&r).await.unwrap(), want, "all pages followed");
     let page = c.tags_page(&r, Some(2), None).await.unwrap();
     assert_eq!(page.tags.len(), 2);
