@@ -194,6 +194,69 @@ fn source_name(src: &ImageLocation, tag: &Tag) -> Option<Reference> {
     }
 }
 
+/// Copies the image `desc` of `from` into the layout at `dir` and names it
+/// by each of `names` (a tag, with the full name beside it when given; no
+/// names: an untagged index entry): every blob it references copied
+/// (reflinked where the file system can, never hard-linked) and checked
+/// against its digest on the way, what a document names before it. A new
+/// layout is filled in a temporary directory beside `dir` and renamed into
+/// place, so it appears whole; when another writer makes `dir` first, the
+/// image goes into theirs. Tags are set under the layout's index lock.
+/// Returns false, having written no tag and renamed nothing into place,
+/// when `stop` says so first. Build outputs and copies between layouts
+/// both come this way.
+pub(crate) fn write_layout(
+    from: &Layout,
+    desc: &Descriptor,
+    dir: &std::path::Path,
+    names: &[(Tag, Option<Reference>)],
+    stop: &dyn Fn() -> bool,
+) -> Result<bool, CopyError> {
+    let fill = |out: &Layout| -> Result<bool, CopyError> {
+        let mut stopped = false;
+        from.walk(desc, |d, _| {
+            stopped = stopped || stop();
+            if stopped { Ok(()) } else { from.copy_blob_to(d, out).map(drop) }
+        })?;
+        if stopped || stop() {
+            return Ok(false);
+        }
+        if names.is_empty() {
+            out.add_manifest(desc.clone())?;
+        }
+        for (tag, full) in names {
+            out.set_ref_name(tag, full.as_ref(), desc.clone())?;
+        }
+        Ok(true)
+    };
+    let exists = std::fs::symlink_metadata(dir).is_ok();
+    if exists && !std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
+        // an existing layout (or something that is not one: refused); what
+        // writers killed halfway left in it goes first
+        let out = Layout::create(dir)?;
+        out.reclaim()?;
+        return fill(&out);
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| std::path::Path::new("."));
+    std::fs::create_dir_all(parent).map_err(CopyError::Temp)?;
+    // staging directories of writers killed halfway; ours is locked while
+    // it is filled, so that nobody takes it for one of those
+    oci_image::reclaim_stale(parent, ".kiln-out-").map_err(CopyError::Temp)?;
+    let (tmp, _held) = oci_image::locked_tempdir_in(parent, ".kiln-out-").map_err(CopyError::Temp)?;
+    let staged = tmp.path().join("layout");
+    if !fill(&Layout::create(&staged)?)? {
+        return Ok(false);
+    }
+    match std::fs::rename(&staged, dir) {
+        Ok(()) => Ok(true),
+        // another writer made it meanwhile: add the image to theirs
+        Err(e) => match Layout::open(dir) {
+            Ok(theirs) => fill(&theirs),
+            Err(_) => Err(CopyError::Temp(e)),
+        },
+    }
+}
+
 /// Refuses a docker-archive output `file` that exists, unless `overwrite`:
 /// checked before the work, so that nothing runs or downloads for an output
 /// that cannot be written (the final rename refuses it again).
@@ -411,13 +474,8 @@ async fn copy_plain(
         (L::Layout { dir, tag }, L::Layout { dir: to, tag: to_tag }) => {
             let from = Layout::open(dir)?;
             let desc = from.image(tag.as_ref().map(Tag::as_str))?;
-            let into = Layout::create(to)?;
-            // what a document names is copied before it
-            from.walk(&desc, |d, _| from.copy_blob_to(d, &into).map(drop))?;
-            match to_tag.as_ref().or(tag.as_ref()) {
-                Some(t) => into.set_ref_name(t, None, desc.clone())?,
-                None => into.add_manifest(desc.clone())?,
-            }
+            let names: Vec<_> = to_tag.as_ref().or(tag.as_ref()).map(|t| (t.clone(), None)).into_iter().collect();
+            write_layout(&from, &desc, to, &names, &|| false)?;
             Ok(report(desc.digest, 0, 0, 0))
         }
         (L::DockerArchive { file, name }, _) => {

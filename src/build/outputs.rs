@@ -2,8 +2,7 @@
 //! docker-archive, registry).
 
 use super::{
-    BTreeMap, BuildError, Built, Cancel, Ctx, Image, Layout, ManifestBuilder, Output, Path, Progress, Raw, Reference,
-    Repository,
+    BTreeMap, BuildError, Built, Ctx, Image, ManifestBuilder, Output, Path, Progress, Raw, Reference, Repository,
 };
 
 /// A download written straight to a file.
@@ -27,67 +26,6 @@ pub(super) fn default_name(context: &Path) -> Option<Reference> {
         .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         .collect();
     format!("kiln/{name}:latest").parse().ok().or_else(|| "kiln/image:latest".parse().ok())
-}
-
-/// Copies the built image from the store into the layout at `dir` and
-/// names it: every blob copied (reflinked where the file system can, never
-/// hard-linked) and checked against its digest on the way. A new layout is
-/// filled in a temporary directory beside `dir` and renamed into place, so
-/// it appears whole; when another writer makes `dir` first, the image goes
-/// into theirs. Tags are set under the layout's index lock.
-/// Returns false, having written no tag and renamed nothing into place,
-/// when `cancel` fires first.
-pub(super) fn write_layout(
-    store: &Layout,
-    built: &Built,
-    dir: &Path,
-    tags: &[Reference],
-    cancel: &Cancel,
-) -> Result<bool, crate::CopyError> {
-    let fill = |out: &Layout| -> Result<bool, crate::CopyError> {
-        for d in built.blobs() {
-            if cancel.is_cancelled() {
-                return Ok(false);
-            }
-            store.copy_blob_to(&d, out)?;
-        }
-        if cancel.is_cancelled() {
-            return Ok(false);
-        }
-        for t in tags {
-            match t.tag() {
-                Some(tag) => out.set_ref_name(tag, Some(t), built.manifest.clone())?,
-                None => out.add_manifest(built.manifest.clone())?,
-            }
-        }
-        Ok(true)
-    };
-    let exists = std::fs::symlink_metadata(dir).is_ok();
-    if exists && !std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
-        // an existing layout (or something that is not one: refused); what
-        // writers killed halfway left in it goes first
-        let out = Layout::create(dir)?;
-        out.reclaim()?;
-        return fill(&out);
-    }
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
-    std::fs::create_dir_all(parent).map_err(crate::CopyError::Temp)?;
-    // staging directories of writers killed halfway; ours is locked while
-    // it is filled, so that nobody takes it for one of those
-    oci_image::reclaim_stale(parent, ".kiln-out-").map_err(crate::CopyError::Temp)?;
-    let (tmp, _held) = oci_image::locked_tempdir_in(parent, ".kiln-out-").map_err(crate::CopyError::Temp)?;
-    let staged = tmp.path().join("layout");
-    if !fill(&Layout::create(&staged)?)? {
-        return Ok(false);
-    }
-    match std::fs::rename(&staged, dir) {
-        Ok(()) => Ok(true),
-        // another writer made it meanwhile: add the image to theirs
-        Err(e) => match Layout::open(dir) {
-            Ok(theirs) => fill(&theirs),
-            Err(_) => Err(crate::CopyError::Temp(e)),
-        },
-    }
 }
 
 impl Ctx {
@@ -144,11 +82,13 @@ impl Ctx {
                     let built = built.clone();
                     let tags = tags.clone();
                     let cancel = self.cancel.clone();
-                    let written =
-                        tokio::task::spawn_blocking(move || write_layout(&store, &built, &dir, &tags, &cancel))
-                            .await
-                            .map_err(|e| BuildError::Task(e.to_string()))?
-                            .map_err(fail)?;
+                    let names: Vec<_> = tags.iter().filter_map(|t| Some((t.tag()?.clone(), Some(t.clone())))).collect();
+                    let written = tokio::task::spawn_blocking(move || {
+                        crate::copy::write_layout(&store, &built.manifest, &dir, &names, &|| cancel.is_cancelled())
+                    })
+                    .await
+                    .map_err(|e| BuildError::Task(e.to_string()))?
+                    .map_err(fail)?;
                     if !written {
                         return Err(cancelled());
                     }
