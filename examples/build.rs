@@ -188,16 +188,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         build = build.output(Output::Layout(PathBuf::from("kiln-out")));
     }
     for o in &args.outputs {
-        let out = if let Some(dir) = o.strip_prefix("oci:") {
-            Output::Layout(PathBuf::from(dir))
-        } else if let Some(file) = o.strip_prefix("docker-archive:") {
-            Output::DockerArchive(PathBuf::from(file))
-        } else if o == "registry" {
-            Output::Registry
-        } else {
-            return Err(format!("--output {o:?}: expected oci:DIR, docker-archive:FILE or registry").into());
-        };
-        build = build.output(out);
+        build = build.output(o.parse::<Output>()?);
     }
     if std::io::stderr().is_terminal() {
         build = build.progress(|p| {

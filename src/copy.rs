@@ -43,6 +43,14 @@ pub enum LocationError {
         #[source]
         source: oci_image::ReferenceError,
     },
+    /// A location that cannot be a build output.
+    #[error("invalid build output {input:?}: {why}")]
+    NotAnOutput {
+        /// The input.
+        input: String,
+        /// Why.
+        why: &'static str,
+    },
     /// An empty path after `oci:` or `docker-archive:`.
     #[error("invalid image location {input:?}: missing path")]
     MissingPath {
@@ -542,5 +550,20 @@ mod tests {
         assert!("oci:".parse::<ImageLocation>().is_err());
         assert!("oci:/x:-bad".parse::<ImageLocation>().is_err());
         assert!("Bad/Ref".parse::<ImageLocation>().is_err());
+    }
+
+    #[test]
+    fn build_outputs_parse_with_the_location_syntax() {
+        use crate::build::Output;
+        assert_eq!("oci:out".parse::<Output>().unwrap(), Output::Layout("out".into()));
+        assert_eq!("docker-archive:a.tar".parse::<Output>().unwrap(), Output::DockerArchive("a.tar".into()));
+        assert_eq!("registry".parse::<Output>().unwrap(), Output::Registry);
+        for o in ["oci:out", "docker-archive:a.tar", "registry"] {
+            assert_eq!(o.parse::<Output>().unwrap().to_string(), o);
+        }
+        for bad in ["oci:out:v1", "docker-archive:a.tar:app:v1", "localhost:5000/app:v1", "oci:"] {
+            assert!(bad.parse::<Output>().is_err(), "{bad}");
+        }
+        assert!(matches!("oci:out:v1".parse::<Output>(), Err(LocationError::NotAnOutput { .. })));
     }
 }

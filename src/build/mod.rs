@@ -663,7 +663,29 @@ struct StageState {
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-impl Ctx {}
+/// `oci:DIR`, `docker-archive:FILE` (the location syntax of
+/// [`ImageLocation`](crate::ImageLocation), which parses them) or
+/// `registry`. The image's names come from [`Build::tag`], so a location
+/// naming a tag or an image is refused.
+impl std::str::FromStr for Output {
+    type Err = crate::LocationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use crate::ImageLocation as L;
+        if s == "registry" {
+            return Ok(Output::Registry);
+        }
+        let not_an_output = |why| crate::LocationError::NotAnOutput { input: s.to_owned(), why };
+        match s.parse::<L>()? {
+            L::Layout { dir, tag: None } => Ok(Output::Layout(dir)),
+            L::DockerArchive { file, name: None } => Ok(Output::DockerArchive(file)),
+            L::Layout { .. } | L::DockerArchive { .. } => Err(not_an_output("the image is named by the build's tags")),
+            L::Registry(_) => {
+                Err(not_an_output("expected oci:DIR, docker-archive:FILE or registry (push to every tag)"))
+            }
+        }
+    }
+}
 
 impl fmt::Display for Output {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
