@@ -89,7 +89,7 @@ pub enum Output {
 }
 
 /// A step of the build: where it is in the Dockerfile.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct StepId {
     /// The stage's index.
@@ -106,7 +106,12 @@ pub struct StepId {
 /// step that can be cached and was not [`Progress::CacheMiss`], then its
 /// output and transfers, then [`Progress::StepFinished`] once it succeeded
 /// (a failed step ends the build with its error instead).
-#[derive(Debug, Clone, Copy)]
+///
+/// Events serialize as JSON objects named by `event` (`step_started`,
+/// `cache_miss`, ...), durations in seconds, output as (lossy) UTF-8 text:
+/// one per line is a machine-readable progress stream.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Progress<'a> {
     /// A step starts.
@@ -121,6 +126,7 @@ pub enum Progress<'a> {
         /// The step.
         step: &'a StepId,
         /// Why.
+        #[serde(serialize_with = "as_text")]
         reason: &'a MissReason,
     },
     /// A step is done.
@@ -132,6 +138,7 @@ pub enum Progress<'a> {
         /// Taken from the cache without running.
         cached: bool,
         /// How long it took, cache lookup and transfers included.
+        #[serde(serialize_with = "as_seconds")]
         duration: std::time::Duration,
         /// The layer it added (`None`: the step changed only the config, or no file).
         layer: Option<&'a Descriptor>,
@@ -141,6 +148,7 @@ pub enum Progress<'a> {
         /// The step.
         step: &'a StepId,
         /// The bytes, as they came.
+        #[serde(rename = "text", serialize_with = "as_lossy_text")]
         bytes: &'a [u8],
     },
     /// A base image's layers are being fetched for a step.
@@ -175,6 +183,18 @@ pub enum Progress<'a> {
 }
 
 type ProgressFn = Arc<dyn Fn(&Progress<'_>) + Send + Sync>;
+
+fn as_text<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn as_seconds<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn as_lossy_text<S: serde::Serializer>(b: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(b))
+}
 
 impl Built {
     /// Every blob of the image: config, manifest, layers.

@@ -52,11 +52,23 @@ impl StepCache for Memory {
     }
 }
 
+/// Every event as JSON, as a tool emitting machine-readable progress would.
+type Json = Arc<Mutex<Vec<serde_json::Value>>>;
+
 /// What an event sink saw: one line per event.
 fn sink() -> (Arc<Mutex<Vec<String>>>, impl Fn(&Progress<'_>) + Send + Sync + 'static) {
+    let (seen, _, f) = json_sink();
+    (seen, f)
+}
+
+/// [`sink`], and every event as JSON.
+fn json_sink() -> (Arc<Mutex<Vec<String>>>, Json, impl Fn(&Progress<'_>) + Send + Sync + 'static) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen2 = Arc::clone(&seen);
+    let json: Json = Arc::default();
+    let json2 = Arc::clone(&json);
     let f = move |p: &Progress<'_>| {
+        json2.lock().unwrap().push(serde_json::to_value(p).unwrap());
         let line = match p {
             Progress::StepStarted { step, instruction } => format!("started {} {instruction}", step.line),
             Progress::CacheMiss { step, reason } => format!("miss {} {reason}", step.line),
@@ -73,7 +85,7 @@ fn sink() -> (Arc<Mutex<Vec<String>>>, impl Fn(&Progress<'_>) + Send + Sync + 's
         };
         seen2.lock().unwrap().push(line);
     };
-    (seen, f)
+    (seen, json, f)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +99,7 @@ async fn a_tool_builds_from_dockerfile_text_with_its_executor_step_cache_and_eve
     let cache = tmp.path().join("cache");
     let memory = Arc::new(Memory::default());
     let exec = Arc::new(Recording::default());
-    let (seen, f) = sink();
+    let (seen, json, f) = json_sink();
     let out = tmp.path().join("out");
     let tool_build = |cache: &Path, exec: &Arc<Recording>| {
         Build::new(&ctx)
@@ -124,6 +136,21 @@ async fn a_tool_builds_from_dockerfile_text_with_its_executor_step_cache_and_eve
         ]
     );
     assert_eq!(config_of(&out, "latest").config.unwrap().cmd.unwrap(), ["/bin/true"]);
+    // the same events as JSON, for machines
+    {
+        let json = json.lock().unwrap();
+        let named = |name: &str| json.iter().filter(|e| e["event"] == name).cloned().collect::<Vec<_>>();
+        let started = named("step_started");
+        assert_eq!(started[0]["step"], serde_json::json!({"stage": 0, "name": null, "line": 2}));
+        assert_eq!(started[0]["instruction"], "RUN echo made && echo made > /made");
+        assert_eq!(named("cache_miss")[0]["reason"], miss);
+        assert_eq!(named("output")[0]["text"].as_str().map(str::trim_end), Some("made"));
+        let finished = named("step_finished");
+        assert_eq!(finished.len(), 3);
+        assert_eq!(finished[0]["layer"]["digest"], run_layer.as_str());
+        assert!(finished.iter().all(|f| f["duration"].as_f64().is_some_and(|d| d >= 0.0)), "{finished:?}");
+        assert_eq!(finished[2]["layer"], serde_json::Value::Null);
+    }
     // the tool's cache holds the two layer steps, with keys it can read
     // field by field; the store's own step cache was not used
     {
