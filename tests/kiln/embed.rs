@@ -88,6 +88,22 @@ fn json_sink() -> (Arc<Mutex<Vec<String>>>, Json, impl Fn(&Progress<'_>) + Send 
     (seen, json, f)
 }
 
+/// The first build's events as JSON: named, with their step, reason,
+/// output text, layer and duration.
+fn check_json(json: &[serde_json::Value], miss: &str, run_layer: &str) {
+    let named = |name: &str| json.iter().filter(|e| e["event"] == name).cloned().collect::<Vec<_>>();
+    let started = named("step_started");
+    assert_eq!(started[0]["step"], serde_json::json!({"stage": 0, "name": null, "line": 2}));
+    assert_eq!(started[0]["instruction"], "RUN echo made && echo made > /made");
+    assert_eq!(named("cache_miss")[0]["reason"], miss);
+    assert_eq!(named("output")[0]["text"].as_str().map(str::trim_end), Some("made"));
+    let finished = named("step_finished");
+    assert_eq!(finished.len(), 3);
+    assert_eq!(finished[0]["layer"]["digest"], run_layer);
+    assert!(finished.iter().all(|f| f["duration"].as_f64().is_some_and(|d| d >= 0.0)), "{finished:?}");
+    assert_eq!(finished[2]["layer"], serde_json::Value::Null);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tool_builds_from_dockerfile_text_with_its_executor_step_cache_and_event_sink() {
     let tmp = tempfile::tempdir().unwrap();
@@ -137,20 +153,7 @@ async fn a_tool_builds_from_dockerfile_text_with_its_executor_step_cache_and_eve
     );
     assert_eq!(config_of(&out, "latest").config.unwrap().cmd.unwrap(), ["/bin/true"]);
     // the same events as JSON, for machines
-    {
-        let json = json.lock().unwrap();
-        let named = |name: &str| json.iter().filter(|e| e["event"] == name).cloned().collect::<Vec<_>>();
-        let started = named("step_started");
-        assert_eq!(started[0]["step"], serde_json::json!({"stage": 0, "name": null, "line": 2}));
-        assert_eq!(started[0]["instruction"], "RUN echo made && echo made > /made");
-        assert_eq!(named("cache_miss")[0]["reason"], miss);
-        assert_eq!(named("output")[0]["text"].as_str().map(str::trim_end), Some("made"));
-        let finished = named("step_finished");
-        assert_eq!(finished.len(), 3);
-        assert_eq!(finished[0]["layer"]["digest"], run_layer.as_str());
-        assert!(finished.iter().all(|f| f["duration"].as_f64().is_some_and(|d| d >= 0.0)), "{finished:?}");
-        assert_eq!(finished[2]["layer"], serde_json::Value::Null);
-    }
+    check_json(&json.lock().unwrap(), miss, &run_layer);
     // the tool's cache holds the two layer steps, with keys it can read
     // field by field; the store's own step cache was not used
     {
