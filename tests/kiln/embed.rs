@@ -100,7 +100,8 @@ fn check_json(json: &[serde_json::Value], miss: &str, run_layer: &str) {
     let finished = named("step_finished");
     assert_eq!(finished.len(), 3);
     assert_eq!(finished[0]["layer"]["digest"], run_layer);
-    assert!(finished.iter().all(|f| f["duration"].as_f64().is_some_and(|d| d >= 0.0)), "{finished:?}");
+    // durations are seconds, a number
+    assert!(finished.iter().all(|f| f["duration"].is_f64()), "{finished:?}");
     assert_eq!(finished[2]["layer"], serde_json::Value::Null);
 }
 
