@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example build -- CONTEXT [-f FILE] [-t REF]... [--build-arg K=V]...
-//!     [--build-context NAME=oci-layout://DIR[:TAG] | NAME=docker-image://REF | NAME=DIR]... [--target STAGE] [--platform P] [--output oci:DIR | docker-archive:FILE | registry]...
+//!     [--build-context NAME=oci-layout://DIR[:TAG] | NAME=docker-image://REF | NAME=DIR]... [--target STAGE] [--platform P] [--output oci:DIR[:TAG] | docker-archive:FILE[:NAME] | REF | registry]...
 //!     [--label K=V]... [--secret id=ID,src=FILE]... [--ssh default|ID=SOCKET]... [--compression gzip|zstd|none] [--level N]
 //!     [--source-date-epoch SECONDS|git | --docker-times]
 //!     [--no-cache] [--overwrite] [--cache-dir DIR] [--insecure-host HOST]...
@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kiln::build::{Build, BuildContext, Cancel, Output, Progress};
+use kiln::ImageLocation;
+use kiln::build::{Build, BuildContext, Cancel, Progress};
 
 mod common;
 
@@ -49,7 +50,7 @@ struct Args {
     /// The target platform (`os/arch[/variant]`).
     #[arg(long)]
     platform: Option<String>,
-    /// `oci:DIR`, `docker-archive:FILE` or `registry` (push to every -t), repeatable.
+    /// `oci:DIR[:TAG]`, `docker-archive:FILE[:NAME]`, a registry reference (pushed there) or `registry` (push to every -t), repeatable.
     #[arg(long = "output")]
     outputs: Vec<String>,
     /// ssh agents for `RUN --mount=type=ssh`: `default` (the agent of
@@ -185,10 +186,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     build = build.compression(compression, args.level);
     if args.outputs.is_empty() {
-        build = build.output(Output::Layout(PathBuf::from("kiln-out")));
+        build = build.output(ImageLocation::layout("kiln-out"));
     }
     for o in &args.outputs {
-        build = build.output(o.parse::<Output>()?);
+        // `registry`, as docker's `--output type=registry`: push to every -t
+        build = if o == "registry" { build.push(true) } else { build.output(o.parse::<ImageLocation>()?) };
     }
     if std::io::stderr().is_terminal() {
         build = build.progress(|p| {

@@ -30,6 +30,18 @@ pub enum ImageLocation {
     },
 }
 
+impl ImageLocation {
+    /// `oci:DIR`: the OCI layout at `dir`, no tag given.
+    pub fn layout(dir: impl Into<PathBuf>) -> ImageLocation {
+        ImageLocation::Layout { dir: dir.into(), tag: None }
+    }
+
+    /// `docker-archive:FILE`: the tar file `file`, no name given.
+    pub fn docker_archive(file: impl Into<PathBuf>) -> ImageLocation {
+        ImageLocation::DockerArchive { file: file.into(), name: None }
+    }
+}
+
 /// Why a location string is invalid.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -42,14 +54,6 @@ pub enum LocationError {
         /// Why.
         #[source]
         source: oci_image::ReferenceError,
-    },
-    /// A location that cannot be a build output.
-    #[error("invalid build output {input:?}: {why}")]
-    NotAnOutput {
-        /// The input.
-        input: String,
-        /// Why.
-        why: &'static str,
     },
     /// An empty path after `oci:` or `docker-archive:`.
     #[error("invalid image location {input:?}: missing path")]
@@ -550,20 +554,5 @@ mod tests {
         assert!("oci:".parse::<ImageLocation>().is_err());
         assert!("oci:/x:-bad".parse::<ImageLocation>().is_err());
         assert!("Bad/Ref".parse::<ImageLocation>().is_err());
-    }
-
-    #[test]
-    fn build_outputs_parse_with_the_location_syntax() {
-        use crate::build::Output;
-        assert_eq!("oci:out".parse::<Output>().unwrap(), Output::Layout("out".into()));
-        assert_eq!("docker-archive:a.tar".parse::<Output>().unwrap(), Output::DockerArchive("a.tar".into()));
-        assert_eq!("registry".parse::<Output>().unwrap(), Output::Registry);
-        for o in ["oci:out", "docker-archive:a.tar", "registry"] {
-            assert_eq!(o.parse::<Output>().unwrap().to_string(), o);
-        }
-        for bad in ["oci:out:v1", "docker-archive:a.tar:app:v1", "localhost:5000/app:v1", "oci:"] {
-            assert!(bad.parse::<Output>().is_err(), "{bad}");
-        }
-        assert!(matches!("oci:out:v1".parse::<Output>(), Err(LocationError::NotAnOutput { .. })));
     }
 }

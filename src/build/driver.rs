@@ -3,9 +3,9 @@
 //! finishing the image and writing the outputs, and stopping cleanly.
 
 use super::{
-    Arc, BTreeMap, BTreeSet, Build, BuildContext, BuildError, Built, Cancel, Client, Ctx, DockerIgnore, HashMap, Lexer,
-    MAX_DOCKERFILE_SIZE, Mutex, Named, Output, PackOptions, Path, PathBuf, Platform, Progress, StepId, Store,
-    default_cache_dir, is_cancelled_err, rootfs,
+    Arc, BTreeMap, BTreeSet, Build, BuildContext, BuildError, Built, Cancel, Client, Ctx, DockerIgnore, HashMap,
+    ImageLocation, Lexer, MAX_DOCKERFILE_SIZE, Mutex, Named, OutputTarget, PackOptions, Path, PathBuf, Platform,
+    Progress, StepId, Store, default_cache_dir, is_cancelled_err, rootfs,
 };
 
 impl Ctx {
@@ -171,7 +171,7 @@ impl Build {
 
     /// Outputs that cannot be written are refused before anything runs.
     pub(super) fn check_outputs(&self) -> Result<(), BuildError> {
-        if self.outputs.contains(&Output::Registry) && self.tags.is_empty() {
+        if self.outputs.contains(&OutputTarget::EveryTag) && self.tags.is_empty() {
             return Err(BuildError::Flag {
                 flag: "--output",
                 value: "registry".into(),
@@ -179,7 +179,7 @@ impl Build {
             });
         }
         for out in &self.outputs {
-            if let Output::DockerArchive(file) = out {
+            if let OutputTarget::Location(out @ ImageLocation::DockerArchive { file, .. }) = out {
                 crate::copy::archive_writable(file, self.overwrite)
                     .map_err(|e| BuildError::Output { target: out.to_string(), source: Box::new(e.into()) })?;
             }
@@ -285,7 +285,14 @@ impl Build {
             cache,
             progress: self.progress,
             executor: self.executor,
-            outputs: self.outputs,
+            outputs: self
+                .outputs
+                .into_iter()
+                .flat_map(|o| match o {
+                    OutputTarget::Location(l) => vec![l],
+                    OutputTarget::EveryTag => self.tags.iter().cloned().map(ImageLocation::Registry).collect(),
+                })
+                .collect(),
             overwrite: self.overwrite,
             tags: self.tags,
             client,

@@ -14,10 +14,10 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-//! use kiln::build::{Build, Output};
+//! use kiln::build::Build;
 //! let built = Build::new("examples/hello")
 //!     .tag("kiln/hello:latest".parse()?)
-//!     .output(Output::Layout("kiln-out".into()))
+//!     .output("oci:kiln-out".parse()?)
 //!     .build()
 //!     .await?;
 //! println!("{}", built.manifest.digest);
@@ -59,6 +59,8 @@ use oci_image::{
 };
 use registry_client::{Client, Repository};
 
+use crate::ImageLocation;
+
 pub use cache::{CacheKey, CachedLayer, MissReason, StepCache, StepRecord};
 pub use cancel::Cancel;
 pub use context::{BuildContext, BuildContextError};
@@ -75,17 +77,13 @@ use rootfs::OverlayMount;
 use run::overlay_dirs;
 use store::Store;
 
-/// Where a build's image goes.
+/// An output as the caller asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Output {
-    /// An OCI layout directory (created when missing), tagged with every
-    /// [`Build::tag`] (or `latest`).
-    Layout(PathBuf),
-    /// A docker-archive tar file (`docker load` reads it), named with the first tag.
-    DockerArchive(PathBuf),
-    /// Pushed to every [`Build::tag`] reference.
-    Registry,
+enum OutputTarget {
+    /// [`Build::output`].
+    Location(ImageLocation),
+    /// [`Build::push`]: a push to every tag.
+    EveryTag,
 }
 
 /// A step of the build: where it is in the Dockerfile.
@@ -242,7 +240,7 @@ pub struct Build {
     level: Option<i32>,
     progress: Option<ProgressFn>,
     executor: Arc<dyn Executor>,
-    outputs: Vec<Output>,
+    outputs: Vec<OutputTarget>,
     tags: Vec<Reference>,
     client: Option<Client>,
     cache_dir: Option<PathBuf>,
@@ -420,10 +418,32 @@ impl Build {
         self
     }
 
-    /// Adds an output.
+    /// Adds an output: where the image is written once the whole build
+    /// succeeded, in the location syntax of [`copy`](crate::copy) (the same
+    /// path out of the store as a copy):
+    /// - `oci:DIR[:TAG]`: an OCI layout directory (created when missing),
+    ///   tagged `TAG`, else with every [`Build::tag`] (or `kiln/DIR:latest`
+    ///   after the context's name);
+    /// - `docker-archive:FILE[:NAME]`: a tar file `docker load` reads,
+    ///   named `NAME`, else the first tag;
+    /// - a registry reference: pushed there.
+    ///
+    /// [`Build::push`] pushes to every tag instead.
     #[must_use]
-    pub fn output(mut self, output: Output) -> Build {
-        self.outputs.push(output);
+    pub fn output(mut self, output: ImageLocation) -> Build {
+        self.outputs.push(OutputTarget::Location(output));
+        self
+    }
+
+    /// Pushes the image to every [`Build::tag`] reference (docker's
+    /// `--push`), base layers mounted from their repository when it is on
+    /// the same registry.
+    #[must_use]
+    pub fn push(mut self, push: bool) -> Build {
+        self.outputs.retain(|o| *o != OutputTarget::EveryTag);
+        if push {
+            self.outputs.push(OutputTarget::EveryTag);
+        }
         self
     }
 
@@ -615,7 +635,8 @@ struct Ctx {
     cache: Arc<dyn StepCache>,
     progress: Option<ProgressFn>,
     executor: Arc<dyn Executor>,
-    outputs: Vec<Output>,
+    /// Every output, pushes to the tags included.
+    outputs: Vec<ImageLocation>,
     overwrite: bool,
     tags: Vec<Reference>,
     client: Client,
@@ -682,37 +703,3 @@ struct StageState {
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// `oci:DIR`, `docker-archive:FILE` (the location syntax of
-/// [`ImageLocation`](crate::ImageLocation), which parses them) or
-/// `registry`. The image's names come from [`Build::tag`], so a location
-/// naming a tag or an image is refused.
-impl std::str::FromStr for Output {
-    type Err = crate::LocationError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        use crate::ImageLocation as L;
-        if s == "registry" {
-            return Ok(Output::Registry);
-        }
-        let not_an_output = |why| crate::LocationError::NotAnOutput { input: s.to_owned(), why };
-        match s.parse::<L>()? {
-            L::Layout { dir, tag: None } => Ok(Output::Layout(dir)),
-            L::DockerArchive { file, name: None } => Ok(Output::DockerArchive(file)),
-            L::Layout { .. } | L::DockerArchive { .. } => Err(not_an_output("the image is named by the build's tags")),
-            L::Registry(_) => {
-                Err(not_an_output("expected oci:DIR, docker-archive:FILE or registry (push to every tag)"))
-            }
-        }
-    }
-}
-
-impl fmt::Display for Output {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Output::Layout(d) => write!(f, "oci:{}", d.display()),
-            Output::DockerArchive(p) => write!(f, "docker-archive:{}", p.display()),
-            Output::Registry => f.write_str("registry"),
-        }
-    }
-}

@@ -2,7 +2,7 @@
 //! docker-archive, registry).
 
 use super::{
-    BTreeMap, BuildError, Built, Ctx, Image, ManifestBuilder, Output, Path, Progress, Raw, Reference, Repository,
+    BTreeMap, BuildError, Built, Ctx, Image, ImageLocation, ManifestBuilder, Path, Progress, Raw, Reference, Repository,
 };
 
 /// A download written straight to a file.
@@ -64,27 +64,25 @@ impl Ctx {
         let tags: Vec<Reference> =
             if self.tags.is_empty() { default_name(&self.context).into_iter().collect() } else { self.tags.clone() };
         let cancelled = || BuildError::Cancelled { problems: Vec::new() };
-        for out in &self.outputs {
+        for out in self.outputs.iter().cloned() {
             if self.cancel.is_cancelled() {
                 return Err(cancelled());
             }
-            let target = match out {
-                Output::Layout(d) => format!("oci:{}", d.display()),
-                Output::DockerArchive(f) => format!("docker-archive:{}", f.display()),
-                Output::Registry => tags.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-            };
+            let target = out.to_string();
             self.emit(&Progress::Writing { target: &target });
             let fail = |e: crate::CopyError| BuildError::Output { target: target.clone(), source: Box::new(e) };
             match out {
-                Output::Layout(dir) => {
+                ImageLocation::Layout { dir, tag } => {
                     let store = self.store.layout.clone();
-                    let dir = dir.clone();
-                    let built = built.clone();
-                    let tags = tags.clone();
+                    let desc = built.manifest.clone();
+                    // the location's own tag, else every tag of the build
+                    let names: Vec<_> = match tag {
+                        Some(t) => vec![(t, None)],
+                        None => tags.iter().filter_map(|t| Some((t.tag()?.clone(), Some(t.clone())))).collect(),
+                    };
                     let cancel = self.cancel.clone();
-                    let names: Vec<_> = tags.iter().filter_map(|t| Some((t.tag()?.clone(), Some(t.clone())))).collect();
                     let written = tokio::task::spawn_blocking(move || {
-                        crate::copy::write_layout(&store, &built.manifest, &dir, &names, &|| cancel.is_cancelled())
+                        crate::copy::write_layout(&store, &desc, &dir, &names, &|| cancel.is_cancelled())
                     })
                     .await
                     .map_err(|e| BuildError::Task(e.to_string()))?
@@ -93,11 +91,10 @@ impl Ctx {
                         return Err(cancelled());
                     }
                 }
-                Output::DockerArchive(file) => {
+                ImageLocation::DockerArchive { file, name } => {
                     let store = self.store.layout.clone();
-                    let file = file.clone();
                     let desc = built.manifest.clone();
-                    let name = tags.first().cloned();
+                    let name = name.or_else(|| tags.first().cloned());
                     let overwrite = self.overwrite;
                     let cancel = self.cancel.clone();
                     let written = tokio::task::spawn_blocking(move || {
@@ -112,17 +109,15 @@ impl Ctx {
                         return Err(cancelled());
                     }
                 }
-                Output::Registry => {
+                ImageLocation::Registry(to) => {
+                    // base layers already in the target registry are mounted, not uploaded
+                    let mount_from =
+                        built.base_repo.as_ref().filter(|r| r.registry() == Repository::of(&to).registry());
                     let client = self.client_for(None);
-                    for t in &self.tags {
-                        // base layers already in the target registry are mounted, not uploaded
-                        let mount_from =
-                            built.base_repo.as_ref().filter(|r| r.registry() == Repository::of(t).registry());
-                        let push = client.push_from_layout(&self.store.layout, &built.manifest, t, mount_from);
-                        tokio::select! {
-                            r = push => { r.map_err(|e| fail(e.into()))?; }
-                            () = self.cancel.cancelled() => return Err(cancelled()),
-                        }
+                    let push = client.push_from_layout(&self.store.layout, &built.manifest, &to, mount_from);
+                    tokio::select! {
+                        r = push => { r.map_err(|e| fail(e.into()))?; }
+                        () = self.cancel.cancelled() => return Err(cancelled()),
                     }
                 }
             }

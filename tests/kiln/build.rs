@@ -8,7 +8,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln::build::{Build, BuildContext, BuildError, Output};
+use kiln::ImageLocation;
+use kiln::build::{Build, BuildContext, BuildError};
 use kiln::oci_image::{ImageConfiguration, Layout};
 use kiln::registry_client::Client;
 use testkit::{Registry, busybox_image, run, tool};
@@ -173,8 +174,8 @@ async fn every_instruction_from_a_registry_base_round_trips_through_the_peers() 
     let built = build(&ctx, &tmp.path().join("cache"))
         .build_arg("BASE", format!("{host}/busybox:1"))
         .tag(format!("{host}/app:1").parse().unwrap())
-        .output(Output::Registry)
-        .output(Output::Layout(out.clone()))
+        .push(true)
+        .output(ImageLocation::layout(out.clone()))
         .build()
         .await
         .unwrap();
@@ -261,7 +262,7 @@ async fn every_instruction_from_a_registry_base_round_trips_through_the_peers() 
     let child = tmp.path().join("child");
     write(&child.join("Dockerfile"), &format!("FROM {host}/app:1\nUSER root\nRUN cat /tmp/onbuild.txt\n"));
     let child_out = tmp.path().join("child-out");
-    build(&child, &tmp.path().join("cache")).output(Output::Layout(child_out.clone())).build().await.unwrap();
+    build(&child, &tmp.path().join("cache")).output(ImageLocation::layout(child_out.clone())).build().await.unwrap();
     let cb = umoci_unpack(&child_out, "latest", &tmp.path().join("child-unpack"));
     assert_eq!(fs::read_to_string(cb.join("rootfs/tmp/onbuild.txt")).unwrap(), "triggered\n");
     let cc = config_of(&child_out, "latest").config.unwrap();
@@ -274,7 +275,7 @@ pub async fn build_rootfs(ctx: &Path, tmp: &Path, base: Option<&Base>) -> PathBu
     let out = tmp.join("out");
     let b = build(ctx, &tmp.join("cache"));
     base.map_or(b.clone(), |base| b.with_base(base))
-        .output(Output::Layout(out.clone()))
+        .output(ImageLocation::layout(out.clone()))
         .build()
         .await
         .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
@@ -297,8 +298,8 @@ pub async fn failing_with(dockerfile: &str, files: &[(&str, &str)], with: impl F
     let out = tmp.path().join("out");
     let archive = tmp.path().join("out.tar");
     let err = with(build(&ctx, &tmp.path().join("cache")))
-        .output(Output::Layout(out.clone()))
-        .output(Output::DockerArchive(archive.clone()))
+        .output(ImageLocation::layout(out.clone()))
+        .output(ImageLocation::docker_archive(archive.clone()))
         .build()
         .await
         .unwrap_err();
@@ -376,8 +377,7 @@ async fn bad_input_gets_a_clear_error_with_the_line() {
 
     let tmp = tempfile::tempdir().unwrap();
     write(&tmp.path().join("ctx/Dockerfile"), "FROM scratch\n");
-    let err =
-        build(&tmp.path().join("ctx"), &tmp.path().join("cache")).output(Output::Registry).build().await.unwrap_err();
+    let err = build(&tmp.path().join("ctx"), &tmp.path().join("cache")).push(true).build().await.unwrap_err();
     assert!(matches!(err, BuildError::Flag { flag: "--output", .. }), "{err:?}");
     let err = build(tmp.path(), &tmp.path().join("cache")).target("nope").build().await.unwrap_err();
     assert!(matches!(err, BuildError::Io { .. }), "{err:?}");
@@ -409,7 +409,7 @@ async fn same_dockerfile_same_digest_from_clean_state_anywhere() {
         let out = tmp.path().join(format!("out{n}"));
         let built = build(&ctx, &tmp.path().join(format!("cache{n}")))
             .with_base(&base)
-            .output(Output::Layout(out))
+            .output(ImageLocation::layout(out))
             .build()
             .await
             .unwrap();
@@ -477,7 +477,7 @@ async fn docker_archive_output_reads_back_with_skopeo() {
     let archive = tmp.path().join("image.tar");
     build(&ctx, &tmp.path().join("cache"))
         .tag("kiln/archived:v1".parse().unwrap())
-        .output(Output::DockerArchive(archive.clone()))
+        .output(ImageLocation::docker_archive(archive.clone()))
         .build()
         .await
         .unwrap();
@@ -552,7 +552,7 @@ async fn run_mounts_network_platform_args_git_and_excludes() {
     build(&ctx, &tmp.path().join("cache"))
         .with_base(&base)
         .secret("token", &secret)
-        .output(Output::Layout(out.clone()))
+        .output(ImageLocation::layout(out.clone()))
         .progress(move |p| {
             if matches!(p, kiln::build::Progress::StepStarted { .. }) {
                 seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -629,7 +629,7 @@ async fn snapshot_diffs_without_overlayfs_give_the_same_tree() {
         build(&ctx, &tmp.path().join(format!("cache{n}")))
             .with_base(&base)
             .overlayfs(overlay)
-            .output(Output::Layout(out.clone()))
+            .output(ImageLocation::layout(out.clone()))
             .build()
             .await
             .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
@@ -701,7 +701,7 @@ async fn add_downloads_urls_with_checksums() {
     let out = tmp.path().join("docker-times");
     build(&ctx, &tmp.path().join("cache"))
         .epoch(None)
-        .output(Output::Layout(out.clone()))
+        .output(ImageLocation::layout(out.clone()))
         .build()
         .await
         .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
@@ -732,7 +732,12 @@ async fn absolute_symlinks_in_the_image_never_lead_to_the_host() {
         ),
     );
     let out = tmp.path().join("out");
-    build(&ctx, &tmp.path().join("cache")).with_base(&base).output(Output::Layout(out.clone())).build().await.unwrap();
+    build(&ctx, &tmp.path().join("cache"))
+        .with_base(&base)
+        .output(ImageLocation::layout(out.clone()))
+        .build()
+        .await
+        .unwrap();
     assert_eq!(fs::read_dir(&victim).unwrap().count(), 0, "the build wrote into the host's directory");
     let root = umoci_unpack(&out, "latest", tmp.path()).join("rootfs");
     let inner = root.join(victim.strip_prefix("/").unwrap());
@@ -798,7 +803,7 @@ async fn from_an_index_picks_the_target_platform() {
         let built = build(&ctx, &tmp.path().join("cache"))
             .build_context("multi", multi.clone())
             .platform(format!("linux/{arch}").parse().unwrap())
-            .output(Output::Layout(out.clone()))
+            .output(ImageLocation::layout(out.clone()))
             .build()
             .await
             .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));

@@ -23,7 +23,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln::build::{Build, Output};
+use kiln::ImageLocation;
+use kiln::build::Build;
 use kiln::oci_image::ContainerConfig;
 use testkit::{run, tool};
 
@@ -313,7 +314,7 @@ async fn kiln_and_buildah_agree_on_config_and_tree() {
         let b = Build::new(&ctx).cache_dir(work.join("kiln-cache"));
         let b = if timed { b.epoch(None) } else { b };
         b.build_arg("V", "argv")
-            .output(Output::Layout(out.clone()))
+            .output(ImageLocation::layout(out.clone()))
             .tag("kiln/diff:k".parse().unwrap())
             .build()
             .await

@@ -11,7 +11,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln::build::{Build, BuildContext, Output};
+use kiln::ImageLocation;
+use kiln::build::{Build, BuildContext};
 use serde::Deserialize;
 use testkit::run;
 
@@ -255,8 +256,10 @@ async fn run_case(case: &Case, busybox: &Path) -> Result<(), String> {
     fs::write(&df, &dockerfile_text).unwrap();
     write_files(&root, &case.files);
     let out = tmp.path().join("out");
-    let mut b =
-        Build::new(&ctx).cache_dir(tmp.path().join("cache")).client(client()).output(Output::Layout(out.clone()));
+    let mut b = Build::new(&ctx)
+        .cache_dir(tmp.path().join("cache"))
+        .client(client())
+        .output(ImageLocation::layout(out.clone()));
     if let Some(e) = case.epoch {
         b = b.epoch(Some(e));
     }

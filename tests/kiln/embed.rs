@@ -8,8 +8,9 @@ use std::fs;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use kiln::ImageLocation;
 use kiln::build::{
-    Build, BuildError, CacheKey, Cancel, ExecError, Executor, Exit, Output, Process, Progress, RunEnv, Runc, StepCache,
+    Build, BuildError, CacheKey, Cancel, ExecError, Executor, Exit, Process, Progress, RunEnv, Runc, StepCache,
     StepRecord,
 };
 use kiln::oci_image::Digest;
@@ -129,7 +130,7 @@ async fn a_tool_builds_from_dockerfile_text_with_its_executor_step_cache_and_eve
     };
     let built = tool_build(&cache, &exec)
         .progress(f)
-        .output(Output::Layout(out.clone()))
+        .output(ImageLocation::layout(out.clone()))
         .build()
         .await
         .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
@@ -242,7 +243,7 @@ async fn a_tool_cancels_a_build_through_its_token_and_nothing_is_left() {
         .with_base(&base)
         .cancel(cancel)
         .progress(f)
-        .output(Output::Layout(out.clone()))
+        .output(ImageLocation::layout(out.clone()))
         .build()
         .await
         .unwrap_err();
@@ -324,7 +325,7 @@ async fn transfers_report_their_bytes_for_the_step_that_needs_them_and_for_the_p
         .cache_dir(tmp.path().join("cache"))
         .client(client())
         .tag(format!("{host}/app:1").parse().unwrap())
-        .output(Output::Registry)
+        .push(true)
         .progress(move |p| {
             if let Progress::Blob { step, digest, done, total } = p {
                 seen.lock().unwrap().push((step.map(|s| s.line), (*digest).clone(), *done, *total));

@@ -7,7 +7,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln::build::{Build, Output};
+use kiln::ImageLocation;
+use kiln::build::Build;
 use kiln::oci_image::ImageConfiguration;
 use testkit::run;
 
@@ -46,7 +47,7 @@ async fn built_on(dockerfile: &str, files: &[(&str, &str)], base: Option<(&Path,
         write(&ctx.join(p), text);
     }
     let out = tmp.path().join("out");
-    let mut b = build(&ctx, &tmp.path().join("cache")).with_base(&busybox).output(Output::Layout(out.clone()));
+    let mut b = build(&ctx, &tmp.path().join("cache")).with_base(&busybox).output(ImageLocation::layout(out.clone()));
     if let Some((layout, name)) = base {
         b = b.build_context(name, kiln::build::BuildContext::oci_layout(layout, Some("1".parse().unwrap())));
     }
@@ -199,7 +200,7 @@ async fn dockerignore_reincludes_keep_their_parents() {
     let out = tmp.path().join("out");
     build(&ctx, &tmp.path().join("cache"))
         .with_base(&busybox)
-        .output(Output::Layout(out.clone()))
+        .output(ImageLocation::layout(out.clone()))
         .build()
         .await
         .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
@@ -318,7 +319,7 @@ async fn a_missing_pinned_base_is_an_error_not_a_panic() {
     let layout = tmp.path().join("big-oci");
     build(&big, &tmp.path().join("cache-big"))
         .compression(kiln::oci_image::Compression::None, None)
-        .output(Output::Layout(layout.clone()))
+        .output(ImageLocation::layout(layout.clone()))
         .build()
         .await
         .unwrap();
@@ -386,7 +387,10 @@ async fn times_follow_the_epoch_rule_and_dockers_times_on_request() {
         let out = tmp.path().join(format!("out-{docker_times}"));
         let b = Build::new(&ctx).cache_dir(tmp.path().join("cache")).client(crate::build::client()).with_base(&busybox);
         let b = if docker_times { b.epoch(None) } else { b.epoch(Some(EPOCH)) };
-        b.output(Output::Layout(out.clone())).build().await.unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+        b.output(ImageLocation::layout(out.clone()))
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
         let root = umoci_unpack(&out, "latest", &tmp.path().join(format!("u-{docker_times}"))).join("rootfs");
         let created = config_of(&out, "latest").created.unwrap();
         if docker_times {
@@ -460,7 +464,7 @@ async fn fresh_checkouts_build_the_same_image_by_default_and_from_git_time() {
             .cache_dir(tmp.path().join(format!("cache-{i}")))
             .client(crate::build::client())
             .with_base(&busybox)
-            .output(Output::Layout(out.clone()));
+            .output(ImageLocation::layout(out.clone()));
         let b = if from_git { b.epoch_from_git() } else { b };
         let built = b.build().await.unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
         let created = config_of(&out, "latest").created.unwrap();
@@ -476,7 +480,7 @@ async fn fresh_checkouts_build_the_same_image_by_default_and_from_git_time() {
     let err = Build::new(&plain)
         .cache_dir(tmp.path().join("cache-plain"))
         .epoch_from_git()
-        .output(Output::Layout(tmp.path().join("out-plain")))
+        .output(ImageLocation::layout(tmp.path().join("out-plain")))
         .build()
         .await
         .unwrap_err();
@@ -548,7 +552,7 @@ async fn ssh_mounts_forward_the_agent_and_leave_nothing_behind() {
         .build_context("tools", kiln::build::BuildContext::Dir(tools))
         .ssh("default", &agent.socket)
         .ssh("other", &agent.socket)
-        .output(Output::Layout(out.clone()))
+        .output(ImageLocation::layout(out.clone()))
         .build()
         .await
         .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));

@@ -11,7 +11,8 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use kiln::build::{Build, BuildContext, Output};
+use kiln::ImageLocation;
+use kiln::build::{Build, BuildContext};
 use kiln::oci_image::{ConfigBuilder, Descriptor, Digest, History, Layout, ManifestBuilder, MediaType, Raw};
 
 /// One ustar header (+ body, padded) with any name, type and link: the
@@ -206,7 +207,7 @@ async fn hostile_base_layers_are_refused_or_contained() {
         let result = Build::new(&ctx)
             .build_context("hostile", base)
             .cache_dir(tmp.path().join("cache"))
-            .output(Output::Layout(out.clone()))
+            .output(ImageLocation::layout(out.clone()))
             .build()
             .await;
         assert_eq!(snapshot(&victim), before, "{name}: the victim changed ({result:?})");
@@ -240,7 +241,7 @@ async fn hostile_base_layers_are_refused_or_contained() {
     let err = Build::new(&ctx)
         .build_context("hostile", base)
         .cache_dir(tmp.path().join("cache"))
-        .output(Output::Layout(out.clone()))
+        .output(ImageLocation::layout(out.clone()))
         .build()
         .await
         .unwrap_err();
@@ -272,7 +273,7 @@ async fn base_image_triggers_the_instruction_refuses_are_refused() {
         let err = Build::new(&ctx)
             .build_context("hostile", BuildContext::oci_layout(&dir, Some("1".parse().unwrap())))
             .cache_dir(tmp.path().join("cache"))
-            .output(Output::Layout(out.clone()))
+            .output(ImageLocation::layout(out.clone()))
             .build()
             .await
             .map(|b| b.image.author)

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use kiln::build::{BuildError, Output, Progress};
+use kiln::build::{BuildError, Progress};
 use kiln::oci_image::{Digest, Layout};
 use kiln::{CopyOptions, ImageLocation};
 use testkit::{Registry, run, tool, tree_manifest};
@@ -42,7 +42,7 @@ async fn outputs_never_share_an_inode_with_the_cache() {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = context(tmp.path(), "a\n");
     let (cache, out) = (tmp.path().join("cache"), tmp.path().join("out"));
-    let built = build(&ctx, &cache).output(Output::Layout(out.clone())).build().await.unwrap();
+    let built = build(&ctx, &cache).output(ImageLocation::layout(out.clone())).build().await.unwrap();
     let ours = blob_inodes(&out);
     assert_eq!(ours.len(), 2 + built.layers.len());
     assert!(ours.is_disjoint(&blob_inodes(&cache.join("oci"))), "an output blob is a cache blob");
@@ -70,7 +70,8 @@ async fn a_tampered_cache_blob_is_made_again_and_never_shipped() {
     write(&ctx.join("a.txt"), &"kiln ".repeat(10_000));
     let cache = tmp.path().join("cache");
     let first_out = tmp.path().join("first");
-    let first = build(&ctx, &cache).with_base(&base).output(Output::Layout(first_out.clone())).build().await.unwrap();
+    let first =
+        build(&ctx, &cache).with_base(&base).output(ImageLocation::layout(first_out.clone())).build().await.unwrap();
     let first_files = tree_manifest(&first_out).unwrap();
     // a bit flips in the COPY's layer and in the base's layer, both in the cache
     let store = Layout::open(cache.join("oci")).unwrap();
@@ -86,9 +87,9 @@ async fn a_tampered_cache_blob_is_made_again_and_never_shipped() {
     let second = build(&ctx, &cache)
         .with_base(&base)
         .tag(target.parse().unwrap())
-        .output(Output::Layout(second_out.clone()))
-        .output(Output::DockerArchive(archive.clone()))
-        .output(Output::Registry)
+        .output(ImageLocation::layout(second_out.clone()))
+        .output(ImageLocation::docker_archive(archive.clone()))
+        .push(true)
         .progress(move |p| {
             if let Progress::Corrupt { digest } = p {
                 seen.lock().unwrap().push((*digest).clone());
@@ -136,7 +137,7 @@ async fn eight_builds_and_eight_copies_into_one_layout_keep_every_tag() {
     // a source image for the copies
     let src_ctx = context(&tmp.path().join("src"), "copied\n");
     let src = tmp.path().join("src-layout");
-    build(&src_ctx, &tmp.path().join("src-cache")).output(Output::Layout(src.clone())).build().await.unwrap();
+    build(&src_ctx, &tmp.path().join("src-cache")).output(ImageLocation::layout(src.clone())).build().await.unwrap();
     // everyone writes into one layout that does not exist yet
     let shared = tmp.path().join("shared");
     let mut tasks = tokio::task::JoinSet::new();
@@ -148,7 +149,7 @@ async fn eight_builds_and_eight_copies_into_one_layout_keep_every_tag() {
         tasks.spawn(async move {
             build(&ctx, &cache)
                 .tag(format!("kiln/shared:build-{i}").parse().unwrap())
-                .output(Output::Layout(out))
+                .output(ImageLocation::layout(out))
                 .build()
                 .await
                 .map(|b| (format!("build-{i}"), b.manifest.digest))
@@ -218,16 +219,20 @@ async fn an_existing_docker_archive_is_replaced_only_when_asked() {
     let cache = tmp.path().join("cache");
     let archive = tmp.path().join("image.tar");
     fs::write(&archive, "precious\n").unwrap();
-    let err = build(&ctx, &cache).output(Output::DockerArchive(archive.clone())).build().await.unwrap_err();
+    let err = build(&ctx, &cache).output(ImageLocation::docker_archive(archive.clone())).build().await.unwrap_err();
     assert!(matches!(err, BuildError::Output { .. }), "{err:?}");
     assert!(kiln::error_chain(&err).contains("already exists"), "{}", kiln::error_chain(&err));
     assert_eq!(fs::read_to_string(&archive).unwrap(), "precious\n");
-    let built =
-        build(&ctx, &cache).output(Output::DockerArchive(archive.clone())).overwrite(true).build().await.unwrap();
+    let built = build(&ctx, &cache)
+        .output(ImageLocation::docker_archive(archive.clone()))
+        .overwrite(true)
+        .build()
+        .await
+        .unwrap();
     assert!(fs::metadata(&archive).unwrap().len() > 1024);
     // copy: refused unless asked, and the file is left as it was
     let layout = tmp.path().join("layout");
-    build(&ctx, &cache).output(Output::Layout(layout.clone())).build().await.unwrap();
+    build(&ctx, &cache).output(ImageLocation::layout(layout.clone())).build().await.unwrap();
     let other = tmp.path().join("other.tar");
     fs::write(&other, "precious\n").unwrap();
     let src: ImageLocation = format!("oci:{}:latest", layout.display()).parse().unwrap();
@@ -244,4 +249,36 @@ async fn an_existing_docker_archive_is_replaced_only_when_asked() {
         .filter(|n| n.starts_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Outputs are copy locations: a layout's own tag, an archive's own name
+/// and a registry reference of their own, beside the build's tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_take_the_location_syntax_of_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(skopeo) = tool("skopeo") else { return };
+    let registry = Registry::start().unwrap();
+    let ctx = context(tmp.path(), "a");
+    let (layout, archive) = (tmp.path().join("out"), tmp.path().join("out.tar"));
+    let elsewhere = format!("{}/kiln/elsewhere:v9", registry.host());
+    let built = build(&ctx, &tmp.path().join("cache"))
+        .tag("kiln/app:v1".parse().unwrap())
+        .output(format!("oci:{}:custom", layout.display()).parse().unwrap())
+        .output(format!("docker-archive:{}:kiln/named:v2", archive.display()).parse().unwrap())
+        .output(elsewhere.parse().unwrap())
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+    // the layout's own tag, not the build's
+    assert_eq!(Layout::open(&layout).unwrap().tags().unwrap(), ["custom"]);
+    assert_eq!(Layout::open(&layout).unwrap().resolve("custom").unwrap().digest, built.manifest.digest);
+    // the archive's own name
+    let manifest = run(Command::new("tar").arg("-xOf").arg(&archive).arg("manifest.json")).unwrap();
+    assert!(manifest.contains("kiln/named:v2") && !manifest.contains("kiln/app:v1"), "{manifest}");
+    // the registry reference, pushed
+    let pushed = run(Command::new(&skopeo)
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{elsewhere}")))
+    .unwrap();
+    assert_eq!(Digest::sha256(pushed.as_bytes()), built.manifest.digest);
 }

@@ -11,7 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln::build::{Build, BuildContext, BuildError, CacheError, Output};
+use kiln::ImageLocation;
+use kiln::build::{Build, BuildContext, BuildError, CacheError};
 use kiln::oci_image::{Compression, Layout};
 use testkit::{TestUser, run, shared_tempdir, test_user, tool, tree_manifest};
 
@@ -59,7 +60,7 @@ async fn a_run_cannot_make_kiln_delete_host_files_through_a_planted_symlink() {
             .with_base(&base)
             .overlayfs(overlay)
             .secret("s", &secret)
-            .output(Output::Layout(out.clone()))
+            .output(ImageLocation::layout(out.clone()))
             .build()
             .await;
         assert_eq!(tree_manifest(&v).unwrap(), before, "overlay {overlay}: the victim changed ({result:?})");
@@ -237,7 +238,7 @@ async fn named_contexts_bring_in_layouts_images_and_directories_the_invoker_give
         .build_context("docker.io/library/busybox:latest", base.context())
         .build_context("tools", BuildContext::oci_layout(&base.layout, Some("1".parse().unwrap())))
         .build_context("deps", deps.display().to_string().parse().unwrap())
-        .output(Output::Layout(out.clone()))
+        .output(ImageLocation::layout(out.clone()))
         .build()
         .await
         .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
@@ -251,7 +252,7 @@ async fn named_contexts_bring_in_layouts_images_and_directories_the_invoker_give
     let out2 = tmp.path().join("out2");
     let built = build(&ctx, &tmp.path().join("cache"))
         .build_context("deps", BuildContext::Dir(deps.clone()))
-        .output(Output::Layout(out2.clone()))
+        .output(ImageLocation::layout(out2.clone()))
         .build()
         .await
         .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
@@ -367,7 +368,7 @@ async fn a_read_write_bind_never_writes_into_the_context_or_the_cache() {
     let out = tmp.path().join("out");
     build(&ctx, &cache)
         .with_base(&base)
-        .output(Output::Layout(out.clone()))
+        .output(ImageLocation::layout(out.clone()))
         .build()
         .await
         .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
@@ -441,7 +442,7 @@ async fn a_run_reruns_when_what_it_mounts_changes() {
             let out = tmp.join(format!("out-{n}"));
             build(&ctx, &cache)
                 .build_context("kiln-base", base_ctx)
-                .output(Output::Layout(out.clone()))
+                .output(ImageLocation::layout(out.clone()))
                 .build()
                 .await
                 .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
@@ -517,8 +518,8 @@ async fn outputs_are_as_readable_as_the_ones_skopeo_writes() {
     let (ours, archive) = (tmp.path().join("ours"), tmp.path().join("ours.tar"));
     build(&ctx, &tmp.path().join("cache"))
         .tag("kiln/modes:v1".parse().unwrap())
-        .output(Output::Layout(ours.clone()))
-        .output(Output::DockerArchive(archive.clone()))
+        .output(ImageLocation::layout(ours.clone()))
+        .output(ImageLocation::docker_archive(archive.clone()))
         .build()
         .await
         .unwrap();

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kiln::build::{BuildError, Cancel, ExecError, Output};
+use kiln::ImageLocation;
+use kiln::build::{BuildError, Cancel, ExecError};
 use testkit::{run, shared_tempdir, test_user};
 
 use crate::build::{
@@ -39,7 +40,7 @@ async fn cancelling_a_build_kills_its_run_and_removes_its_state_before_it_return
     let out = tmp.path().join("out");
     let cancel = Cancel::new();
     let task = tokio::spawn(
-        build(&ctx, &cache).with_base(&base).cancel(cancel.clone()).output(Output::Layout(out.clone())).build(),
+        build(&ctx, &cache).with_base(&base).cancel(cancel.clone()).output(ImageLocation::layout(out.clone())).build(),
     );
     until("the RUN never started", Duration::from_secs(60), || !processes_with_arg("42.4242").is_empty()).await;
     let asked = Instant::now();
@@ -132,7 +133,7 @@ async fn secret_env_is_set_and_no_mount_point_leaves_a_trace() {
             .with_base(&base)
             .overlayfs(overlay)
             .secret("tok", &secret)
-            .output(Output::Layout(out.clone()))
+            .output(ImageLocation::layout(out.clone()))
             .build()
             .await
             .unwrap_or_else(|e| panic!("overlay {overlay}: {}", kiln::error_chain(&e)));
