@@ -466,70 +466,88 @@ async fn copy_plain(
 ) -> Result<CopyReport, CopyError> {
     use ImageLocation as L;
     match (src, dst) {
+        // registry to registry streams blobs through, mounting within a registry
         (L::Registry(s), L::Registry(d)) => {
             let r = client.copy_between(s, d).await?;
             let digest = r.digest.ok_or_else(|| CopyError::NoDigest { destination: d.to_string() })?;
-            Ok(report(digest, r.uploaded, r.mounted, r.skipped))
+            return Ok(report(digest, r.uploaded, r.mounted, r.skipped));
         }
-        (L::Layout { dir, tag }, L::Registry(d)) => {
-            let layout = Layout::open(dir)?;
-            let desc = layout.image(tag.as_ref().map(Tag::as_str))?;
-            let r = client.push_from_layout(&layout, &desc, d, None).await?;
-            Ok(report(desc.digest, r.uploaded, r.mounted, r.skipped))
-        }
+        // a registry's image is pulled straight into a layout destination
         (L::Registry(s), L::Layout { dir, tag }) => {
             let layout = Layout::create(dir)?;
             let name = tag.as_ref().map(|t| s.with_tag(t.clone()));
             let desc = client.pull_to_layout(s, &layout, None, name.as_ref()).await?;
-            Ok(report(desc.digest, 0, 0, 0))
+            return Ok(report(desc.digest, 0, 0, 0));
         }
-        (L::Layout { dir, tag }, L::Layout { dir: to, tag: to_tag }) => {
-            let from = Layout::open(dir)?;
-            let desc = from.image(tag.as_ref().map(Tag::as_str))?;
-            let names: Vec<_> = to_tag.as_ref().or(tag.as_ref()).map(|t| (t.clone(), None)).into_iter().collect();
-            write_layout(&from, &desc, to, &names, &|| false)?;
-            Ok(report(desc.digest, 0, 0, 0))
+        (L::DockerArchive { .. }, L::DockerArchive { .. }) => {
+            return Err(CopyError::Unsupported {
+                from: src.to_string(),
+                to: dst.to_string(),
+                why: "docker-archive to docker-archive: copy through an OCI layout",
+            });
         }
-        (L::DockerArchive { file, name }, _) => {
-            let reader = ArchiveReader::open(file)?;
-            let wanted = name.as_ref().map(Reference::familiar);
-            let image = reader.find(wanted.as_deref())?;
-            let tmp = crate::private_tempdir().map_err(CopyError::Temp)?;
-            let (layout, tag) = match dst {
-                L::Layout { dir, tag } => (Layout::create(dir)?, tag.clone()),
-                _ => (Layout::create(tmp.path().join("layout"))?, None),
-            };
-            let desc = reader.copy_to_layout(image, &layout, None)?;
-            if let Some(t) = &tag {
-                layout.set_ref_name(t, source_name(src, t).as_ref(), desc.clone())?;
-            }
-            match dst {
-                L::Registry(d) => {
-                    let r = client.push_from_layout(&layout, &desc, d, None).await?;
-                    Ok(report(desc.digest, r.uploaded, r.mounted, r.skipped))
-                }
-                L::Layout { .. } => Ok(report(desc.digest, 0, 0, 0)),
-                L::DockerArchive { .. } => Err(CopyError::Unsupported {
-                    from: src.to_string(),
-                    to: dst.to_string(),
-                    why: "docker-archive to docker-archive: copy through an OCI layout",
-                }),
-            }
+        (_, L::DockerArchive { file, .. }) => archive_writable(file, overwrite)?,
+        _ => {}
+    }
+    // everything else: the source as an image in a layout, then written out
+    let staged = Staged::from_source(client, src).await?;
+    let desc = &staged.desc;
+    match dst {
+        L::Registry(d) => {
+            let r = client.push_from_layout(&staged.layout, desc, d, None).await?;
+            Ok(report(desc.digest.clone(), r.uploaded, r.mounted, r.skipped))
         }
-        (L::Layout { dir, tag }, L::DockerArchive { file, name }) => {
-            let layout = Layout::open(dir)?;
-            let desc = layout.image(tag.as_ref().map(Tag::as_str))?;
-            let digest = write_archive(&layout, &desc, file, name.as_ref(), overwrite)?;
+        L::Layout { dir, tag } => {
+            let names: Vec<_> =
+                tag.as_ref().or(staged.tag.as_ref()).map(|t| (t.clone(), source_name(src, t))).into_iter().collect();
+            write_layout(&staged.layout, desc, dir, &names, &|| false)?;
+            Ok(report(desc.digest.clone(), 0, 0, 0))
+        }
+        L::DockerArchive { file, name } => {
+            let name = name.as_ref().or(staged.name.as_ref());
+            let digest = write_archive(&staged.layout, desc, file, name, overwrite)?;
             Ok(report(digest, 0, 0, 0))
         }
-        (L::Registry(s), L::DockerArchive { file, name }) => {
-            archive_writable(file, overwrite)?;
-            // the image is gathered in a temporary layout: an archive needs every layer
-            let tmp = crate::private_tempdir().map_err(CopyError::Temp)?;
-            let layout = Layout::create(tmp.path().join("layout"))?;
-            let desc = client.pull_to_layout(s, &layout, Some(&oci_image::Platform::host()), None).await?;
-            let digest = write_archive(&layout, &desc, file, name.as_ref().or(Some(s)), overwrite)?;
-            Ok(report(digest, 0, 0, 0))
+    }
+}
+
+/// A copy's source as an image in an OCI layout: a layout's own, or a
+/// private temporary one that holds a docker-archive's or a registry's image.
+struct Staged {
+    layout: Layout,
+    desc: Descriptor,
+    /// The tag the source named (`oci:DIR:TAG`).
+    tag: Option<Tag>,
+    /// The name the source gives the image (a reference, an archive's name).
+    name: Option<Reference>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Staged {
+    async fn from_source(client: &Client, src: &ImageLocation) -> Result<Staged, CopyError> {
+        match src {
+            ImageLocation::Layout { dir, tag } => {
+                let layout = Layout::open(dir)?;
+                let desc = layout.image(tag.as_ref().map(Tag::as_str))?;
+                Ok(Staged { layout, desc, tag: tag.clone(), name: None, _tmp: None })
+            }
+            ImageLocation::DockerArchive { file, name } => {
+                let reader = ArchiveReader::open(file)?;
+                let wanted = name.as_ref().map(Reference::familiar);
+                let image = reader.find(wanted.as_deref())?;
+                let tmp = crate::private_tempdir().map_err(CopyError::Temp)?;
+                let layout = Layout::create(tmp.path().join("layout"))?;
+                let desc = reader.copy_to_layout(image, &layout, None)?;
+                Ok(Staged { layout, desc, tag: None, name: name.clone(), _tmp: Some(tmp) })
+            }
+            ImageLocation::Registry(r) => {
+                // the image of this host's platform: a layout destination
+                // takes the registry's whole image without staging
+                let tmp = crate::private_tempdir().map_err(CopyError::Temp)?;
+                let layout = Layout::create(tmp.path().join("layout"))?;
+                let desc = client.pull_to_layout(r, &layout, Some(&oci_image::Platform::host()), None).await?;
+                Ok(Staged { layout, desc, tag: None, name: Some(r.clone()), _tmp: Some(tmp) })
+            }
         }
     }
 }
