@@ -54,10 +54,32 @@ impl Ctx {
         digest: Option<&Digest>,
         platform: &Platform,
     ) -> Result<Image, BuildError> {
-        let cache_key = format!("oci-layout {} {tag:?} {digest:?} {}", dir.display(), platform);
-        if let Some(img) = self.images.lock().ok().and_then(|m| m.get(&cache_key).cloned()) {
+        let tag_text = tag.map_or("", oci_image::Tag::as_str);
+        let digest_text = digest.map(ToString::to_string).unwrap_or_default();
+        let key = format!("oci-layout {}\0{tag_text}\0{digest_text}\0{platform}", dir.display());
+        self.memo(key, || self.read_layout_image(name, dir, tag, digest, platform))
+    }
+
+    /// Each base image is resolved once per build, under `key`.
+    fn memo(&self, key: String, resolve: impl FnOnce() -> Result<Image, BuildError>) -> Result<Image, BuildError> {
+        if let Some(img) = self.images.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(img);
         }
+        let img = resolve()?;
+        if let Ok(mut m) = self.images.lock() {
+            m.insert(key, img.clone());
+        }
+        Ok(img)
+    }
+
+    fn read_layout_image(
+        &self,
+        name: &str,
+        dir: &Path,
+        tag: Option<&oci_image::Tag>,
+        digest: Option<&Digest>,
+        platform: &Platform,
+    ) -> Result<Image, BuildError> {
         let base =
             |source: Box<dyn std::error::Error + Send + Sync>| BuildError::Base { image: name.to_owned(), source };
         let layout = Layout::open(dir).map_err(|e| base(Box::new(e)))?;
@@ -90,11 +112,7 @@ impl Ctx {
             return Err(base("not an image manifest".into()));
         };
         let config = layout.read_blob(&image.value().config).map_err(|e| base(Box::new(e)))?;
-        let img = self.adopt_image(name, &image, config, &BlobSource::Layout(layout))?;
-        if let Ok(mut m) = self.images.lock() {
-            m.insert(cache_key, img.clone());
-        }
-        Ok(img)
+        self.adopt_image(name, &image, config, &BlobSource::Layout(layout))
     }
 
     /// A registry image for `platform`: manifest and config only.
@@ -104,10 +122,10 @@ impl Ctx {
         reference: &Reference,
         platform: &Platform,
     ) -> Result<Image, BuildError> {
-        let cache_key = format!("registry {reference} {platform}");
-        if let Some(img) = self.images.lock().ok().and_then(|m| m.get(&cache_key).cloned()) {
-            return Ok(img);
-        }
+        self.memo(format!("registry {reference}\0{platform}"), || self.pull_registry_image(name, reference, platform))
+    }
+
+    fn pull_registry_image(&self, name: &str, reference: &Reference, platform: &Platform) -> Result<Image, BuildError> {
         let client = self.client.clone();
         let platform2 = platform.clone();
         let reference2 = reference.clone();
@@ -133,11 +151,7 @@ impl Ctx {
                 image: name.to_owned(),
                 source,
             })?;
-        let img = self.adopt_image(name, &image, config, &BlobSource::Registry(Repository::of(reference)))?;
-        if let Ok(mut m) = self.images.lock() {
-            m.insert(cache_key, img.clone());
-        }
-        Ok(img)
+        self.adopt_image(name, &image, config, &BlobSource::Registry(Repository::of(reference)))
     }
 
     /// Keeps a base image's manifest and config in the store and notes
