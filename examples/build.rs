@@ -5,7 +5,8 @@
 //!     [--build-context NAME=oci-layout://DIR[:TAG] | NAME=docker-image://REF | NAME=DIR]... [--target STAGE] [--platform P] [--output oci:DIR[:TAG] | docker-archive:FILE[:NAME] | REF | registry]...
 //!     [--label K=V]... [--secret id=ID,src=FILE]... [--ssh default|ID=SOCKET]... [--compression gzip|zstd|none] [--level N]
 //!     [--source-date-epoch SECONDS|git | --docker-times]
-//!     [--no-cache] [--overwrite] [--cache-dir DIR] [--insecure-host HOST]...
+//!     [--no-cache] [--overwrite] [--cache-dir DIR] [--iidfile FILE] [--metadata-file FILE]
+//!     [--insecure HOST]... [--authfile FILE]
 //! ```
 //!
 //! Without `--output` the image goes to the OCI layout `./kiln-out`. The
@@ -18,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kiln::ImageLocation;
-use kiln::build::{Build, BuildContext, Cancel, Progress};
+use kiln::build::{Build, BuildContext, Built, Cancel, Progress};
 
 mod common;
 
@@ -84,9 +85,42 @@ struct Args {
     /// The content store and cache directory.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// Registries reachable over plain HTTP (loopback always is).
-    #[arg(long = "insecure-host")]
-    insecure_hosts: Vec<String>,
+    /// Write the image id (the config's digest, as docker writes it) to this file.
+    #[arg(long, value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    /// Write what was built as JSON to this file: manifest and config
+    /// digests, the platform, every reference pushed (docker buildx's keys,
+    /// and kiln's).
+    #[arg(long, value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+    #[command(flatten)]
+    registry: common::RegistryFlags,
+}
+
+/// `--iidfile` and `--metadata-file`.
+fn files_for_pipelines(args: &Args, built: &Built) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(f) = &args.iidfile {
+        common::write_for_pipeline(f, &built.config.digest.to_string())?;
+    }
+    let Some(f) = &args.metadata_file else { return Ok(()) };
+    let mut pushed: Vec<String> = Vec::new();
+    for o in &args.outputs {
+        if o == "registry" {
+            let names = args.tags.iter().map(|t| t.parse::<kiln::oci_image::Reference>().map(|r| r.to_string()));
+            pushed.extend(names.collect::<Result<Vec<_>, _>>()?);
+        } else if let Ok(ImageLocation::Registry(r)) = o.parse::<ImageLocation>() {
+            pushed.push(r.to_string());
+        }
+    }
+    let digest = built.manifest.digest.to_string();
+    let metadata = serde_json::json!({
+        "containerimage.digest": digest,
+        "containerimage.config.digest": built.config.digest.to_string(),
+        "image.name": pushed.join(","),
+        "kiln.platforms": [built.image.platform().to_string()],
+        "kiln.pushed": pushed.iter().map(|r| serde_json::json!({"reference": r, "digest": digest})).collect::<Vec<_>>(),
+    });
+    common::write_for_pipeline(f, &serde_json::to_string_pretty(&metadata)?)
 }
 
 fn pair(s: &str) -> Result<(String, String), String> {
@@ -140,6 +174,7 @@ fn secret(s: &str) -> Result<(String, PathBuf), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    common::init_logs();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return common::exit_code(Err(e.into())),
@@ -148,7 +183,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let mut build = Build::new(&args.context).client(common::client(&args.insecure_hosts)?);
+    let mut build = Build::new(&args.context).client(args.registry.client()?);
     if let Some(f) = &args.file {
         build = build.dockerfile(f);
     }
@@ -232,6 +267,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err(Box::new(common::Interrupted { signal, source }));
     }
     let built = result?;
+    files_for_pipelines(&args, &built)?;
     println!("config:   {}", built.config.digest);
     println!("layers:   {}", built.layers.len());
     println!("{}", built.manifest.digest);

@@ -1,6 +1,6 @@
 //! Copies an image between registries, OCI layouts and docker-archive files.
 //!
-//! `cargo run --example copy -- SRC DST [--platform P]... [--referrers] [--dry-run] [--overwrite] [--insecure HOST]...`
+//! `cargo run --example copy -- SRC DST [--platform P]... [--referrers] [--dry-run] [--overwrite] [--digestfile FILE] [--insecure HOST]... [--authfile FILE]`
 //!
 //! Each side is a registry reference (`localhost:5000/team/app:v1`, an
 //! optional `docker://` prefix), `oci:DIR[:TAG]` or
@@ -11,7 +11,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kiln::registry_client::{Client, DockerConfig, Progress};
+use kiln::registry_client::Progress;
 use kiln::{CopyOptions, ImageLocation};
 
 mod common;
@@ -36,9 +36,12 @@ struct Args {
     /// Replace a docker-archive destination that exists.
     #[arg(long)]
     overwrite: bool,
-    /// Allow plain HTTP to this (non-loopback) registry host.
-    #[arg(long = "insecure", value_name = "HOST")]
-    insecure: Vec<String>,
+    #[command(flatten)]
+    registry: common::RegistryFlags,
+    /// Write the digest of the manifest at the destination to this file, as
+    /// skopeo's `--digestfile`.
+    #[arg(long, value_name = "FILE")]
+    digestfile: Option<std::path::PathBuf>,
     /// Print each blob as it is skipped, mounted or uploaded.
     #[arg(long, short)]
     verbose: bool,
@@ -46,14 +49,12 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    common::init_logs();
     common::exit_code(run(&Args::parse()).await)
 }
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let mut builder = Client::builder().credentials(DockerConfig::from_env()?);
-    for host in &args.insecure {
-        builder = builder.insecure_host(host.clone());
-    }
+    let mut builder = args.registry.builder()?;
     if args.verbose {
         builder = builder.progress(|p| match p {
             Progress::BlobSkipped { digest } => eprintln!("skipped  {digest}"),
@@ -91,6 +92,9 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     if report.new_index {
         eprintln!("wrote a new index of {} platforms: the digest differs from the source's", args.platforms.len());
+    }
+    if let Some(f) = &args.digestfile {
+        common::write_for_pipeline(f, &report.digest.to_string())?;
     }
     println!("{}", report.digest);
     Ok(())

@@ -26,18 +26,18 @@ struct Args {
     /// Print everything as JSON (and nothing else).
     #[arg(long)]
     json: bool,
-    /// Allow plain HTTP to this (non-loopback) registry host.
-    #[arg(long = "insecure", value_name = "HOST")]
-    insecure: Vec<String>,
+    #[command(flatten)]
+    registry: common::RegistryFlags,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    common::init_logs();
     common::exit_code(run(&Args::parse()).await)
 }
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let client = common::client(&args.insecure)?;
+    let client = args.registry.client()?;
     let info = kiln::inspect(&client, &args.image).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);

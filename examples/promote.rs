@@ -1,7 +1,7 @@
 //! Promotes an image, pinned by digest, to a tag (usually in another
 //! registry), moving the exact bytes.
 //!
-//! `cargo run --example promote -- SRC@DIGEST DST:TAG [--overwrite] [--dry-run] [--json]`
+//! `cargo run --example promote -- SRC@DIGEST DST:TAG [--overwrite] [--dry-run] [--json] [--digestfile FILE] [--insecure HOST]... [--authfile FILE]`
 //!
 //! Refuses when DST:TAG already points at another digest unless
 //! `--overwrite`. Prints the promotion record (as JSON with `--json`, for
@@ -28,21 +28,24 @@ struct Args {
     /// Print the plan and write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Write the promoted digest to this file, as skopeo's `--digestfile`.
+    #[arg(long, value_name = "FILE")]
+    digestfile: Option<std::path::PathBuf>,
     /// Print only the record, as JSON.
     #[arg(long)]
     json: bool,
-    /// Allow plain HTTP to this (non-loopback) registry host.
-    #[arg(long = "insecure", value_name = "HOST")]
-    insecure: Vec<String>,
+    #[command(flatten)]
+    registry: common::RegistryFlags,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    common::init_logs();
     common::exit_code(run(&Args::parse()).await)
 }
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let client = common::client(&args.insecure)?;
+    let client = args.registry.client()?;
     let record = kiln::promote(
         &client,
         &args.src,
@@ -50,6 +53,11 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         PromoteOptions { overwrite: args.overwrite, dry_run: args.dry_run },
     )
     .await?;
+    if let Some(f) = &args.digestfile
+        && !record.dry_run
+    {
+        common::write_for_pipeline(f, &record.digest.to_string())?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&record)?);
         return Ok(());

@@ -19,18 +19,18 @@ struct Args {
     image: Reference,
     /// The release version, like v1.2.3 or v2.0.0-rc.1.
     version: String,
-    /// Allow plain HTTP to this (non-loopback) registry host.
-    #[arg(long = "insecure", value_name = "HOST")]
-    insecure: Vec<String>,
+    #[command(flatten)]
+    registry: common::RegistryFlags,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    common::init_logs();
     common::exit_code(run(&Args::parse()).await)
 }
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let client = common::client(&args.insecure)?;
+    let client = args.registry.client()?;
     let tags = kiln::release_tags(&client, &args.image, &args.version).await?;
     for t in &tags {
         println!("tagged {}", args.image.repository_only().with_tag(t.clone()));

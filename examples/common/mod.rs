@@ -1,24 +1,81 @@
-//! Helpers the examples share (included by each with `mod common;`): a
-//! registry client as docker and podman configure one, exit codes, and a
-//! clean stop on `SIGINT`/`SIGTERM`. Command-line concerns, kept out of
-//! the library.
+//! Helpers the examples share (included by each with `mod common;`): the
+//! flags every example that talks to registries takes, a registry client
+//! as docker and podman configure one, logs, exit codes, files for
+//! pipelines, and a clean stop on `SIGINT`/`SIGTERM`. Command-line
+//! concerns, kept out of the library.
+//!
+//! Exit codes: 0 done, 1 failed, 2 a usage error (clap's), `128 + N`
+//! stopped by signal `N`.
 #![allow(dead_code)] // each example uses its part
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use kiln::registry_client::{Client, DockerConfig};
+use kiln::registry_client::{Client, ClientBuilder, DockerConfig};
 
-/// A client that reads credentials the way docker and podman do and
-/// allows plain HTTP to the given non-loopback hosts.
+/// The registry flags every example shares.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RegistryFlags {
+    /// Allow plain HTTP to this registry host (loopback always is), repeatable.
+    #[arg(long = "insecure", visible_alias = "insecure-host", value_name = "HOST")]
+    pub insecure: Vec<String>,
+    /// Read credentials from this file (docker's `config.json` format) instead
+    /// of `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, as podman's
+    /// and skopeo's `--authfile`.
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+}
+
+impl RegistryFlags {
+    /// A client builder with these credentials and insecure hosts.
+    ///
+    /// # Errors
+    /// An unreadable credentials file.
+    pub fn builder(&self) -> Result<ClientBuilder, Box<dyn std::error::Error>> {
+        let credentials = match &self.authfile {
+            // named by the user: it must be there (skopeo refuses it too)
+            Some(f) => {
+                std::fs::metadata(f).map_err(|e| format!("--authfile {}: {e}", f.display()))?;
+                DockerConfig::from_paths(std::slice::from_ref(f))?
+            }
+            None => DockerConfig::from_env()?,
+        };
+        let mut builder = Client::builder().credentials(credentials);
+        for host in &self.insecure {
+            builder = builder.insecure_host(host.clone());
+        }
+        Ok(builder)
+    }
+
+    /// A client with these credentials and insecure hosts.
+    ///
+    /// # Errors
+    /// An unreadable credentials file, or a client that cannot be built.
+    pub fn client(&self) -> Result<Client, Box<dyn std::error::Error>> {
+        Ok(self.builder()?.build()?)
+    }
+}
+
+/// Logs on stderr as `RUST_LOG` asks (`kiln=debug`, `trace`, ...; nothing
+/// by default): the library's spans and events, requests with their
+/// method, URL (no query), status and retries. Credentials never appear.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Writes `text` to `file` for a pipeline's next step (`--iidfile`,
+/// `--digestfile`, `--metadata-file`): whole, or not at all.
 ///
 /// # Errors
-/// An unreadable credentials file, or a client that cannot be built.
-pub fn client(insecure_hosts: &[String]) -> Result<Client, Box<dyn std::error::Error>> {
-    let mut builder = Client::builder().credentials(DockerConfig::from_env()?);
-    for host in insecure_hosts {
-        builder = builder.insecure_host(host.clone());
-    }
-    Ok(builder.build()?)
+/// When the file cannot be written.
+pub fn write_for_pipeline(file: &Path, text: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+    tmp.persist(file).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// The exit code of a command's result, printing the error chain on

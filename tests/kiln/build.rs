@@ -64,8 +64,14 @@ pub fn base_layout(dir: &Path) -> Option<Base> {
 /// The build example, as `cargo test` builds it beside the test binary
 /// (`None` outside CI when it is not there).
 pub fn example_binary() -> Option<PathBuf> {
+    example("build")
+}
+
+/// The example `name`, as `cargo test` builds it beside the test binary
+/// (`None` outside CI when it is not there).
+pub fn example(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("examples/build");
+    let bin = exe.parent()?.parent()?.join("examples").join(name);
     if !bin.is_file() {
         assert!(!testkit::in_ci(), "{} not built (cargo test builds the examples)", bin.display());
         eprintln!("note: {} not built; skipping", bin.display());

@@ -11,6 +11,7 @@ mod conformance;
 mod copy;
 mod crash;
 mod embed;
+mod examples;
 mod fidelity;
 mod hostile;
 mod outputs;

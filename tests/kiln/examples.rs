@@ -1,0 +1,154 @@
+//! The examples as a pipeline runs them: one set of registry flags
+//! (`--insecure`, its alias `--insecure-host`, `--authfile`), files that pass
+//! the exact digests on (`--iidfile`, `--metadata-file`, `--digestfile`),
+//! and the documented exit codes.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use kiln::oci_image::Layout;
+use testkit::Registry;
+
+use crate::build::{example, write};
+
+/// Runs `cmd`, returning its output; panics with its stderr when it fails.
+fn ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn last_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_owned()
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_examples_pass_exact_digests_on_through_files() {
+    let (Some(build), Some(copy)) = (example("build"), example("copy")) else { return };
+    let Ok(registry) = Registry::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
+    write(&ctx.join("a.txt"), "a\n");
+    // an empty credentials file of our own: nothing of the user's is read
+    let authfile = tmp.path().join("auth.json");
+    write(&authfile, "{}");
+    let name = format!("{}/kiln/piped:v1", registry.host());
+    let (iid, meta, out) = (tmp.path().join("iid"), tmp.path().join("meta.json"), tmp.path().join("out"));
+    let built = ok(Command::new(&build)
+        .arg(&ctx)
+        .args(["-t", &name, "--output", "registry", "--output"])
+        .arg(format!("oci:{}", out.display()))
+        .arg("--iidfile")
+        .arg(&iid)
+        .arg("--metadata-file")
+        .arg(&meta)
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache"))
+        .args(["--insecure-host", "registry.invalid", "--authfile"])
+        .arg(&authfile)
+        .env("SOURCE_DATE_EPOCH", "0"));
+    let digest = last_line(&built);
+    let layout = Layout::open(&out).unwrap();
+    let manifest = layout.resolve("v1").unwrap();
+    assert_eq!(manifest.digest.to_string(), digest);
+    let kiln::oci_image::AnyManifest::Image(m) = layout.read_manifest(&manifest).unwrap() else { panic!("an index") };
+    // the image id, as docker writes it: the config's digest, no newline
+    assert_eq!(read(&iid), m.value().config.digest.to_string());
+    let meta: serde_json::Value = serde_json::from_str(&read(&meta)).unwrap();
+    assert_eq!(meta["containerimage.digest"], digest.as_str());
+    assert_eq!(meta["containerimage.config.digest"], m.value().config.digest.to_string());
+    assert_eq!(meta["image.name"], name.as_str());
+    assert_eq!(meta["kiln.pushed"], serde_json::json!([{"reference": name, "digest": digest}]));
+    assert_eq!(meta["kiln.platforms"][0], kiln::oci_image::Platform::host().to_string());
+
+    // copy passes the digest at the destination on, as skopeo's --digestfile
+    let digestfile = tmp.path().join("digest");
+    let copied = ok(Command::new(&copy)
+        .arg(&name)
+        .arg(format!("oci:{}:copied", tmp.path().join("copy").display()))
+        .arg("--digestfile")
+        .arg(&digestfile)
+        .args(["--insecure", "registry.invalid", "--authfile"])
+        .arg(&authfile));
+    assert_eq!(read(&digestfile), digest);
+    assert_eq!(last_line(&copied), digest);
+}
+
+#[test]
+fn every_example_takes_the_same_registry_flags_and_exit_codes() {
+    for name in ["build", "copy", "inspect", "promote", "release_tags"] {
+        let Some(bin) = example(name) else { return };
+        let help = ok(Command::new(&bin).arg("--help"));
+        let help = String::from_utf8_lossy(&help.stdout);
+        for flag in ["--insecure <HOST>", "--authfile <FILE>", "insecure-host"] {
+            assert!(help.contains(flag), "{name} --help lacks {flag}:\n{help}");
+        }
+        // a usage error is exit code 2, as clap and docker have it
+        let bad = Command::new(&bin).arg("--no-such-flag").output().unwrap();
+        assert_eq!(bad.status.code(), Some(2), "{name}: {}", String::from_utf8_lossy(&bad.stderr));
+    }
+    // a failure is 1: an unreadable credentials file, named
+    let Some(inspect) = example("inspect") else { return };
+    let failed =
+        Command::new(inspect).args(["oci:/nonexistent", "--authfile", "/nonexistent/auth.json"]).output().unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("/nonexistent/auth.json"));
+}
+
+/// The examples at `RUST_LOG=trace` log their requests, and never a
+/// credential: not the password, not the basic-auth header, not a token.
+#[test]
+fn the_examples_log_at_trace_without_a_credential() {
+    let (Some(build), Some(copy), Some(_)) = (example("build"), example("copy"), testkit::tool("htpasswd")) else {
+        return;
+    };
+    let password = "s3cret-pass-word";
+    let auth = testkit::RegistryOptions {
+        basic_auth: Some(("kiln-user".into(), password.into())),
+        ..testkit::RegistryOptions::default()
+    };
+    let Ok(registry) = Registry::start_with(&auth) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
+    write(&ctx.join("a.txt"), "a\n");
+    let basic = base64_basic("kiln-user", password);
+    let authfile = tmp.path().join("auth.json");
+    write(&authfile, &format!(r#"{{"auths":{{"{}":{{"auth":"{basic}"}}}}}}"#, registry.host()));
+    let name = format!("{}/kiln/logged:v1", registry.host());
+    let runs = [
+        ok(Command::new(&build)
+            .arg(&ctx)
+            .args(["-t", &name, "--output", "registry", "--authfile"])
+            .arg(&authfile)
+            .arg("--cache-dir")
+            .arg(tmp.path().join("cache"))
+            .env("RUST_LOG", "trace")),
+        ok(Command::new(&copy)
+            .arg(&name)
+            .arg(format!("oci:{}", tmp.path().join("copy").display()))
+            .arg("--authfile")
+            .arg(&authfile)
+            .env("RUST_LOG", "trace")),
+    ];
+    for out in &runs {
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        // the logs are on: requests to the registry show
+        assert!(text.contains(&registry.host()) && text.contains("TRACE"), "no trace logs:\n{text}");
+        for secret in [password, basic.as_str()] {
+            assert!(!text.contains(secret), "a credential in the output:\n{text}");
+        }
+    }
+}
+
+/// `user:password` as basic auth encodes it.
+fn base64_basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
