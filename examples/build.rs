@@ -10,10 +10,11 @@
 //! ```
 //!
 //! Without `--output` the image goes to the OCI layout `./kiln-out`. The
-//! last line printed is the manifest digest; on a terminal the steps and
-//! `RUN` output are shown on stderr as they happen.
+//! last line printed is the manifest digest (with `--progress json`, a
+//! `built` event); the steps and `RUN` output are shown on stderr as they
+//! happen (`--progress`, `--quiet`).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,6 +26,7 @@ mod common;
 
 #[derive(Parser)]
 #[command(about = "Build an image from a Dockerfile and a context directory")]
+#[allow(clippy::struct_excessive_bools)] // command-line switches
 struct Args {
     /// The build context.
     context: PathBuf,
@@ -93,8 +95,55 @@ struct Args {
     /// and kiln's).
     #[arg(long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
+    /// How to show progress: `auto` (plain lines), `plain`, or `json` (the
+    /// library's events, one per line on stdout, for machines).
+    #[arg(long, value_enum, default_value_t)]
+    progress: ProgressMode,
+    /// Print only the manifest digest.
+    #[arg(long, short)]
+    quiet: bool,
     #[command(flatten)]
     registry: common::RegistryFlags,
+}
+
+/// How the build shows its progress.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+enum ProgressMode {
+    /// Plain lines on stderr (a terminal display is still to come).
+    #[default]
+    Auto,
+    /// One line per event on stderr.
+    Plain,
+    /// The library's events as JSON, one per line on stdout, then a
+    /// `built` event: for machines.
+    Json,
+}
+
+/// One line per event on stderr; `RUN` output as it comes.
+fn plain(p: &Progress<'_>) {
+    let mut err = std::io::stderr().lock();
+    let at = |s: &kiln::build::StepId| {
+        format!("[{}] line {}", s.name.clone().unwrap_or_else(|| s.stage.to_string()), s.line)
+    };
+    let _ = match p {
+        Progress::StepStarted { step, instruction } => writeln!(err, "{}: {instruction}", at(step)),
+        Progress::CacheMiss { step, reason } => writeln!(err, "{}: running ({reason})", at(step)),
+        Progress::StepFinished { step, cached, duration, layer, .. } => writeln!(
+            err,
+            "{}: {} in {:.2}s{}",
+            at(step),
+            if *cached { "cached" } else { "done" },
+            duration.as_secs_f64(),
+            layer.map_or_else(String::new, |l| format!(", layer {} ({} bytes)", l.digest, l.size))
+        ),
+        Progress::Output { bytes, .. } => err.write_all(bytes),
+        Progress::Pulling { step, image } => writeln!(err, "{}: pulling {image}", at(step)),
+        Progress::Writing { target } => writeln!(err, "writing {target}"),
+        Progress::Corrupt { digest } => {
+            writeln!(err, "cached blob {digest} did not match its digest: dropped, building again")
+        }
+        _ => Ok(()),
+    };
 }
 
 /// `--iidfile` and `--metadata-file`.
@@ -227,34 +276,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // `registry`, as docker's `--output type=registry`: push to every -t
         build = if o == "registry" { build.push(true) } else { build.output(o.parse::<ImageLocation>()?) };
     }
-    if std::io::stderr().is_terminal() {
-        build = build.progress(|p| {
-            let mut err = std::io::stderr().lock();
-            let _ = match p {
-                Progress::StepStarted { step, instruction } => writeln!(
-                    err,
-                    "[{}] line {}: {instruction}",
-                    step.name.clone().unwrap_or_else(|| step.stage.to_string()),
-                    step.line
-                ),
-                Progress::StepFinished { step, cached: true, .. } => {
-                    writeln!(
-                        err,
-                        "[{}] line {}: cached",
-                        step.name.clone().unwrap_or_else(|| step.stage.to_string()),
-                        step.line
-                    )
-                }
-                Progress::Output { bytes, .. } => err.write_all(bytes),
-                Progress::Pulling { image, .. } => writeln!(err, "pulling {image}"),
-                Progress::Writing { target } => writeln!(err, "writing {target}"),
-                Progress::Corrupt { digest } => {
-                    writeln!(err, "cached blob {digest} did not match its digest: dropped, building again")
-                }
-                _ => Ok(()),
-            };
-        });
-    }
+    build = match (args.quiet, args.progress) {
+        (true, _) => build,
+        (false, ProgressMode::Json) => build.progress(|p| {
+            if let Ok(line) = serde_json::to_string(p) {
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            }
+        }),
+        (false, ProgressMode::Auto | ProgressMode::Plain) => build.progress(plain),
+    };
     // SIGINT / SIGTERM stop the build: its RUN processes are killed and
     // its scratch state removed before the command exits (128 + signal)
     let cancel = Cancel::new();
@@ -268,8 +298,24 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let built = result?;
     files_for_pipelines(&args, &built)?;
-    println!("config:   {}", built.config.digest);
-    println!("layers:   {}", built.layers.len());
+    match (args.quiet, args.progress) {
+        (true, _) => {}
+        (false, ProgressMode::Json) => {
+            let done = serde_json::json!({
+                "event": "built",
+                "manifest": built.manifest,
+                "config": built.config,
+                "cached_steps": built.cached_steps,
+                "steps": built.steps,
+            });
+            println!("{done}");
+            return Ok(());
+        }
+        (false, _) => {
+            println!("config:   {}", built.config.digest);
+            println!("layers:   {}", built.layers.len());
+        }
+    }
     println!("{}", built.manifest.digest);
     Ok(())
 }

@@ -152,3 +152,47 @@ fn base64_basic(user: &str, password: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
+
+/// `--progress json` is the library's event stream, one JSON object per
+/// line; `--progress plain` lines on stderr; `--quiet` only the digest.
+#[test]
+fn build_progress_is_plain_lines_json_events_or_quiet() {
+    let Some(build) = example("build") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\nENV A=1\n");
+    write(&ctx.join("a.txt"), "a\n");
+    let run = |extra: &[&str], cache: &str| {
+        ok(Command::new(&build)
+            .arg(&ctx)
+            .arg("--output")
+            .arg(format!("oci:{}", tmp.path().join("out").display()))
+            .arg("--cache-dir")
+            .arg(tmp.path().join(cache))
+            .args(extra))
+    };
+    let json = run(&["--progress", "json"], "c1");
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["step_started", "cache_miss", "step_finished", "step_started", "step_finished", "writing", "built"],
+        "{events:?}"
+    );
+    let built = events.last().unwrap();
+    let digest = built["manifest"]["digest"].as_str().unwrap().to_owned();
+    assert!(digest.starts_with("sha256:"));
+    assert_eq!(events[0]["step"]["line"], 2);
+
+    let plain = run(&["--progress", "plain"], "c1");
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(err.contains("[0] line 2: COPY a.txt /") && err.contains("[0] line 2: cached in"), "{err}");
+    assert_eq!(last_line(&plain), digest);
+
+    let quiet = run(&["--quiet"], "c2");
+    assert_eq!(String::from_utf8_lossy(&quiet.stdout).trim_end(), digest, "--quiet prints the digest alone");
+    assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
+}
