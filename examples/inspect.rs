@@ -1,6 +1,6 @@
 //! Shows an image: manifest, platforms, layers, config, history, referrers.
 //!
-//! `cargo run --example inspect -- REF [--config|--history|--json]`
+//! `cargo run --example inspect -- REF [--config|--history [--no-trunc]|--json]`
 //!
 //! REF is a registry reference or `oci:DIR[:TAG]`. The last line printed is
 //! the digest, except with `--json`, where the output is only JSON.
@@ -14,6 +14,7 @@ mod common;
 
 #[derive(Parser)]
 #[command(about = "Inspect an image")]
+#[allow(clippy::struct_excessive_bools)] // command-line switches
 struct Args {
     /// The image.
     image: ImageLocation,
@@ -23,6 +24,9 @@ struct Args {
     /// Print the history, like `docker image history`.
     #[arg(long, conflicts_with = "json")]
     history: bool,
+    /// With `--history`: commands and the image id in full.
+    #[arg(long, requires = "history")]
+    no_trunc: bool,
     /// Print everything as JSON (and nothing else).
     #[arg(long)]
     json: bool,
@@ -49,7 +53,10 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             None => println!("(an index has no config; name a platform's manifest)"),
         }
     } else if args.history {
-        print!("{}", info.history_text());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        print!("{}", info.history_table(now, args.no_trunc));
     } else {
         print!("{}", info.to_text());
     }

@@ -67,6 +67,8 @@ pub struct HistoryRow {
     pub empty_layer: bool,
     /// The layer's digest, when it made one.
     pub layer: Option<Digest>,
+    /// The step's comment.
+    pub comment: Option<String>,
 }
 
 /// What an image is.
@@ -121,6 +123,7 @@ pub fn history_rows(config: &ImageConfiguration, layers: &[Descriptor]) -> Vec<H
                 size: layer.map_or(0, |l| l.size),
                 empty_layer: empty,
                 layer: layer.map(|l| l.digest.clone()),
+                comment: h.comment.clone(),
             }
         })
         .collect()
@@ -232,15 +235,169 @@ impl Inspection {
         s
     }
 
-    /// The history as a table like `docker image history` (newest first).
-    pub fn history_text(&self) -> String {
-        use std::fmt::Write as _;
-        let mut s = format!("{:<22} {:<60} {:>12}  {}\n", "CREATED", "CREATED BY", "SIZE", "COMMENT");
-        for h in self.history.iter().rev() {
-            let by: String = h.created_by.chars().take(60).collect();
-            let comment = if h.empty_layer { "empty layer" } else { "" };
-            let _ = writeln!(s, "{:<22} {by:<60} {:>12}  {comment}", h.created.as_deref().unwrap_or("-"), h.size);
+    /// The history as `docker image history` prints it, newest first:
+    /// IMAGE (the image id on the newest row, `<missing>` below it, as for
+    /// a pulled image), CREATED (how long before `now`, in seconds since
+    /// 1970), CREATED BY (cut to 45 characters unless `no_trunc`), SIZE
+    /// (the layer's compressed size, docker's units) and COMMENT.
+    pub fn history_table(&self, now: i64, no_trunc: bool) -> String {
+        let id = self.config_digest.as_ref().map_or_else(
+            || "<missing>".to_owned(),
+            |d| if no_trunc { d.to_string() } else { d.encoded().chars().take(12).collect() },
+        );
+        let mut rows =
+            vec![["IMAGE".to_owned(), "CREATED".into(), "CREATED BY".into(), "SIZE".into(), "COMMENT".into()]];
+        for (i, h) in self.history.iter().rev().enumerate() {
+            let created = h.created.as_deref().and_then(|c| c.parse::<jiff::Timestamp>().ok()).map_or_else(
+                || "N/A".to_owned(),
+                |t| format!("{} ago", human_duration(now.saturating_sub(t.as_second()))),
+            );
+            let by = h.created_by.replace('\t', " ");
+            let by =
+                if no_trunc || by.chars().count() <= 45 { by } else { by.chars().take(44).chain(['…']).collect() };
+            let image = if i == 0 { id.clone() } else { "<missing>".to_owned() };
+            rows.push([image, created, by, human_size(h.size), h.comment.clone().unwrap_or_default()]);
         }
-        s
+        table(&rows)
+    }
+
+    /// The history as a table like `docker image history`, newest first,
+    /// dated now (see [`Inspection::history_table`]).
+    pub fn history_text(&self) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.history_table(now, false)
+    }
+}
+
+/// Columns as docker's tab writer sets them: each as wide as its widest
+/// cell plus three spaces, at least ten; the last one as it is.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let width = |c: usize| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..N).map(|c| (width(c) + 3).max(10)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == N {
+                line.push_str(cell);
+            } else {
+                let pad = widths.get(c).copied().unwrap_or(0).saturating_sub(cell.chars().count());
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A size as docker prints it: decimal units, four significant digits
+/// (`0B`, `512B`, `7.8kB`, `1.062MB`).
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    #[allow(clippy::cast_precision_loss)] // a display value
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 1000.0 && unit + 1 < UNITS.len() {
+        size /= 1000.0;
+        unit += 1;
+    }
+    // Go's %.4g: four significant digits, trailing zeros dropped
+    let digits = if size >= 100.0 {
+        1
+    } else if size >= 10.0 {
+        2
+    } else {
+        3
+    };
+    let text = format!("{size:.digits$}");
+    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_owned() } else { text };
+    format!("{text}{}", UNITS.get(unit).copied().unwrap_or("B"))
+}
+
+/// How long `secs` is, as docker says it (`Less than a second`,
+/// `About an hour`, `3 days`, `2 years`).
+fn human_duration(secs: i64) -> String {
+    let hours = (secs + 1800) / 3600;
+    match secs {
+        s if s < 1 => "Less than a second".to_owned(),
+        1 => "1 second".to_owned(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s / 60 == 1 => "About a minute".to_owned(),
+        s if s / 60 < 60 => format!("{} minutes", s / 60),
+        _ if hours == 1 => "About an hour".to_owned(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 7 * 2 => format!("{} days", hours / 24),
+        _ if hours < 24 * 30 * 2 => format!("{} weeks", hours / 24 / 7),
+        _ if hours < 24 * 365 * 2 => format!("{} months", hours / 24 / 30),
+        s => format!("{} years", s / 3600 / 24 / 365),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_as_docker_prints_them() {
+        let sizes = [(0, "0B"), (512, "512B"), (7800, "7.8kB"), (1_061_845, "1.062MB"), (77_800_000, "77.8MB")];
+        for (bytes, text) in sizes {
+            assert_eq!(human_size(bytes), text);
+        }
+        let ages = [
+            (0, "Less than a second"),
+            (1, "1 second"),
+            (59, "59 seconds"),
+            (90, "About a minute"),
+            (3599, "59 minutes"),
+            (3600, "About an hour"),
+            (5400, "2 hours"),
+            (3 * 86_400, "3 days"),
+            (20 * 86_400, "2 weeks"),
+            (90 * 86_400, "3 months"),
+            (800 * 86_400, "2 years"),
+        ];
+        for (secs, text) in ages {
+            assert_eq!(human_duration(secs), text, "{secs}");
+        }
+    }
+
+    #[test]
+    fn history_reads_like_dockers() {
+        let row = |by: &str, size: u64, comment: Option<&str>| HistoryRow {
+            created: Some("2023-11-14T22:13:20Z".into()),
+            created_by: by.into(),
+            size,
+            empty_layer: size == 0,
+            layer: None,
+            comment: comment.map(Into::into),
+        };
+        let info = Inspection {
+            name: "x".into(),
+            digest: Digest::sha256(b"m"),
+            media_type: String::new(),
+            manifests: Vec::new(),
+            layers: Vec::new(),
+            config: None,
+            config_digest: Some(Digest::sha256(b"c")),
+            history: vec![
+                row("COPY . / # buildkit", 1_061_845, Some("buildkit.dockerfile.v0")),
+                row("CMD [\"/bin/sh\", \"-c\", \"a very long command line that goes on and on\"]", 0, None),
+            ],
+            referrers: Vec::new(),
+        };
+        let now = 1_700_000_000 + 3 * 86_400;
+        let id: String = Digest::sha256(b"c").encoded().chars().take(12).collect();
+        let want = format!(
+            "IMAGE          CREATED      CREATED BY                                      SIZE      COMMENT\n\
+             {id}   3 days ago   CMD [\"/bin/sh\", \"-c\", \"a very long command l…   0B\n\
+             <missing>      3 days ago   COPY . / # buildkit                             1.062MB   buildkit.dockerfile.v0\n"
+        );
+        assert_eq!(info.history_table(now, false), want);
+        let full = info.history_table(now, true);
+        assert!(full.contains("on and on\"]") && full.contains(&Digest::sha256(b"c").to_string()), "{full}");
     }
 }

@@ -66,6 +66,21 @@ fn the_examples_pass_exact_digests_on_through_files() {
     assert_eq!(meta["image.name"], name.as_str());
     assert_eq!(meta["kiln.pushed"], serde_json::json!([{"reference": name, "digest": digest}]));
     assert_eq!(meta["kiln.platforms"][0], kiln::oci_image::Platform::host().to_string());
+    // its history, as docker image history prints it
+    if let Some(inspect) = example("inspect") {
+        let history = ok(Command::new(inspect).arg(format!("oci:{}:v1", out.display())).arg("--history"));
+        let text = String::from_utf8_lossy(&history.stdout);
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split("   ").map(str::trim).collect();
+        assert_eq!(
+            header.iter().filter(|h| !h.is_empty()).copied().collect::<Vec<_>>(),
+            ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
+        );
+        let id: String = m.value().config.digest.encoded().chars().take(12).collect();
+        let top = lines.next().unwrap_or_default();
+        assert!(top.starts_with(&id) && top.contains("COPY a.txt /") && top.contains("ago"), "{text}");
+        assert_eq!(last_line(&history), digest);
+    }
 
     // copy passes the digest at the destination on, as skopeo's --digestfile
     let digestfile = tmp.path().join("digest");
