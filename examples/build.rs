@@ -222,13 +222,7 @@ fn secret(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    common::init_logs();
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return common::exit_code(Err(e.into())),
-    };
-    common::exit_code(rt.block_on(run(args)))
+    common::main(run)
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {

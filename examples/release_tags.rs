@@ -23,10 +23,8 @@ struct Args {
     registry: common::RegistryFlags,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    common::init_logs();
-    common::exit_code(run(&Args::parse()).await)
+fn main() -> ExitCode {
+    common::main(|args: Args| async move { run(&args).await })
 }
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {

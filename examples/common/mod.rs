@@ -56,6 +56,21 @@ impl RegistryFlags {
     }
 }
 
+/// An example's `main`: its arguments parsed (a usage error exits 2),
+/// logs set up, `work` run to the end on a tokio runtime, and its result
+/// made an exit code ([`exit_code`]).
+pub fn main<A: clap::Parser, F>(work: impl FnOnce(A) -> F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+{
+    let args = A::parse();
+    init_logs();
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => exit_code(rt.block_on(work(args))),
+        Err(e) => exit_code(Err(e.into())),
+    }
+}
+
 /// Logs on stderr as `RUST_LOG` asks (`kiln=debug`, `trace`, ...; nothing
 /// by default): the library's spans and events, requests with their
 /// method, URL (no query), status and retries. Credentials never appear.
