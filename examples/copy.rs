@@ -1,12 +1,12 @@
 //! Copies an image between registries, OCI layouts and docker-archive files.
 //!
-//! `cargo run --example copy -- SRC DST [--platform P]... [--referrers] [--dry-run] [--overwrite] [--digestfile FILE] [--insecure HOST]... [--authfile FILE]`
+//! `cargo run --example copy -- SRC DST [--platform P]... [--referrers] [--dry-run] [--overwrite] [--digestfile FILE] [-v | --progress plain|json | -q] [--insecure HOST]... [--authfile FILE]`
 //!
 //! Each side is a registry reference (`localhost:5000/team/app:v1`, an
 //! optional `docker://` prefix), `oci:DIR[:TAG]` or
 //! `docker-archive:FILE[:NAME:TAG]`. Credentials are read the way docker
 //! and podman read them. The last line printed is the manifest digest at
-//! the destination.
+//! the destination (with `--progress json`, a `copied` event).
 
 use std::process::ExitCode;
 
@@ -42,9 +42,25 @@ struct Args {
     /// skopeo's `--digestfile`.
     #[arg(long, value_name = "FILE")]
     digestfile: Option<std::path::PathBuf>,
-    /// Print each blob as it is skipped, mounted or uploaded.
+    /// Print each blob as it is skipped, mounted or uploaded (plain lines on stderr).
     #[arg(long, short)]
     verbose: bool,
+    /// `json`: the transfer's events, one JSON object per line on stdout,
+    /// then a `copied` event, for machines; `plain`: as `--verbose`.
+    #[arg(long, value_enum)]
+    progress: Option<ProgressMode>,
+    /// Print only the digest.
+    #[arg(long, short, conflicts_with_all = ["verbose", "progress"])]
+    quiet: bool,
+}
+
+/// How a copy shows its progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ProgressMode {
+    /// Plain lines on stderr.
+    Plain,
+    /// JSON events on stdout.
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -53,7 +69,14 @@ fn main() -> ExitCode {
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = args.registry.builder()?;
-    if args.verbose {
+    let json = args.progress == Some(ProgressMode::Json);
+    if json {
+        builder = builder.progress(|p| {
+            if let Ok(line) = serde_json::to_string(p) {
+                println!("{line}");
+            }
+        });
+    } else if args.verbose || args.progress == Some(ProgressMode::Plain) {
         builder = builder.progress(|p| match p {
             Progress::BlobSkipped { digest } => eprintln!("skipped  {digest}"),
             Progress::BlobMounted { digest, from } => eprintln!("mounted  {digest} from {from}"),
@@ -84,15 +107,32 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let opts = CopyOptions { platforms: args.platforms.clone(), referrers: args.referrers, overwrite: args.overwrite };
     let report = kiln::copy_with(&client, &args.src, &args.dst, &opts).await?;
+    if let Some(f) = &args.digestfile {
+        common::write_for_pipeline(f, &report.digest.to_string())?;
+    }
+    if json {
+        let done = serde_json::json!({
+            "event": "copied",
+            "digest": report.digest,
+            "uploaded": report.uploaded,
+            "mounted": report.mounted,
+            "skipped": report.skipped,
+            "referrers": report.referrers,
+            "new_index": report.new_index,
+        });
+        println!("{done}");
+        return Ok(());
+    }
+    if args.quiet {
+        println!("{}", report.digest);
+        return Ok(());
+    }
     eprintln!(
         "copied {} -> {} (uploaded {}, mounted {}, skipped {}, referrers {})",
         args.src, args.dst, report.uploaded, report.mounted, report.skipped, report.referrers
     );
     if report.new_index {
         eprintln!("wrote a new index of {} platforms: the digest differs from the source's", args.platforms.len());
-    }
-    if let Some(f) = &args.digestfile {
-        common::write_for_pipeline(f, &report.digest.to_string())?;
     }
     println!("{}", report.digest);
     Ok(())

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use oci_image::Digest;
 
-/// Something that happened during a transfer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Something that happened during a transfer. Serializes as a JSON object
+/// named by `event` (`bytes`, `blob_uploaded`, ...), delays in seconds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Progress {
     /// Bytes of a blob moved so far.
@@ -52,8 +54,13 @@ pub enum Progress {
         /// The attempt that failed.
         attempt: u32,
         /// How long the wait is.
+        #[serde(serialize_with = "as_seconds")]
         delay: Duration,
     },
+}
+
+fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 /// The progress callback.

@@ -211,3 +211,34 @@ fn build_progress_is_plain_lines_json_events_or_quiet() {
     assert_eq!(String::from_utf8_lossy(&quiet.stdout).trim_end(), digest, "--quiet prints the digest alone");
     assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
 }
+
+/// `copy --progress json` is the transfer's event stream, one JSON object
+/// per line, then a `copied` event; `--quiet` prints the digest alone.
+#[test]
+fn copy_progress_is_json_events_or_quiet() {
+    let (Some(build), Some(copy)) = (example("build"), example("copy")) else { return };
+    let Ok(registry) = Registry::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
+    write(&ctx.join("a.txt"), "a\n");
+    let out = format!("oci:{}:v1", tmp.path().join("out").display());
+    let built = ok(Command::new(&build)
+        .arg(&ctx)
+        .args(["-q", "-t", "kiln/x:v1", "--output", &out, "--cache-dir"])
+        .arg(tmp.path().join("cache")));
+    let digest = last_line(&built);
+    let json = ok(Command::new(&copy).args([&out, &format!("{}/kiln/json:v1", registry.host()), "--progress", "json"]));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let uploaded = events.iter().filter(|e| e["event"] == "blob_uploaded").count();
+    assert_eq!(uploaded, 2, "a config and a layer: {events:?}");
+    assert!(events.iter().any(|e| e["event"] == "bytes" && e["done"] == e["total"]), "{events:?}");
+    let last = events.last().unwrap();
+    assert_eq!((last["event"].as_str(), last["digest"].as_str()), (Some("copied"), Some(digest.as_str())));
+    let quiet = ok(Command::new(&copy).args([&out, &format!("{}/kiln/quiet:v1", registry.host()), "-q"]));
+    assert_eq!(String::from_utf8_lossy(&quiet.stdout).trim_end(), digest);
+    assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
+}
