@@ -40,11 +40,16 @@ impl RegistryFlags {
             }
             None => DockerConfig::from_env()?,
         };
-        let mut builder = Client::builder().credentials(credentials);
+        Ok(self.builder_without_credentials().credentials(credentials))
+    }
+
+    /// A client builder with these insecure hosts, and no credentials yet.
+    pub fn builder_without_credentials(&self) -> ClientBuilder {
+        let mut builder = Client::builder();
         for host in &self.insecure {
             builder = builder.insecure_host(host.clone());
         }
-        Ok(builder)
+        builder
     }
 
     /// A client with these credentials and insecure hosts.
@@ -68,6 +73,25 @@ where
     match tokio::runtime::Runtime::new() {
         Ok(rt) => exit_code(rt.block_on(work(args))),
         Err(e) => exit_code(Err(e.into())),
+    }
+}
+
+/// The registry host `name` means for requests: Docker Hub's names
+/// (`index.docker.io`, `https://index.docker.io/v1/`) are `docker.io`.
+pub fn registry_host(name: &str) -> String {
+    let key = kiln::registry_client::config_key(name);
+    if key == "https://index.docker.io/v1/" { kiln::oci_image::DOCKER_HUB.to_owned() } else { key }
+}
+
+/// The config file `login` and `logout` write: `--authfile`, else docker's.
+///
+/// # Errors
+/// Without `--authfile`, `DOCKER_CONFIG` or `HOME`.
+pub fn config_path(flags: &RegistryFlags) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    match &flags.authfile {
+        Some(f) => Ok(f.clone()),
+        None => kiln::registry_client::docker_config_path()
+            .ok_or_else(|| "no place for credentials: set DOCKER_CONFIG or HOME, or give --authfile".into()),
     }
 }
 

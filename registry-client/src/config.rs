@@ -340,6 +340,197 @@ impl CredentialProvider for DockerConfig {
     }
 }
 
+/// Where `docker login` put a credential, or took it from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stored {
+    /// A credential helper (`docker-credential-<name>`), from `credHelpers`
+    /// or `credsStore`.
+    Helper(String),
+    /// The file's `auths`.
+    File(PathBuf),
+}
+
+/// Why a credential could not be stored or erased.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The config file exists but cannot be read.
+    #[error(transparent)]
+    Read(#[from] AuthFileError),
+    /// The config file is not a JSON object.
+    #[error("{path} is not a JSON object")]
+    NotAnObject {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The config file could not be written.
+    #[error("writing {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The credential helper failed.
+    #[error(transparent)]
+    Helper(#[from] CredentialError),
+}
+
+/// docker's key for `registry` in `config.json` and its helpers' server
+/// URL: `https://index.docker.io/v1/` for Docker Hub (any of its names),
+/// else the host as given.
+pub fn config_key(registry: &str) -> String {
+    match normalise_key(registry).as_str() {
+        "docker.io" => DOCKER_HUB_KEY.to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// The file `docker login` writes: `$DOCKER_CONFIG/config.json`, else
+/// `~/.docker/config.json` (`None` without either variable).
+pub fn docker_config_path() -> Option<PathBuf> {
+    match std::env::var_os("DOCKER_CONFIG") {
+        Some(d) => Some(PathBuf::from(d).join("config.json")),
+        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json")),
+    }
+}
+
+/// The config file, as a JSON object (a missing file is an empty one).
+fn read_object(path: &std::path::Path) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(serde_json::Map::new()),
+        Err(source) => return Err(AuthFileError::Io { path: path.to_owned(), source }.into()),
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(StoreError::NotAnObject { path: path.to_owned() }),
+        Err(source) => Err(AuthFileError::Json { path: path.to_owned(), source }.into()),
+    }
+}
+
+/// Writes the config file whole or not at all, mode 0600 (its directory
+/// made 0700 when missing), as docker writes it.
+fn write_object(path: &std::path::Path, m: &serde_json::Map<String, serde_json::Value>) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let fail = |source| StoreError::Write { path: path.to_owned(), source };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| std::path::Path::new("."));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(fail)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+    let bytes = serde_json::to_vec_pretty(m).map_err(|e| fail(e.into()))?;
+    tmp.write_all(&bytes).and_then(|()| tmp.as_file().sync_all()).map_err(fail)?;
+    tmp.persist(path).map_err(|e| fail(e.error))?;
+    Ok(())
+}
+
+/// The helper that keeps `key`'s credential in this config, if any.
+fn helper_for(m: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<String> {
+    let wanted = normalise_key(key);
+    let by_registry = m
+        .get("credHelpers")
+        .and_then(serde_json::Value::as_object)
+        .and_then(|h| h.iter().find(|(k, _)| normalise_key(k) == wanted))
+        .and_then(|(_, v)| v.as_str());
+    by_registry.or_else(|| m.get("credsStore").and_then(serde_json::Value::as_str)).map(str::to_owned)
+}
+
+impl DockerConfig {
+    /// Stores a credential for `registry` the way `docker login` does:
+    /// through the helper the config file at `path` names for it
+    /// (`credHelpers`, else `credsStore`), else base64 in its `auths`, the
+    /// file rewritten atomically with mode 0600 and every other key kept.
+    /// An identity token is kept as docker keeps it (`identitytoken`, or
+    /// the user `<token>` for a helper).
+    ///
+    /// # Errors
+    /// [`StoreError`]: an unreadable or unwritable file, a failing helper.
+    pub fn store(&self, path: &std::path::Path, registry: &str, credential: &Credential) -> Result<Stored, StoreError> {
+        let key = config_key(registry);
+        let mut m = read_object(path)?;
+        let (user, secret, token) = match credential {
+            Credential::Basic { username, password } => (username.clone(), password.clone(), None),
+            Credential::IdentityToken(t) => ("<token>".to_owned(), t.clone(), Some(("identitytoken", t.clone()))),
+            Credential::RegistryToken(t) => ("<token>".to_owned(), t.clone(), Some(("registrytoken", t.clone()))),
+        };
+        if let Some(helper) = helper_for(&m, &key) {
+            let input = serde_json::json!({"ServerURL": key, "Username": user, "Secret": secret}).to_string();
+            self.helper_command(&helper, "store", &input)?;
+            return Ok(Stored::Helper(helper));
+        }
+        let mut entry = serde_json::Map::new();
+        let pair = if token.is_some() { String::new() } else { format!("{user}:{secret}") };
+        entry.insert("auth".into(), base64::engine::general_purpose::STANDARD.encode(pair).into());
+        if let Some((field, t)) = token {
+            entry.insert(field.into(), t.into());
+        }
+        let auths = m.entry("auths").or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+        if !auths.is_object() {
+            *auths = serde_json::Value::Object(serde_json::Map::new());
+        }
+        if let Some(a) = auths.as_object_mut() {
+            // one entry per registry: other spellings of its key go
+            a.retain(|k, _| normalise_key(k) != normalise_key(&key));
+            a.insert(key, serde_json::Value::Object(entry));
+        }
+        write_object(path, &m)?;
+        Ok(Stored::File(path.to_owned()))
+    }
+
+    /// Erases `registry`'s credential the way `docker logout` does: from
+    /// its helper, else from the file's `auths` (every spelling of its
+    /// key). Returns where it was, `None` when nothing was stored.
+    ///
+    /// # Errors
+    /// [`StoreError`]: an unreadable or unwritable file, a failing helper.
+    pub fn erase(&self, path: &std::path::Path, registry: &str) -> Result<Option<Stored>, StoreError> {
+        let key = config_key(registry);
+        let mut m = read_object(path)?;
+        if let Some(helper) = helper_for(&m, &key) {
+            self.helper_command(&helper, "erase", &key)?;
+            return Ok(Some(Stored::Helper(helper)));
+        }
+        let Some(auths) = m.get_mut("auths").and_then(serde_json::Value::as_object_mut) else { return Ok(None) };
+        let before = auths.len();
+        auths.retain(|k, _| normalise_key(k) != normalise_key(&key));
+        if auths.len() == before {
+            return Ok(None);
+        }
+        write_object(path, &m)?;
+        Ok(Some(Stored::File(path.to_owned())))
+    }
+
+    /// Runs `docker-credential-<name> <action>` with `input` on stdin.
+    fn helper_command(&self, name: &str, action: &str, input: &str) -> Result<(), CredentialError> {
+        let helper = name.to_owned();
+        let Some(path) = self.helper_path(name) else {
+            return Err(CredentialError::Start { helper, cause: "not found on PATH".into() });
+        };
+        let mut child = Command::new(path)
+            .arg(action)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| CredentialError::Start { helper: helper.clone(), cause: e.to_string() })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| CredentialError::Start { helper: helper.clone(), cause: e.to_string() })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let mut output = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        output.truncate((0..=output.len().min(1000)).rev().find(|i| output.is_char_boundary(*i)).unwrap_or(0));
+        let status = out.status.code().map_or_else(|| out.status.to_string(), |c| format!("exit status {c}"));
+        Err(CredentialError::Helper { helper, status, output })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +541,74 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, body).unwrap();
         p
+    }
+
+    #[test]
+    fn login_stores_in_auths_keeping_every_other_key_and_logout_erases() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "config.json",
+            r#"{"psFormat": "table {{.ID}}", "auths": {"other.example": {"auth": "eDp5"}}}"#,
+        );
+        let c = DockerConfig::default();
+        let stored = c.store(&p, "localhost:5000", &Credential::basic("u", "p:w")).unwrap();
+        assert_eq!(stored, Stored::File(p.clone()));
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("psFormat") && text.contains("other.example"), "{text}");
+        let read = DockerConfig::from_paths(std::slice::from_ref(&p)).unwrap();
+        assert_eq!(read.credential("localhost:5000", "a").unwrap(), Some(Credential::basic("u", "p:w")));
+        // Docker Hub under docker's key, whatever name it is given by
+        c.store(&p, "index.docker.io", &Credential::basic("hub", "pw")).unwrap();
+        assert!(std::fs::read_to_string(&p).unwrap().contains("\"https://index.docker.io/v1/\""));
+        let read = DockerConfig::from_paths(std::slice::from_ref(&p)).unwrap();
+        assert_eq!(read.credential("docker.io", "library/x").unwrap(), Some(Credential::basic("hub", "pw")));
+        // an identity token as docker keeps it
+        c.store(&p, "ghcr.io", &Credential::IdentityToken("refresh".into())).unwrap();
+        let read = DockerConfig::from_paths(std::slice::from_ref(&p)).unwrap();
+        assert_eq!(read.credential("ghcr.io", "x").unwrap(), Some(Credential::IdentityToken("refresh".into())));
+        // logout takes it out, and only it
+        assert_eq!(c.erase(&p, "docker.io").unwrap(), Some(Stored::File(p.clone())));
+        assert_eq!(c.erase(&p, "docker.io").unwrap(), None);
+        let read = DockerConfig::from_paths(std::slice::from_ref(&p)).unwrap();
+        assert_eq!(read.credential("docker.io", "library/x").unwrap(), None);
+        assert_eq!(read.credential("localhost:5000", "a").unwrap(), Some(Credential::basic("u", "p:w")));
+        // a missing file is made, in a directory of the user's alone
+        let fresh = d.path().join("new/config.json");
+        c.store(&fresh, "localhost:5000", &Credential::basic("u", "p")).unwrap();
+        assert_eq!(std::fs::metadata(d.path().join("new")).unwrap().permissions().mode() & 0o777, 0o700);
+        // a file that is not a config is left alone
+        let bad = write(d.path(), "bad.json", "[1]");
+        assert!(matches!(
+            c.store(&bad, "x.example", &Credential::basic("u", "p")),
+            Err(StoreError::NotAnObject { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&bad).unwrap(), "[1]");
+    }
+
+    #[test]
+    fn login_stores_through_the_configured_helper_and_leaves_auths_alone() {
+        let d = tempfile::tempdir().unwrap();
+        helper(d.path(), "keeps", "cat > \"$(dirname \"$0\")/$1.in\"");
+        let config = r#"{"credHelpers": {"localhost:5000": "keeps"}, "auths": {"other.example": {"auth": "eDp5"}}}"#;
+        let p = write(d.path(), "config.json", config);
+        let c = DockerConfig::default().with_helper_dirs(vec![d.path().to_owned()]);
+        assert_eq!(
+            c.store(&p, "localhost:5000", &Credential::basic("u", "pw")).unwrap(),
+            Stored::Helper("keeps".into())
+        );
+        let sent: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.path().join("store.in")).unwrap()).unwrap();
+        assert_eq!(sent, serde_json::json!({"ServerURL": "localhost:5000", "Username": "u", "Secret": "pw"}));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), config, "the file is untouched");
+        assert_eq!(c.erase(&p, "localhost:5000").unwrap(), Some(Stored::Helper("keeps".into())));
+        assert_eq!(std::fs::read_to_string(d.path().join("erase.in")).unwrap(), "localhost:5000");
+        // a helper that fails is an error naming it
+        helper(d.path(), "broken", "echo 'keychain locked' >&2; exit 3");
+        let p = write(d.path(), "broken.json", r#"{"credsStore": "broken"}"#);
+        let e = c.store(&p, "x.example", &Credential::basic("u", "pw")).unwrap_err();
+        assert!(e.to_string().contains("broken"), "{e}");
     }
 
     #[test]

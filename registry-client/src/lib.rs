@@ -28,7 +28,9 @@ mod transport;
 
 pub use auth::{Anonymous, Credential, CredentialError, CredentialProvider, StaticCredentials};
 pub use client::{Client, ClientBuilder, DEFAULT_MAX_DOWNLOAD, RetryPolicy};
-pub use config::{AuthFileError, DEFAULT_HELPER_TIMEOUT, DockerConfig};
+pub use config::{
+    AuthFileError, DEFAULT_HELPER_TIMEOUT, DockerConfig, StoreError, Stored, config_key, docker_config_path,
+};
 pub use download::Download;
 pub use error::{Error, ErrorCode, ErrorKind, Result};
 pub use oci_image::Repository;

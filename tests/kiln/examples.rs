@@ -97,7 +97,7 @@ fn the_examples_pass_exact_digests_on_through_files() {
 
 #[test]
 fn every_example_takes_the_same_registry_flags_and_exit_codes() {
-    for name in ["build", "copy", "inspect", "promote", "release_tags"] {
+    for name in ["build", "copy", "inspect", "promote", "release_tags", "login", "logout"] {
         let Some(bin) = example(name) else { return };
         let help = ok(Command::new(&bin).arg("--help"));
         let help = String::from_utf8_lossy(&help.stdout);
@@ -137,6 +137,22 @@ fn the_examples_log_at_trace_without_a_credential() {
     let authfile = tmp.path().join("auth.json");
     write(&authfile, &format!(r#"{{"auths":{{"{}":{{"auth":"{basic}"}}}}}}"#, registry.host()));
     let name = format!("{}/kiln/logged:v1", registry.host());
+    let login = example("login").map(|login| {
+        use std::io::Write as _;
+        let mut child = Command::new(login)
+            .args([registry.host().as_str(), "-u", "kiln-user", "--password-stdin", "--authfile"])
+            .arg(tmp.path().join("login.json"))
+            .env("RUST_LOG", "trace")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(password.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out
+    });
     let runs = [
         ok(Command::new(&build)
             .arg(&ctx)
@@ -152,7 +168,7 @@ fn the_examples_log_at_trace_without_a_credential() {
             .arg(&authfile)
             .env("RUST_LOG", "trace")),
     ];
-    for out in &runs {
+    for out in runs.iter().chain(&login) {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         // the logs are on: requests to the registry show
         assert!(text.contains(&registry.host()) && text.contains("TRACE"), "no trace logs:\n{text}");
@@ -241,4 +257,95 @@ fn copy_progress_is_json_events_or_quiet() {
     let quiet = ok(Command::new(&copy).args([&out, &format!("{}/kiln/quiet:v1", registry.host()), "-q"]));
     assert_eq!(String::from_utf8_lossy(&quiet.stdout).trim_end(), digest);
     assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
+}
+
+/// `login` checks the credentials against the registry and stores them as
+/// docker does: a config skopeo reads and kiln's copy uses; through the
+/// configured credential helper (the file untouched); nothing for a wrong
+/// password; and `logout` takes them out again.
+#[test]
+fn login_stores_what_skopeo_and_copy_use_and_logout_erases_it() {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt;
+    let (Some(login), Some(logout), Some(copy), Some(skopeo)) =
+        (example("login"), example("logout"), example("copy"), testkit::tool("skopeo"))
+    else {
+        return;
+    };
+    let Some(_) = testkit::tool("htpasswd") else { return };
+    let auth = testkit::RegistryOptions {
+        basic_auth: Some(("kiln-user".into(), "right-password".into())),
+        ..testkit::RegistryOptions::default()
+    };
+    let Ok(registry) = Registry::start_with(&auth) else { return };
+    let host = registry.host();
+    let tmp = tempfile::tempdir().unwrap();
+    let login_with = |authfile: &Path, password: &str, path_dir: Option<&Path>| {
+        let mut cmd = Command::new(&login);
+        cmd.args([host.as_str(), "-u", "kiln-user", "--password-stdin", "--authfile"]).arg(authfile);
+        if let Some(d) = path_dir {
+            cmd.env("PATH", format!("{}:{}", d.display(), std::env::var("PATH").unwrap_or_default()));
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+
+    // a wrong password: a clear error, nothing stored
+    let authfile = tmp.path().join("auth.json");
+    let wrong = login_with(&authfile, "wrong-password", None);
+    assert_eq!(wrong.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(said.contains(&host) && !said.contains("wrong-password"), "{said}");
+    assert!(!authfile.exists(), "a refused login stored something");
+
+    // the right one: stored in auths, 0600, read by skopeo and by kiln's copy
+    let right = login_with(&authfile, "right-password", None);
+    assert!(right.status.success(), "{}", String::from_utf8_lossy(&right.stderr));
+    assert_eq!(last_line(&right), "Login Succeeded");
+    assert_eq!(fs::metadata(&authfile).unwrap().permissions().mode() & 0o777, 0o600);
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
+    write(&ctx.join("a.txt"), "a\n");
+    let out = format!("oci:{}:v1", tmp.path().join("out").display());
+    ok(Command::new(example("build").unwrap())
+        .arg(&ctx)
+        .args(["-q", "--output", &out, "--cache-dir"])
+        .arg(tmp.path().join("cache")));
+    let name = format!("{host}/kiln/login:v1");
+    ok(Command::new(&copy).args([out.as_str(), name.as_str(), "--authfile"]).arg(&authfile));
+    ok(Command::new(&skopeo)
+        .args(["inspect", "--tls-verify=false", "--authfile"])
+        .arg(&authfile)
+        .arg(format!("docker://{name}")));
+
+    // logout: gone, and copy is refused again
+    let out_msg = ok(Command::new(&logout).arg(&host).arg("--authfile").arg(&authfile));
+    assert!(last_line(&out_msg).starts_with("Removing login credentials"), "{out_msg:?}");
+    let refused = Command::new(&copy)
+        .args([name.as_str(), &format!("oci:{}", tmp.path().join("o2").display()), "--authfile"])
+        .arg(&authfile)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+
+    // with a credential helper configured for the registry: stored by it, auths untouched
+    let helpers = tmp.path().join("helpers");
+    fs::create_dir_all(&helpers).unwrap();
+    let script = helpers.join("docker-credential-kilntest");
+    fs::write(&script, "#!/bin/sh\ncat > \"$(dirname \"$0\")/$1.in\"\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let with_helper = tmp.path().join("helper.json");
+    let config = format!(r#"{{"credHelpers": {{"{host}": "kilntest"}}, "auths": {{}}}}"#);
+    fs::write(&with_helper, &config).unwrap();
+    let stored = login_with(&with_helper, "right-password", Some(&helpers));
+    assert!(stored.status.success(), "{}", String::from_utf8_lossy(&stored.stderr));
+    let sent: serde_json::Value = serde_json::from_str(&read(&helpers.join("store.in"))).unwrap();
+    assert_eq!(sent, serde_json::json!({"ServerURL": host, "Username": "kiln-user", "Secret": "right-password"}));
+    assert_eq!(read(&with_helper), config, "auths untouched");
 }

@@ -8,12 +8,25 @@ use reqwest::{Method, StatusCode};
 use url::Url;
 
 use super::{MANIFEST_ACCEPT, fallback_tag, header_digest, scope};
-use crate::client::Client;
+use crate::client::{Client, RegistryRoot};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{Body, Request, check};
 use oci_image::Repository;
 
 impl Client {
+    /// Checks that the client's credentials for `registry` are accepted,
+    /// as `docker login` does: `GET /v2/` answering the registry's challenge
+    /// (basic auth, or a token from its token server for the credentials).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unauthorized`] for refused credentials, transport errors.
+    pub async fn check_login(&self, registry: &str) -> Result<()> {
+        let root = RegistryRoot(registry.to_owned());
+        let url = self.base_url(&root).await?;
+        let req = Request::new(Method::GET, url, Vec::new());
+        self.send_ok(&root, &req, &format!("logging in to {registry}")).await.map(drop)
+    }
+
     /// Checks that the registry speaks the v2 API (and that credentials work).
     ///
     /// # Errors

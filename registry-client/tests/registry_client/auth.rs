@@ -258,3 +258,29 @@ async fn credential_helpers_that_hang_fail_or_print_junk_are_errors_not_anonymou
         assert!(started.elapsed() < timeout, "{name}: a registry without auth waited for a helper");
     }
 }
+
+/// `docker login`'s check: the credentials are tried against the registry
+/// itself (basic auth, or a token from its token server); refused ones are
+/// an error that names no secret.
+#[tokio::test]
+async fn logins_are_checked_against_the_registry_and_its_token_server() {
+    let client = |host: &str, user: &str, pass: &str| {
+        Client::builder()
+            .credentials(StaticCredentials::new().with(host, Credential::basic(user, pass)))
+            .build()
+            .unwrap()
+    };
+    if let Some(reg) = secured() {
+        client(&reg.host(), "kiln", "correct horse").check_login(&reg.host()).await.unwrap();
+        let e = client(&reg.host(), "kiln", "wrong-horse").check_login(&reg.host()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+        assert!(!format!("{e} {e:?}").contains("wrong-horse"), "{e:?}");
+    }
+    if let Some(reg) = token_registry(300) {
+        client(&reg.host(), "tok-user", "tok-pass").check_login(&reg.host()).await.unwrap();
+        let e = client(&reg.host(), "tok-user", "not-it").check_login(&reg.host()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+        let e = Client::builder().build().unwrap().check_login(&reg.host()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unauthorized, "anonymous: {e}");
+    }
+}
