@@ -22,9 +22,13 @@ impl GitDaemon {
     /// When the daemon does not start or accept connections within 10 s.
     pub fn start(base: &Path) -> io::Result<Option<GitDaemon>> {
         let Some(git) = tool("git") else { return Ok(None) };
+        // `git daemon` would run `git-daemon` as a child of its own, which a
+        // kill of `git` leaves running: the daemon itself is started, so
+        // that stopping it by PID stops it
+        let exec_path = Command::new(&git).arg("--exec-path").output()?;
+        let daemon = Path::new(String::from_utf8_lossy(&exec_path.stdout).trim()).join("git-daemon");
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(git)
-            .arg("daemon")
+        let child = Command::new(daemon)
             .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1", &format!("--port={port}")])
             .arg(format!("--base-path={}", base.display()))
             .arg(base)
@@ -57,5 +61,21 @@ impl Drop for GitDaemon {
         // stop by PID, never by name
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GitDaemon;
+
+    #[test]
+    fn a_dropped_daemon_stops_listening() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(daemon) = GitDaemon::start(dir.path()).unwrap() else { return };
+        let port = daemon.port;
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        drop(daemon);
+        // nothing of it is left to answer
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "git-daemon still listens on {port}");
     }
 }
