@@ -30,34 +30,19 @@ impl Ctx {
         let reference: Reference = name
             .parse()
             .map_err(|e: oci_image::ReferenceError| BuildError::Base { image: name.to_owned(), source: Box::new(e) })?;
-        self.registry_image(name, &reference, platform)
+        self.memo(format!("registry {reference}\0{platform}"), || self.registry_image(name, &reference, platform))
     }
 
-    /// The image of a named context.
+    /// The image of a named context (resolved once per build and platform).
     pub(super) fn named_image(&self, name: &str, n: &Named, platform: &Platform) -> Result<Image, BuildError> {
-        match n {
+        self.memo(format!("named {}\0{platform}", context::context_key(name)), || match n {
             Named::Image(BuildContext::OciLayout { dir, tag, digest }) => {
                 self.layout_image(name, dir, tag.as_ref(), digest.as_ref(), platform)
             }
             Named::Image(BuildContext::Image(reference)) => self.registry_image(name, reference, platform),
             Named::Dir { root, ignore } => self.dir_image(name, root, ignore, platform),
             Named::Image(_) => Ok(Image::scratch(platform)),
-        }
-    }
-
-    /// An image in the OCI layout `dir`: by tag, by digest, or its only one.
-    pub(super) fn layout_image(
-        &self,
-        name: &str,
-        dir: &Path,
-        tag: Option<&oci_image::Tag>,
-        digest: Option<&Digest>,
-        platform: &Platform,
-    ) -> Result<Image, BuildError> {
-        let tag_text = tag.map_or("", oci_image::Tag::as_str);
-        let digest_text = digest.map(ToString::to_string).unwrap_or_default();
-        let key = format!("oci-layout {}\0{tag_text}\0{digest_text}\0{platform}", dir.display());
-        self.memo(key, || self.read_layout_image(name, dir, tag, digest, platform))
+        })
     }
 
     /// Each base image is resolved once per build, under `key`.
@@ -72,7 +57,8 @@ impl Ctx {
         Ok(img)
     }
 
-    fn read_layout_image(
+    /// An image in the OCI layout `dir`: by tag, by digest, or its only one.
+    fn layout_image(
         &self,
         name: &str,
         dir: &Path,
@@ -83,7 +69,6 @@ impl Ctx {
         let base =
             |source: Box<dyn std::error::Error + Send + Sync>| BuildError::Base { image: name.to_owned(), source };
         let layout = Layout::open(dir).map_err(|e| base(Box::new(e)))?;
-        let entries = layout.index().map_err(|e| base(Box::new(e)))?.manifests;
         let desc = match (tag, digest) {
             (Some(t), _) => {
                 let d = layout.resolve(t.as_str()).map_err(|e| base(Box::new(e)))?;
@@ -92,10 +77,12 @@ impl Ctx {
                 }
                 d
             }
-            (None, Some(want)) => entries
-                .iter()
+            (None, Some(want)) => layout
+                .index()
+                .map_err(|e| base(Box::new(e)))?
+                .manifests
+                .into_iter()
                 .find(|d| d.digest == *want)
-                .cloned()
                 .ok_or_else(|| base(format!("{want} is not in the layout's index.json").into()))?,
             (None, None) => layout.image(None).map_err(|e| base(Box::new(e)))?,
         };
@@ -116,16 +103,7 @@ impl Ctx {
     }
 
     /// A registry image for `platform`: manifest and config only.
-    pub(super) fn registry_image(
-        &self,
-        name: &str,
-        reference: &Reference,
-        platform: &Platform,
-    ) -> Result<Image, BuildError> {
-        self.memo(format!("registry {reference}\0{platform}"), || self.pull_registry_image(name, reference, platform))
-    }
-
-    fn pull_registry_image(&self, name: &str, reference: &Reference, platform: &Platform) -> Result<Image, BuildError> {
+    fn registry_image(&self, name: &str, reference: &Reference, platform: &Platform) -> Result<Image, BuildError> {
         let client = self.client.clone();
         let platform2 = platform.clone();
         let reference2 = reference.clone();
