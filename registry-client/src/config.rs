@@ -53,6 +53,25 @@ struct HelperAnswer {
     secret: String,
 }
 
+/// How a credential helper's run ended.
+struct HelperRun {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// A helper's failure as an error naming it, with the start of what it
+/// said on stderr (never its stdout, where a secret may be).
+fn helper_failed(helper: String, status: std::process::ExitStatus, stderr: &[u8]) -> CredentialError {
+    let mut output = String::from_utf8_lossy(stderr).trim().to_owned();
+    if output.len() > 1000 {
+        let cut = (0..=1000).rev().find(|i| output.is_char_boundary(*i)).unwrap_or(0);
+        output.truncate(cut);
+    }
+    let status = status.code().map_or_else(|| status.to_string(), |c| format!("exit status {c}"));
+    CredentialError::Helper { helper, status, output }
+}
+
 /// Why an auth file could not be read.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -209,17 +228,16 @@ impl DockerConfig {
         answer
     }
 
-    /// Runs `docker-credential-<name> get` with the server URL on stdin, as
-    /// docker does: "credentials not found" is anonymous access; any other
-    /// failure, a hang past the timeout, or an answer that is not a
-    /// credential is an error naming the helper.
-    fn ask_helper(&self, name: &str, server: &str) -> Result<Option<Credential>, CredentialError> {
+    /// Runs `docker-credential-<name> <action>` with `input` on stdin,
+    /// reading at most 1 MiB of each output; killed when it does not end
+    /// within the timeout.
+    fn run_helper_process(&self, name: &str, action: &str, input: &str) -> Result<HelperRun, CredentialError> {
         let helper = name.to_owned();
         let Some(path) = self.helper_path(name) else {
             return Err(CredentialError::Start { helper, cause: "not found on PATH".into() });
         };
         let mut child = Command::new(path)
-            .arg("get")
+            .arg(action)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -227,7 +245,7 @@ impl DockerConfig {
             .map_err(|e| CredentialError::Start { helper: helper.clone(), cause: e.to_string() })?;
         if let Some(mut stdin) = child.stdin.take() {
             // a helper that does not read its input is found out by the timeout
-            let _ = stdin.write_all(server.as_bytes());
+            let _ = stdin.write_all(input.as_bytes());
         }
         let read_all = |r: Option<Box<dyn Read + Send>>| {
             std::thread::spawn(move || {
@@ -254,19 +272,22 @@ impl DockerConfig {
                 Err(e) => return Err(CredentialError::Start { helper, cause: e.to_string() }),
             }
         };
-        let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+        Ok(HelperRun { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() })
+    }
+
+    /// Runs `docker-credential-<name> get` with the server URL on stdin, as
+    /// docker does: "credentials not found" is anonymous access; any other
+    /// failure, a hang past the timeout, or an answer that is not a
+    /// credential is an error naming the helper.
+    fn ask_helper(&self, name: &str, server: &str) -> Result<Option<Credential>, CredentialError> {
+        let helper = name.to_owned();
+        let HelperRun { status, stdout, stderr } = self.run_helper_process(name, "get", server)?;
         if !status.success() {
             let said = |b: &[u8]| String::from_utf8_lossy(b).to_lowercase();
             if said(&stdout).contains("credentials not found") || said(&stderr).contains("credentials not found") {
                 return Ok(None);
             }
-            let mut output = String::from_utf8_lossy(&stderr).trim().to_owned();
-            if output.len() > 1000 {
-                let cut = (0..=1000).rev().find(|i| output.is_char_boundary(*i)).unwrap_or(0);
-                output.truncate(cut);
-            }
-            let status = status.code().map_or_else(|| status.to_string(), |c| format!("exit status {c}"));
-            return Err(CredentialError::Helper { helper, status, output });
+            return Err(helper_failed(helper, status, &stderr));
         }
         let a: HelperAnswer = serde_json::from_slice(&stdout).map_err(|e| CredentialError::Invalid {
             helper: helper.clone(),
@@ -502,32 +523,10 @@ impl DockerConfig {
         Ok(Some(Stored::File(path.to_owned())))
     }
 
-    /// Runs `docker-credential-<name> <action>` with `input` on stdin.
+    /// `docker-credential-<name> <action>` (`store`, `erase`) with `input`.
     fn helper_command(&self, name: &str, action: &str, input: &str) -> Result<(), CredentialError> {
-        let helper = name.to_owned();
-        let Some(path) = self.helper_path(name) else {
-            return Err(CredentialError::Start { helper, cause: "not found on PATH".into() });
-        };
-        let mut child = Command::new(path)
-            .arg(action)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| CredentialError::Start { helper: helper.clone(), cause: e.to_string() })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(input.as_bytes());
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| CredentialError::Start { helper: helper.clone(), cause: e.to_string() })?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let mut output = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        output.truncate((0..=output.len().min(1000)).rev().find(|i| output.is_char_boundary(*i)).unwrap_or(0));
-        let status = out.status.code().map_or_else(|| out.status.to_string(), |c| format!("exit status {c}"));
-        Err(CredentialError::Helper { helper, status, output })
+        let run = self.run_helper_process(name, action, input)?;
+        if run.status.success() { Ok(()) } else { Err(helper_failed(name.to_owned(), run.status, &run.stderr)) }
     }
 }
 
