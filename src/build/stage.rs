@@ -116,7 +116,6 @@ impl Ctx {
         st.image.config.history.get_or_insert_with(Vec::new).push(h);
     }
 
-    #[allow(clippy::too_many_lines)] // one arm per instruction
     pub(super) fn step(
         &self,
         st: &mut StageState,
@@ -158,33 +157,26 @@ impl Ctx {
         let created_by = instr::created_by(original);
         let step = StepRun::start(self, StepId { stage: st.index, name: stage.name.clone(), line }, created_by.clone());
         // the instruction as run, a defined encoding (see cache.rs)
-        let command = serde_json::to_vec(&cmd).map_err(|e| BuildError::Task(format!("encode the step: {e}")))?;
+        let encoding = |e: serde_json::Error| BuildError::Task(format!("encode the step: {e}"));
+        let command = serde_json::to_vec(&cmd).map_err(encoding)?;
         let key = self.key("step", &st.image.key).field("instruction", &created_by).field("command", &command);
-        match &cmd {
+        // the steps that may make a layer: from the cache or made
+        let (made, key) = match &cmd {
             Command::Run(run) => {
                 // RUN sees the build arguments as environment variables,
                 // and what its mounts hold (their options are in the command)
                 let binds = self.bind_sources(st, run)?;
-                let config = serde_json::to_vec(&st.image.config.config)
-                    .map_err(|e| BuildError::Task(format!("encode the step: {e}")))?;
                 let key = key
-                    .field("config", config)
+                    .field("config", serde_json::to_vec(&st.image.config.config).map_err(encoding)?)
                     .fields("arg", st.args.iter().map(|(k, v)| format!("{k}={v}")))
                     .fields("mount", Self::mounts_key(run, &binds)?)
                     .finish();
-                let (layer, cached) = self.layer_step(&key, Some(&step), || self.run(st, run, binds, &step.id))?;
-                step.finish(cached, layer.as_ref().map(|l| &l.0));
-                self.push_history(st, created_by, layer);
-                st.image.key = key.digest().clone();
-                return Ok(());
+                let result = self.layer_step(&key, Some(&step), || self.run(st, run, binds, &step.id))?;
+                (Some(result), key.digest().clone())
             }
             Command::Copy(c) | Command::Add(c) => {
-                let add = matches!(cmd, Command::Add(_));
-                let ((layer, cached), key) = self.copy(st, c, add, key, &step)?;
-                step.finish(cached, layer.as_ref().map(|l| &l.0));
-                self.push_history(st, created_by, layer);
-                st.image.key = key;
-                return Ok(());
+                let (result, key) = self.copy(st, c, matches!(cmd, Command::Add(_)), key, &step)?;
+                (Some(result), key)
             }
             Command::Workdir(dir) => {
                 let cwd = st.image.cfg().working_dir.clone().unwrap_or_else(|| "/".into());
@@ -192,28 +184,30 @@ impl Ctx {
                 st.image.cfg().working_dir = Some(path.clone());
                 let path = instr::join_path("/", &path);
                 let key = key.field("path", &path).finish();
-                let (layer, cached) = self.layer_step(&key, Some(&step), || self.workdir(st, &path, &step.id))?;
-                step.finish(cached, layer.as_ref().map(|l| &l.0));
-                self.push_history(st, created_by, layer);
-                st.image.key = key.digest().clone();
-                return Ok(());
+                let result = self.layer_step(&key, Some(&step), || self.workdir(st, &path, &step.id))?;
+                (Some(result), key.digest().clone())
             }
-            _ => {}
-        }
-        match cmd {
-            Command::Arg(defs) => {
-                for d in defs {
-                    if let Some(v) = d.default {
-                        st.args.insert(d.name, v);
+            _ => (None, key.finish().digest().clone()),
+        };
+        let (layer, cached) = if let Some(made) = made {
+            made
+        } else {
+            match cmd {
+                Command::Arg(defs) => {
+                    for d in defs {
+                        if let Some(v) = d.default {
+                            st.args.insert(d.name, v);
+                        }
                     }
                 }
+                // everything else only changes the image config
+                other => super::config::apply(&mut st.image.config, other, &mut st.cmd_set)?,
             }
-            // everything else only changes the image config
-            other => super::config::apply(&mut st.image.config, other, &mut st.cmd_set)?,
-        }
-        st.image.key = key.finish().digest().clone();
-        step.finish(false, None);
-        self.push_history(st, created_by, None);
+            (None, false)
+        };
+        step.finish(cached, layer.as_ref().map(|l| &l.0));
+        self.push_history(st, created_by, layer);
+        st.image.key = key;
         Ok(())
     }
 }
