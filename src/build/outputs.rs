@@ -2,7 +2,8 @@
 //! docker-archive, registry).
 
 use super::{
-    BTreeMap, BuildError, Built, Ctx, Image, ImageLocation, ManifestBuilder, Path, Progress, Raw, Reference, Repository,
+    BTreeMap, BuildError, Built, Ctx, Descriptor, Image, ImageLocation, Layout, ManifestBuilder, Path, Progress, Raw,
+    Reference, Repository,
 };
 
 /// A download written straight to a file.
@@ -60,6 +61,23 @@ impl Ctx {
         })
     }
 
+    /// Writes the built image (`desc` in the store) out with `write` on a
+    /// blocking thread, stopped by the build's cancellation: `Cancelled`
+    /// when it stopped before putting anything in place.
+    async fn write_blocking(
+        &self,
+        built: &Built,
+        fail: impl FnOnce(crate::CopyError) -> BuildError,
+        write: impl FnOnce(&Layout, &Descriptor, &dyn Fn() -> bool) -> Result<bool, crate::CopyError> + Send + 'static,
+    ) -> Result<(), BuildError> {
+        let (store, desc, cancel) = (self.store.layout.clone(), built.manifest.clone(), self.cancel.clone());
+        let written = tokio::task::spawn_blocking(move || write(&store, &desc, &|| cancel.is_cancelled()))
+            .await
+            .map_err(|e| BuildError::Task(e.to_string()))?
+            .map_err(fail)?;
+        if written { Ok(()) } else { Err(BuildError::Cancelled { problems: Vec::new() }) }
+    }
+
     pub(super) async fn write_outputs(&self, built: &Built) -> Result<(), BuildError> {
         let tags: Vec<Reference> =
             if self.tags.is_empty() { default_name(&self.context).into_iter().collect() } else { self.tags.clone() };
@@ -73,41 +91,24 @@ impl Ctx {
             let fail = |e: crate::CopyError| BuildError::Output { target: target.clone(), source: Box::new(e) };
             match out {
                 ImageLocation::Layout { dir, tag } => {
-                    let store = self.store.layout.clone();
-                    let desc = built.manifest.clone();
                     // the location's own tag, else every tag of the build
                     let names: Vec<_> = match tag {
                         Some(t) => vec![(t, None)],
                         None => tags.iter().filter_map(|t| Some((t.tag()?.clone(), Some(t.clone())))).collect(),
                     };
-                    let cancel = self.cancel.clone();
-                    let written = tokio::task::spawn_blocking(move || {
-                        crate::copy::write_layout(&store, &desc, &dir, &names, &|| cancel.is_cancelled())
+                    self.write_blocking(built, fail, move |store, desc, stop| {
+                        crate::copy::write_layout(store, desc, &dir, &names, stop)
                     })
-                    .await
-                    .map_err(|e| BuildError::Task(e.to_string()))?
-                    .map_err(fail)?;
-                    if !written {
-                        return Err(cancelled());
-                    }
+                    .await?;
                 }
                 ImageLocation::DockerArchive { file, name } => {
-                    let store = self.store.layout.clone();
-                    let desc = built.manifest.clone();
                     let name = name.or_else(|| tags.first().cloned());
                     let overwrite = self.overwrite;
-                    let cancel = self.cancel.clone();
-                    let written = tokio::task::spawn_blocking(move || {
-                        crate::copy::write_archive_unless(&store, &desc, &file, name.as_ref(), overwrite, &|| {
-                            cancel.is_cancelled()
-                        })
+                    self.write_blocking(built, fail, move |store, desc, stop| {
+                        crate::copy::write_archive_unless(store, desc, &file, name.as_ref(), overwrite, stop)
+                            .map(|written| written.is_some())
                     })
-                    .await
-                    .map_err(|e| BuildError::Task(e.to_string()))?
-                    .map_err(fail)?;
-                    if written.is_none() {
-                        return Err(cancelled());
-                    }
+                    .await?;
                 }
                 ImageLocation::Registry(to) => {
                     // base layers already in the target registry are mounted, not uploaded
