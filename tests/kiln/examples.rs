@@ -27,14 +27,38 @@ fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A context at `dir/ctx` whose Dockerfile copies one file from it onto
+/// `scratch`, then runs `more` (more instructions, or nothing).
+fn one_file_context(dir: &Path, more: &str) -> std::path::PathBuf {
+    let ctx = dir.join("ctx");
+    write(&ctx.join("Dockerfile"), &format!("FROM scratch\nCOPY a.txt /\n{more}"));
+    write(&ctx.join("a.txt"), "a\n");
+    ctx
+}
+
+/// Every line of `out`'s stdout as JSON (a line that is not panics).
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// Runs `cmd` with `input` on its stdin, returning its output.
+fn with_stdin(cmd: &mut Command, input: &str) -> Output {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn the_examples_pass_exact_digests_on_through_files() {
     let (Some(build), Some(copy)) = (example("build"), example("copy")) else { return };
     let Ok(registry) = Registry::start() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let ctx = tmp.path().join("ctx");
-    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
-    write(&ctx.join("a.txt"), "a\n");
+    let ctx = one_file_context(tmp.path(), "");
     // an empty credentials file of our own: nothing of the user's is read
     let authfile = tmp.path().join("auth.json");
     write(&authfile, "{}");
@@ -130,26 +154,19 @@ fn the_examples_log_at_trace_without_a_credential() {
     };
     let Ok(registry) = Registry::start_with(&auth) else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let ctx = tmp.path().join("ctx");
-    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
-    write(&ctx.join("a.txt"), "a\n");
+    let ctx = one_file_context(tmp.path(), "");
     let basic = base64_basic("kiln-user", password);
     let authfile = tmp.path().join("auth.json");
     write(&authfile, &format!(r#"{{"auths":{{"{}":{{"auth":"{basic}"}}}}}}"#, registry.host()));
     let name = format!("{}/kiln/logged:v1", registry.host());
     let login = example("login").map(|login| {
-        use std::io::Write as _;
-        let mut child = Command::new(login)
-            .args([registry.host().as_str(), "-u", "kiln-user", "--password-stdin", "--authfile"])
-            .arg(tmp.path().join("login.json"))
-            .env("RUST_LOG", "trace")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(password.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = with_stdin(
+            Command::new(login)
+                .args([registry.host().as_str(), "-u", "kiln-user", "--password-stdin", "--authfile"])
+                .arg(tmp.path().join("login.json"))
+                .env("RUST_LOG", "trace"),
+            password,
+        );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         out
     });
@@ -190,9 +207,7 @@ fn base64_basic(user: &str, password: &str) -> String {
 fn build_progress_is_plain_lines_json_events_or_quiet() {
     let Some(build) = example("build") else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let ctx = tmp.path().join("ctx");
-    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\nENV A=1\n");
-    write(&ctx.join("a.txt"), "a\n");
+    let ctx = one_file_context(tmp.path(), "ENV A=1\n");
     let run = |extra: &[&str], cache: &str| {
         ok(Command::new(&build)
             .arg(&ctx)
@@ -203,10 +218,7 @@ fn build_progress_is_plain_lines_json_events_or_quiet() {
             .args(extra))
     };
     let json = run(&["--progress", "json"], "c1");
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect();
+    let events = json_lines(&json);
     let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
     assert_eq!(
         names,
@@ -235,9 +247,7 @@ fn copy_progress_is_json_events_or_quiet() {
     let (Some(build), Some(copy)) = (example("build"), example("copy")) else { return };
     let Ok(registry) = Registry::start() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let ctx = tmp.path().join("ctx");
-    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
-    write(&ctx.join("a.txt"), "a\n");
+    let ctx = one_file_context(tmp.path(), "");
     let out = format!("oci:{}:v1", tmp.path().join("out").display());
     let built = ok(Command::new(&build)
         .arg(&ctx)
@@ -245,10 +255,7 @@ fn copy_progress_is_json_events_or_quiet() {
         .arg(tmp.path().join("cache")));
     let digest = last_line(&built);
     let json = ok(Command::new(&copy).args([&out, &format!("{}/kiln/json:v1", registry.host()), "--progress", "json"]));
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect();
+    let events = json_lines(&json);
     let uploaded = events.iter().filter(|e| e["event"] == "blob_uploaded").count();
     assert_eq!(uploaded, 2, "a config and a layer: {events:?}");
     assert!(events.iter().any(|e| e["event"] == "bytes" && e["done"] == e["total"]), "{events:?}");
@@ -265,7 +272,6 @@ fn copy_progress_is_json_events_or_quiet() {
 /// password; and `logout` takes them out again.
 #[test]
 fn login_stores_what_skopeo_and_copy_use_and_logout_erases_it() {
-    use std::io::Write as _;
     use std::os::unix::fs::PermissionsExt;
     let (Some(login), Some(logout), Some(copy), Some(skopeo)) =
         (example("login"), example("logout"), example("copy"), testkit::tool("skopeo"))
@@ -286,14 +292,7 @@ fn login_stores_what_skopeo_and_copy_use_and_logout_erases_it() {
         if let Some(d) = path_dir {
             cmd.env("PATH", format!("{}:{}", d.display(), std::env::var("PATH").unwrap_or_default()));
         }
-        let mut child = cmd
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
+        with_stdin(&mut cmd, &format!("{password}\n"))
     };
 
     // a wrong password: a clear error, nothing stored
@@ -309,9 +308,7 @@ fn login_stores_what_skopeo_and_copy_use_and_logout_erases_it() {
     assert!(right.status.success(), "{}", String::from_utf8_lossy(&right.stderr));
     assert_eq!(last_line(&right), "Login Succeeded");
     assert_eq!(fs::metadata(&authfile).unwrap().permissions().mode() & 0o777, 0o600);
-    let ctx = tmp.path().join("ctx");
-    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
-    write(&ctx.join("a.txt"), "a\n");
+    let ctx = one_file_context(tmp.path(), "");
     let out = format!("oci:{}:v1", tmp.path().join("out").display());
     ok(Command::new(example("build").unwrap())
         .arg(&ctx)
