@@ -133,7 +133,7 @@ impl Client {
             method: Method::POST,
             url: url.clone(),
             headers,
-            body: stream_body(source, desc.size, true, Some(self.bytes_reporter(desc))),
+            body: stream_body(source, desc.size, true, self.bytes_reporter(desc)),
             scopes: vec![scope(repo, "pull,push")],
             idempotent: true,
         };
@@ -207,7 +207,7 @@ impl Client {
         source: &Arc<dyn BlobSource>,
         upload: Upload,
     ) -> Result<()> {
-        let body = stream_body(source, desc.size, true, Some(self.bytes_reporter(desc)));
+        let body = stream_body(source, desc.size, true, self.bytes_reporter(desc));
         self.finish_upload(repo, desc, upload.url, body, desc.size).await
     }
 
@@ -332,7 +332,7 @@ impl Client {
             method: Method::PATCH,
             url: upload.url.clone(),
             headers,
-            body: stream_body(source, desc.size, false, None),
+            body: stream_body(source, desc.size, false, self.bytes_reporter(desc)),
             scopes: vec![scope(repo, "pull,push")],
             idempotent: false,
         };
@@ -389,7 +389,7 @@ pub(crate) fn source_body(
     source: Arc<dyn BlobSource>,
     offset: u64,
     len: u64,
-    on_bytes: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> crate::transport::BodyStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
@@ -411,9 +411,7 @@ pub(crate) fn source_body(
                 if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                     return Ok(());
                 }
-                if let Some(f) = &on_bytes {
-                    f(sent);
-                }
+                on_bytes(sent);
             }
             Ok(())
         };
@@ -431,7 +429,7 @@ fn stream_body(
     source: &Arc<dyn BlobSource>,
     size: u64,
     content_length: bool,
-    on_bytes: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Body {
     let src = source.clone();
     Body::Stream {

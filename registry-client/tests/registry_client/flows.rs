@@ -222,3 +222,33 @@ async fn referrers_fall_back_to_the_tag_schema() {
     assert_eq!(c.referrers(&pinned, Some(&artifact_type)).await.unwrap().len(), 1);
     assert!(c.referrers(&pinned, Some(&"application/other".parse().unwrap())).await.unwrap().is_empty());
 }
+
+/// Every way of uploading reports the blob's bytes as they go, to the last.
+#[tokio::test]
+async fn every_upload_mode_reports_its_bytes() {
+    let Some(reg) = registry() else { return };
+    let r = repo(&reg, "kiln/progress");
+    let modes = [
+        ("monolithic", Client::builder()),
+        ("chunked", Client::builder().chunk_size(64 * 1024)),
+        ("streamed", Client::builder().streamed_uploads(true)),
+        ("single request", Client::builder().single_request_uploads(true)),
+    ];
+    for (i, (name, builder)) in modes.into_iter().enumerate() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let c = builder
+            .progress(move |p| {
+                if let registry_client::Progress::Bytes { done, total, .. } = p {
+                    sink.lock().unwrap().push((*done, *total));
+                }
+            })
+            .build()
+            .unwrap();
+        let data = noise(40 + i as u64, 300_000);
+        let desc = Descriptor::of_bytes(MediaType::OciLayer, &data);
+        c.push_blob(&r, &desc, Arc::new(BytesSource(Bytes::from(data))), None).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.last(), Some(&(300_000, 300_000)), "{name}: {seen:?}");
+    }
+}
