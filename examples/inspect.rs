@@ -51,10 +51,7 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             None => println!("(an index has no config; name a platform's manifest)"),
         }
     } else if args.history {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        print!("{}", info.history_table(now, args.no_trunc));
+        print!("{}", info.history_text(args.no_trunc));
     } else {
         print!("{}", info.to_text());
     }

@@ -263,11 +263,8 @@ impl Inspection {
 
     /// The history as a table like `docker image history`, newest first,
     /// dated now (see [`Inspection::history_table`]).
-    pub fn history_text(&self) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        self.history_table(now, false)
+    pub fn history_text(&self, no_trunc: bool) -> String {
+        self.history_table(crate::unix_now(), no_trunc)
     }
 }
 

@@ -160,6 +160,18 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// Seconds since the Unix epoch, now.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Now, as RFC 3339 UTC.
+pub(crate) fn now_rfc3339() -> String {
+    rfc3339_utc(unix_now().try_into().unwrap_or(0))
+}
+
 /// Seconds since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`); a
 /// time past the end of the year 9999 saturates at `9999-12-30T22:00:00Z`,
 /// the last second [`jiff`] represents.

@@ -1,8 +1,6 @@
 //! Promotion of a built image between registries by digest, and release
 //! tags: the delivery pipeline's two library calls.
 
-use std::time::SystemTime;
-
 use oci_image::{AnyManifest, Descriptor, Digest, Reference, Tag};
 use registry_client::{Client, ErrorKind, Repository};
 use serde::Serialize;
@@ -98,11 +96,6 @@ pub struct PromoteOptions {
     pub dry_run: bool,
 }
 
-fn now_rfc3339() -> String {
-    let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    crate::rfc3339_utc(secs)
-}
-
 /// Works out what copying `source` to `target` would do, without writing.
 ///
 /// # Errors
@@ -176,7 +169,7 @@ pub async fn promote(
         source: pinned.to_string(),
         destination: target.to_string(),
         digest,
-        time: now_rfc3339(),
+        time: crate::now_rfc3339(),
         dry_run: opts.dry_run,
         plan,
     })

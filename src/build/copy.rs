@@ -14,7 +14,7 @@ impl Ctx {
         items: &[files::Item],
     ) -> Result<LayerResult, BuildError> {
         self.layer_step(key, step, || {
-            let now = Self::now();
+            let now = crate::unix_now();
             let entries: Vec<layer_diff::Entry> = items.iter().map(|i| i.written(self.epoch, now)).collect();
             self.write_layer(|w| {
                 w.read_ahead(items.iter().zip(&entries).map(|(item, e)| (item.source.clone(), e)));
@@ -44,7 +44,7 @@ impl Ctx {
             Some(r) => files::existing_above(r, &missing)?,
             None => Vec::new(),
         };
-        let now = Self::now();
+        let now = crate::unix_now();
         self.write_layer(|w| {
             for e in &above {
                 w.append_from(Path::new("/"), e)?;

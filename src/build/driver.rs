@@ -29,15 +29,8 @@ impl Ctx {
     pub(super) fn created(&self) -> String {
         match self.epoch {
             Some(e) => crate::rfc3339_utc(e),
-            None => crate::rfc3339_utc(Self::now().try_into().unwrap_or(0)),
+            None => crate::now_rfc3339(),
         }
-    }
-
-    /// Seconds since the Unix epoch, now.
-    pub(super) fn now() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
     }
 
     pub(super) fn at(&self, line: usize, instruction: &str) -> impl FnOnce(BuildError) -> BuildError {

@@ -127,7 +127,7 @@ async fn inspect_reports_layers_history_and_platforms() {
     assert_eq!((info.history[0].size, info.history[0].empty_layer), (built.layers[0].size, false));
     assert_eq!(info.history[0].layer.as_ref(), Some(&built.layers[0].digest));
     assert!(info.to_text().contains(&built.config.digest.to_string()));
-    assert!(info.history_text().contains("kiln: COPY . /"));
+    assert!(info.history_text(false).contains("kiln: COPY . /"));
     let json = serde_json::to_value(&info).unwrap();
     assert_eq!(json["digest"], built.manifest.digest.to_string());
     let missing = kiln::inspect(&client, &loc("docker-archive:/nonexistent.tar")).await.unwrap_err();
