@@ -152,15 +152,7 @@ fn files_for_pipelines(args: &Args, built: &Built) -> Result<(), Box<dyn std::er
         common::write_for_pipeline(f, &built.config.digest.to_string())?;
     }
     let Some(f) = &args.metadata_file else { return Ok(()) };
-    let mut pushed: Vec<String> = Vec::new();
-    for o in &args.outputs {
-        if o == "registry" {
-            let names = args.tags.iter().map(|t| t.parse::<kiln::oci_image::Reference>().map(|r| r.to_string()));
-            pushed.extend(names.collect::<Result<Vec<_>, _>>()?);
-        } else if let Ok(ImageLocation::Registry(r)) = o.parse::<ImageLocation>() {
-            pushed.push(r.to_string());
-        }
-    }
+    let pushed: Vec<String> = built.pushed.iter().map(ToString::to_string).collect();
     let digest = built.manifest.digest.to_string();
     let metadata = serde_json::json!({
         "containerimage.digest": digest,

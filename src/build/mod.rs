@@ -219,6 +219,9 @@ pub struct Built {
     pub cached_steps: usize,
     /// Steps run.
     pub steps: usize,
+    /// The references the image was pushed to ([`Build::push`] and
+    /// registry outputs), in order.
+    pub pushed: Vec<Reference>,
     /// The base image's repository (pushes to its registry mount its layers).
     base_repo: Option<Repository>,
 }

@@ -57,6 +57,14 @@ impl Ctx {
             layers: image.layers,
             cached_steps,
             steps,
+            pushed: self
+                .outputs
+                .iter()
+                .filter_map(|o| match o {
+                    ImageLocation::Registry(r) => Some(r.clone()),
+                    _ => None,
+                })
+                .collect(),
             base_repo: image.repo,
         })
     }

@@ -275,7 +275,8 @@ async fn outputs_take_the_location_syntax_of_copy() {
     // the archive's own name
     let manifest = run(Command::new("tar").arg("-xOf").arg(&archive).arg("manifest.json")).unwrap();
     assert!(manifest.contains("kiln/named:v2") && !manifest.contains("kiln/app:v1"), "{manifest}");
-    // the registry reference, pushed
+    // the registry reference, pushed, and said to be
+    assert_eq!(built.pushed, [elsewhere.parse::<kiln::oci_image::Reference>().unwrap()]);
     let pushed = run(Command::new(&skopeo)
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{elsewhere}")))
