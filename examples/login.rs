@@ -1,6 +1,8 @@
 //! Logs in to a registry as `docker login` does: the credentials are
 //! checked against the registry (its token server included), then stored
-//! where docker keeps them.
+//! where docker keeps them. When the token server returns an identity
+//! token (asked with `offline_token=true`), that token is kept instead of
+//! the password.
 //!
 //! `cargo run --example login -- REGISTRY [-u USER] [--password-stdin] [--authfile FILE]`
 //!
@@ -65,16 +67,21 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if username.is_empty() || password.is_empty() {
         return Err("a user name and a password are needed".into());
     }
-    let credential = Credential::basic(username, password);
+    let credential = Credential::basic(username.clone(), password);
     // checked against the registry first: nothing is stored for a refusal
     let client = args
         .registry_flags
         .builder_without_credentials()
         .credentials(StaticCredentials::new().with(host.clone(), credential.clone()))
         .build()?;
-    client.check_login(&host).await?;
+    let login = client.check_login(&host).await?;
     let path = common::config_path(&args.registry_flags)?;
-    match DockerConfig::default().store(&path, &host, &credential)? {
+    // a token server's identity token is kept instead of the password, as docker does
+    let stored = match login.identity_token() {
+        Some(token) => DockerConfig::default().store_identity_token(&path, &host, &username, token)?,
+        None => DockerConfig::default().store(&path, &host, &credential)?,
+    };
+    match stored {
         Stored::Helper(h) => eprintln!("credentials stored by docker-credential-{h}"),
         Stored::File(f) => eprintln!("credentials stored in {}", f.display()),
         _ => {}

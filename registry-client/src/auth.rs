@@ -255,6 +255,9 @@ pub(crate) struct TokenResponse {
     pub access_token: Option<String>,
     #[serde(default)]
     pub expires_in: Option<u64>,
+    /// An identity token, given when `offline_token=true` was asked.
+    #[serde(default)]
+    pub refresh_token: Option<String>,
 }
 
 impl TokenResponse {

@@ -524,6 +524,7 @@ impl Client {
         repo: &dyn Endpoint,
         scopes: &[String],
         challenge: Option<&str>,
+        login: Option<&crate::transport::IdentitySlot>,
     ) -> Result<Option<HeaderValue>> {
         let registry = repo.registry();
         let Some(challenge) = challenge.and_then(parse_challenge) else { return Ok(None) };
@@ -551,8 +552,14 @@ impl Client {
                 if error.as_deref() == Some("insufficient_scope") {
                     self.inner.tokens.forget(registry, &key);
                 }
-                let (token, lifetime) =
-                    self.fetch_token(&realm, service.as_deref(), &wanted, credential.as_ref()).await?;
+                let offline = login.is_some();
+                let (token, lifetime, identity) =
+                    self.fetch_token(&realm, service.as_deref(), &wanted, credential.as_ref(), offline).await?;
+                if let (Some(slot), Some(identity)) = (login, identity)
+                    && let Ok(mut slot) = slot.lock()
+                {
+                    *slot = Some(identity);
+                }
                 let header = bearer(&token);
                 self.inner.tokens.put(registry, &key, token, lifetime);
                 Ok(header)
@@ -566,7 +573,8 @@ impl Client {
         service: Option<&str>,
         scopes: &[String],
         credential: Option<&Credential>,
-    ) -> Result<(String, Duration)> {
+        offline: bool,
+    ) -> Result<(String, Duration, Option<String>)> {
         let mut url = Url::parse(realm)
             .map_err(|_| Error::new(ErrorKind::Protocol, format!("registry sent an invalid token realm {realm:?}")))?;
         if url.scheme() == "http" && !url.host_str().is_some_and(|h| self.allows_http(&authority(&url, h))) {
@@ -594,7 +602,7 @@ impl Client {
                     .send()
                     .await
             }
-            Some(Credential::RegistryToken(t)) => return Ok((t.clone(), Duration::from_secs(3600))),
+            Some(Credential::RegistryToken(t)) => return Ok((t.clone(), Duration::from_secs(3600), None)),
             other => {
                 {
                     let mut q = url.query_pairs_mut();
@@ -603,6 +611,11 @@ impl Client {
                     }
                     for s in scopes {
                         q.append_pair("scope", s);
+                    }
+                    // `docker login`: an identity token to keep instead of the password
+                    if offline && matches!(other, Some(Credential::Basic { .. })) {
+                        q.append_pair("offline_token", "true");
+                        q.append_pair("client_id", "kiln");
                     }
                 }
                 let mut req = self.inner.http.get(url);
@@ -623,10 +636,14 @@ impl Client {
             return Err(Error::new(kind, "the token server refused the credentials").with_status(status.as_u16()));
         }
         let body = read_capped_idle(resp, 1024 * 1024, self.inner.idle, "reading a token").await?;
-        serde_json::from_slice::<TokenResponse>(&body)
-            .ok()
-            .and_then(TokenResponse::into_token)
-            .ok_or_else(|| Error::new(ErrorKind::Protocol, "the token server answered without a token"))
+        let answer = serde_json::from_slice::<TokenResponse>(&body).map_err(|_| {
+            Error::new(ErrorKind::Protocol, "the token server answered with something that is not JSON")
+        })?;
+        let identity = answer.refresh_token.clone().filter(|t| offline && !t.is_empty());
+        let (token, lifetime) = answer
+            .into_token()
+            .ok_or_else(|| Error::new(ErrorKind::Protocol, "the token server answered without a token"))?;
+        Ok((token, lifetime, identity))
     }
 }
 

@@ -469,23 +469,54 @@ impl DockerConfig {
     /// # Errors
     /// [`StoreError`]: an unreadable or unwritable file, a failing helper.
     pub fn store(&self, path: &std::path::Path, registry: &str, credential: &Credential) -> Result<Stored, StoreError> {
+        match credential {
+            Credential::Basic { username, password } => self.store_entry(path, registry, username, password, None),
+            Credential::IdentityToken(t) => self.store_entry(path, registry, "<token>", t, Some("identitytoken")),
+            Credential::RegistryToken(t) => self.store_entry(path, registry, "<token>", t, Some("registrytoken")),
+        }
+    }
+
+    /// Stores the identity token a login gave ([`crate::Login`]) for
+    /// `username` as `docker login` does: the helper gets the user
+    /// `<token>` and the token as its secret; the file keeps `auth` as
+    /// `username:` (no password) beside `identitytoken`, the form docker
+    /// writes and skopeo and podman read.
+    ///
+    /// # Errors
+    /// [`StoreError`]: an unreadable or unwritable file, a failing helper.
+    pub fn store_identity_token(
+        &self,
+        path: &std::path::Path,
+        registry: &str,
+        username: &str,
+        token: &str,
+    ) -> Result<Stored, StoreError> {
+        self.store_entry(path, registry, username, token, Some("identitytoken"))
+    }
+
+    /// `user` and `secret` (a password, or a token kept in `token_field`).
+    fn store_entry(
+        &self,
+        path: &std::path::Path,
+        registry: &str,
+        user: &str,
+        secret: &str,
+        token_field: Option<&str>,
+    ) -> Result<Stored, StoreError> {
         let key = config_key(registry);
         let mut m = read_object(path)?;
-        let (user, secret, token) = match credential {
-            Credential::Basic { username, password } => (username.clone(), password.clone(), None),
-            Credential::IdentityToken(t) => ("<token>".to_owned(), t.clone(), Some(("identitytoken", t.clone()))),
-            Credential::RegistryToken(t) => ("<token>".to_owned(), t.clone(), Some(("registrytoken", t.clone()))),
-        };
         if let Some(helper) = helper_for(&m, &key) {
+            let user = if token_field.is_some() { "<token>" } else { user };
             let input = serde_json::json!({"ServerURL": key, "Username": user, "Secret": secret}).to_string();
             self.helper_command(&helper, "store", &input)?;
             return Ok(Stored::Helper(helper));
         }
         let mut entry = serde_json::Map::new();
-        let pair = if token.is_some() { String::new() } else { format!("{user}:{secret}") };
+        // a token's entry keeps the user without a password, as docker writes it
+        let pair = if token_field.is_some() { format!("{user}:") } else { format!("{user}:{secret}") };
         entry.insert("auth".into(), base64::engine::general_purpose::STANDARD.encode(pair).into());
-        if let Some((field, t)) = token {
-            entry.insert(field.into(), t.into());
+        if let Some(field) = token_field {
+            entry.insert(field.into(), secret.into());
         }
         let auths = m.entry("auths").or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
         if !auths.is_object() {

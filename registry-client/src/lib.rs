@@ -35,7 +35,8 @@ pub use download::Download;
 pub use error::{Error, ErrorCode, ErrorKind, Result};
 pub use oci_image::Repository;
 pub use ops::{
-    BlobPush, BlobSink, BlobSource, BytesSource, LayoutBlob, MAX_LISTED_TAGS, MAX_MANIFEST_SIZE, TagsPage, fallback_tag,
+    BlobPush, BlobSink, BlobSource, BytesSource, LayoutBlob, Login, MAX_LISTED_TAGS, MAX_MANIFEST_SIZE, TagsPage,
+    fallback_tag,
 };
 pub use progress::Progress;
 pub use transfer::{PushReport, RegistryBlob, image_blobs};

@@ -87,12 +87,19 @@ pub(crate) struct Request {
     pub scopes: Vec<String>,
     /// Whether a transport failure may be retried by resending.
     pub idempotent: bool,
+    /// At login: where a token server's identity token goes (`docker
+    /// login` asks for one with `offline_token=true`).
+    pub login: Option<IdentitySlot>,
 }
+
+/// Where [`Client::check_login`] collects the identity token a token
+/// server returns.
+pub(crate) type IdentitySlot = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 
 impl Request {
     /// An idempotent request without headers or body.
     pub(crate) fn new(method: Method, url: Url, scopes: Vec<String>) -> Self {
-        Request { method, url, headers: HeaderMap::new(), body: Body::Empty, scopes, idempotent: true }
+        Request { method, url, headers: HeaderMap::new(), body: Body::Empty, scopes, idempotent: true, login: None }
     }
 
     /// With these headers.
@@ -204,7 +211,9 @@ impl Client {
                         if let Some(token) = sent.as_ref().and_then(|h| h.to_str().ok()?.strip_prefix("Bearer ")) {
                             self.inner.tokens.forget_token(repo.registry(), &Self::scope_key(&req.scopes), token);
                         }
-                        let Some(next) = self.authenticate(repo, &req.scopes, challenge.as_deref()).await? else {
+                        let Some(next) =
+                            self.authenticate(repo, &req.scopes, challenge.as_deref(), req.login.as_ref()).await?
+                        else {
                             return Ok(resp);
                         };
                         fresh = Some(next);

@@ -2,7 +2,7 @@
 //! credentials (or an OAuth2 refresh token), then issues ES256 JWTs with an
 //! `x5c` header that the real registry verifies against its root bundle.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,6 +81,35 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A body of `length` bytes (at most 64 KiB are kept).
+fn read_body(reader: &mut impl BufRead, length: usize) -> io::Result<Vec<u8>> {
+    let mut body = vec![0u8; length.min(64 * 1024)];
+    reader.read_exact(&mut body)?;
+    Ok(body)
+}
+
+/// A `Transfer-Encoding: chunked` body (at most 64 KiB).
+fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size)?;
+        let hex = size.trim().split(';').next().unwrap_or_default();
+        let n = usize::from_str_radix(hex, 16).map_err(|_| io::Error::other(format!("bad chunk size {size:?}")))?;
+        if n == 0 || body.len() + n > 64 * 1024 {
+            // the trailer section ends with an empty line
+            let mut end = String::new();
+            while reader.read_line(&mut end)? > 2 {
+                end.clear();
+            }
+            return Ok(body);
+        }
+        body.extend(read_body(reader, n)?);
+        let mut crlf = String::new();
+        reader.read_line(&mut crlf)?;
+    }
+}
+
 fn handle(mut s: TcpStream, st: &State) -> io::Result<()> {
     let mut reader = BufReader::new(s.try_clone()?);
     let mut line = String::new();
@@ -89,6 +118,7 @@ fn handle(mut s: TcpStream, st: &State) -> io::Result<()> {
     let (method, target) = (parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or_default().to_owned());
     let mut auth = None;
     let mut length = 0usize;
+    let mut chunked = false;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
@@ -98,19 +128,21 @@ fn handle(mut s: TcpStream, st: &State) -> io::Result<()> {
             match k.trim().to_ascii_lowercase().as_str() {
                 "authorization" => auth = Some(v.trim().to_owned()),
                 "content-length" => length = v.trim().parse().unwrap_or(0),
+                "transfer-encoding" => chunked = v.trim().eq_ignore_ascii_case("chunked"),
                 _ => {}
             }
         }
     }
-    let mut body = vec![0u8; length.min(64 * 1024)];
-    reader.read_exact(&mut body)?;
+    // Go's clients (skopeo's OAuth2 grant) send form bodies chunked
+    let body = if chunked { read_chunked(&mut reader)? } else { read_body(&mut reader, length)? };
     let query = target.split_once('?').map_or("", |(_, q)| q);
     let mut pairs = query_pairs(query);
     if method == "POST" {
         pairs.extend(query_pairs(&String::from_utf8_lossy(&body)));
     }
     let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-    let authorised = if method == "POST" && get("grant_type").as_deref() == Some("refresh_token") {
+    let refreshing = method == "POST" && get("grant_type").as_deref() == Some("refresh_token");
+    let authorised = if refreshing {
         st.refresh_token.is_some() && get("refresh_token") == st.refresh_token
     } else {
         let expected = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", st.user, st.password));
@@ -146,8 +178,19 @@ fn handle(mut s: TcpStream, st: &State) -> io::Result<()> {
     header.x5c = Some(vec![st.x5c.clone()]);
     let token = jsonwebtoken::encode(&header, &claims, &st.key).map_err(io::Error::other)?;
     st.issued.fetch_add(1, Ordering::SeqCst);
-    let body = serde_json::json!({"token": token, "access_token": token, "expires_in": st.ttl_secs}).to_string();
-    respond(&mut s, "200 OK", "", &body)
+    let mut body = serde_json::Map::new();
+    body.insert("token".into(), token.clone().into());
+    body.insert("access_token".into(), token.into());
+    body.insert("expires_in".into(), st.ttl_secs.into());
+    // the token spec: a refresh token only when asked for (`docker login`'s
+    // offline_token=true) by a client that gave its credentials
+    if !refreshing
+        && get("offline_token").as_deref() == Some("true")
+        && let Some(r) = &st.refresh_token
+    {
+        body.insert("refresh_token".into(), r.clone().into());
+    }
+    respond(&mut s, "200 OK", "", &serde_json::Value::Object(body).to_string())
 }
 
 impl TokenServer {

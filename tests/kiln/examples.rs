@@ -346,3 +346,54 @@ fn login_stores_what_skopeo_and_copy_use_and_logout_erases_it() {
     assert_eq!(sent, serde_json::json!({"ServerURL": host, "Username": "kiln-user", "Secret": "right-password"}));
     assert_eq!(read(&with_helper), config, "auths untouched");
 }
+
+/// `login` to a registry behind a token server: the credentials are
+/// checked through the token flow, and the identity token the server
+/// returns is kept instead of the password (as docker keeps it), in a
+/// config that skopeo and kiln's copy then use.
+#[test]
+fn login_through_a_token_server_keeps_its_identity_token() {
+    let (Some(login), Some(build), Some(copy), Some(skopeo)) =
+        (example("login"), example("build"), example("copy"), testkit::tool("skopeo"))
+    else {
+        return;
+    };
+    let options = testkit::RegistryOptions {
+        token_auth: Some(testkit::TokenAuth {
+            user: "tok-user".into(),
+            password: "tok-password".into(),
+            refresh_token: Some("identity-refresh-token".into()),
+            ttl_secs: 300,
+        }),
+        ..testkit::RegistryOptions::default()
+    };
+    let Ok(registry) = Registry::start_with(&options) else { return };
+    let host = registry.host();
+    let tmp = tempfile::tempdir().unwrap();
+    let authfile = tmp.path().join("auth.json");
+    let login_with = |password: &str| {
+        let mut cmd = Command::new(&login);
+        cmd.args([host.as_str(), "-u", "tok-user", "--password-stdin", "--authfile"]).arg(&authfile);
+        with_stdin(&mut cmd, &format!("{password}\n"))
+    };
+    let wrong = login_with("wrong");
+    assert_eq!(wrong.status.code(), Some(1), "{}", String::from_utf8_lossy(&wrong.stderr));
+    assert!(!authfile.exists(), "a refused login stored something");
+    let right = login_with("tok-password");
+    assert!(right.status.success(), "{}", String::from_utf8_lossy(&right.stderr));
+    let config: serde_json::Value = serde_json::from_str(&read(&authfile)).unwrap();
+    let entry = &config["auths"][host.as_str()];
+    assert_eq!(entry["identitytoken"], "identity-refresh-token", "{config}");
+    assert_eq!(entry["auth"], base64_basic("tok-user", ""), "the user without a password, as docker writes it");
+    assert!(!read(&authfile).contains("tok-password"), "the password is not kept");
+
+    let ctx = one_file_context(tmp.path(), "");
+    let out = format!("oci:{}:v1", tmp.path().join("out").display());
+    ok(Command::new(&build).arg(&ctx).args(["-q", "--output", &out, "--cache-dir"]).arg(tmp.path().join("cache")));
+    let name = format!("{host}/kiln/token-login:v1");
+    ok(Command::new(&copy).args([out.as_str(), name.as_str(), "--authfile"]).arg(&authfile));
+    ok(Command::new(&skopeo)
+        .args(["inspect", "--tls-verify=false", "--authfile"])
+        .arg(&authfile)
+        .arg(format!("docker://{name}")));
+}

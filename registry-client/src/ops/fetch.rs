@@ -156,6 +156,7 @@ impl Client {
             body: Body::Empty,
             scopes: vec![scope(repo, "pull")],
             idempotent: true,
+            login: None,
         };
         let mut resp = self.send(repo, &req).await?;
         let origin = url.origin();

@@ -13,18 +13,46 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{Body, Request, check};
 use oci_image::Repository;
 
+/// What a login gave: the registry's token server may hand out an
+/// identity token to keep instead of the password (docker's
+/// `identitytoken`). Its `Debug` never shows the token.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Login {
+    identity_token: Option<String>,
+}
+
+impl Login {
+    /// The identity token (an `OAuth2` refresh token), when the token
+    /// server returned one: store it as [`crate::Credential::IdentityToken`].
+    pub fn identity_token(&self) -> Option<&str> {
+        self.identity_token.as_deref()
+    }
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = self.identity_token.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Login").field("identity_token", &token).finish()
+    }
+}
+
 impl Client {
     /// Checks that the client's credentials for `registry` are accepted,
     /// as `docker login` does: `GET /v2/` answering the registry's challenge
-    /// (basic auth, or a token from its token server for the credentials).
+    /// (basic auth, or a token from its token server for the credentials,
+    /// asked with `offline_token=true` so that the server may return an
+    /// identity token: [`Login::identity_token`]).
     ///
     /// # Errors
     /// [`ErrorKind::Unauthorized`] for refused credentials, transport errors.
-    pub async fn check_login(&self, registry: &str) -> Result<()> {
+    pub async fn check_login(&self, registry: &str) -> Result<Login> {
         let root = RegistryRoot(registry.to_owned());
         let url = self.base_url(&root).await?;
-        let req = Request::new(Method::GET, url, Vec::new());
-        self.send_ok(&root, &req, &format!("logging in to {registry}")).await.map(drop)
+        let slot = crate::transport::IdentitySlot::default();
+        let req = Request { login: Some(slot.clone()), ..Request::new(Method::GET, url, Vec::new()) };
+        self.send_ok(&root, &req, &format!("logging in to {registry}")).await?;
+        let identity_token = slot.lock().ok().and_then(|mut s| s.take());
+        Ok(Login { identity_token })
     }
 
     /// Checks that the registry speaks the v2 API (and that credentials work).
@@ -131,6 +159,7 @@ impl Client {
             body: Body::Bytes(bytes.clone()),
             scopes: vec![scope(&repo, "pull,push")],
             idempotent: true,
+            login: None,
         };
         let resp = self.send_ok(&repo, &req, &format!("pushing manifest {r}")).await?;
         if let Some(d) = header_digest(resp.headers())

@@ -9,6 +9,7 @@ mod manifests;
 mod referrers;
 mod upload;
 
+pub use manifests::Login;
 pub use referrers::fallback_tag;
 
 use std::io::{self, Read};

@@ -136,6 +136,7 @@ impl Client {
             body: stream_body(source, desc.size, true, self.bytes_reporter(desc)),
             scopes: vec![scope(repo, "pull,push")],
             idempotent: true,
+            login: None,
         };
         let resp = self.send_ok(repo, &req, &format!("uploading blob {}", desc.digest)).await?;
         if resp.status() == StatusCode::CREATED {
@@ -183,6 +184,7 @@ impl Client {
             body,
             scopes: vec![scope(repo, "pull,push")],
             idempotent: false,
+            login: None,
         };
         let resp = self.send_ok(repo, &req, &format!("uploading blob {}", desc.digest)).await.map_err(|e| {
             // the registry hashed what it got and it is not the blob
@@ -249,6 +251,7 @@ impl Client {
                 body: Body::Bytes(bytes),
                 scopes: vec![scope(repo, "pull,push")],
                 idempotent: false,
+                login: None,
             };
             let resp = match self.send(repo, &req).await {
                 Ok(r) => r,
@@ -335,6 +338,7 @@ impl Client {
             body: stream_body(source, desc.size, false, self.bytes_reporter(desc)),
             scopes: vec![scope(repo, "pull,push")],
             idempotent: false,
+            login: None,
         };
         let resp = self.send_ok(repo, &req, &format!("streaming blob {}", desc.digest)).await?;
         let next = self.resolve_upload_location(&upload.url, resp.headers())?;

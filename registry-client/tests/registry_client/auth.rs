@@ -284,3 +284,40 @@ async fn logins_are_checked_against_the_registry_and_its_token_server() {
         assert_eq!(e.kind(), ErrorKind::Unauthorized, "anonymous: {e}");
     }
 }
+
+/// `check_login` asks the token server for an identity token as `docker
+/// login` does (`offline_token=true`): a server that returns a
+/// `refresh_token` gives one, and that token alone then authenticates.
+/// A basic-auth registry, or a token server with none to give, gives none.
+#[tokio::test]
+async fn login_keeps_the_identity_token_a_token_server_returns() {
+    let Some(reg) = token_registry(300) else { return };
+    let c = Client::builder()
+        .credentials(StaticCredentials::new().with(reg.host(), Credential::basic("tok-user", "tok-pass")))
+        .build()
+        .unwrap();
+    let login = c.check_login(&reg.host()).await.unwrap();
+    assert_eq!(login.identity_token(), Some("refresh-123"));
+    assert!(!format!("{login:?}").contains("refresh-123"), "no secret in Debug: {login:?}");
+    let with_token = Client::builder()
+        .credentials(
+            StaticCredentials::new()
+                .with(reg.host(), Credential::IdentityToken(login.identity_token().unwrap().into())),
+        )
+        .build()
+        .unwrap();
+    with_token.ping(&Repository::new(&reg.host(), "kiln/after-login").unwrap()).await.unwrap();
+    // wrong password: refused, no token
+    let bad = Client::builder()
+        .credentials(StaticCredentials::new().with(reg.host(), Credential::basic("tok-user", "nope")))
+        .build()
+        .unwrap();
+    assert_eq!(bad.check_login(&reg.host()).await.unwrap_err().kind(), ErrorKind::Unauthorized);
+
+    let Some(basic) = secured() else { return };
+    let c = Client::builder()
+        .credentials(StaticCredentials::new().with(basic.host(), Credential::basic("kiln", "correct horse")))
+        .build()
+        .unwrap();
+    assert_eq!(c.check_login(&basic.host()).await.unwrap().identity_token(), None);
+}
