@@ -6,23 +6,26 @@
 //!     [--label K=V]... [--secret id=ID,src=FILE]... [--ssh default|ID=SOCKET]... [--compression gzip|zstd|none] [--level N]
 //!     [--source-date-epoch SECONDS|git | --docker-times]
 //!     [--no-cache] [--overwrite] [--cache-dir DIR] [--iidfile FILE] [--metadata-file FILE]
-//!     [--insecure HOST]... [--authfile FILE]
+//!     [--progress auto|tty|plain|json | --quiet] [--insecure HOST]... [--authfile FILE]
 //! ```
 //!
 //! Without `--output` the image goes to the OCI layout `./kiln-out`. The
 //! last line printed is the manifest digest (with `--progress json`, a
 //! `built` event); the steps and `RUN` output are shown on stderr as they
-//! happen (`--progress`, `--quiet`).
+//! happen: on a terminal a live display (each step with its state and
+//! duration, the tail of `RUN` output, a bar per blob pulled or pushed),
+//! else plain lines (`--progress`, `--quiet`).
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use kiln::ImageLocation;
-use kiln::build::{Build, BuildContext, Built, Cancel, Progress};
+use kiln::build::{Build, BuildContext, Built, Cancel};
 
 mod common;
+use common::display::{ProgressFlags, Shown, Tty};
 
 #[derive(Parser)]
 #[command(about = "Build an image from a Dockerfile and a context directory")]
@@ -95,55 +98,10 @@ struct Args {
     /// and kiln's).
     #[arg(long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
-    /// How to show progress: `auto` (plain lines), `plain`, or `json` (the
-    /// library's events, one per line on stdout, for machines).
-    #[arg(long, value_enum, default_value_t)]
-    progress: ProgressMode,
-    /// Print only the manifest digest.
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    progress: ProgressFlags,
     #[command(flatten)]
     registry: common::RegistryFlags,
-}
-
-/// How the build shows its progress.
-#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
-enum ProgressMode {
-    /// Plain lines on stderr (a terminal display is still to come).
-    #[default]
-    Auto,
-    /// One line per event on stderr.
-    Plain,
-    /// The library's events as JSON, one per line on stdout, then a
-    /// `built` event: for machines.
-    Json,
-}
-
-/// One line per event on stderr; `RUN` output as it comes.
-fn plain(p: &Progress<'_>) {
-    let mut err = std::io::stderr().lock();
-    let at = |s: &kiln::build::StepId| {
-        format!("[{}] line {}", s.name.clone().unwrap_or_else(|| s.stage.to_string()), s.line)
-    };
-    let _ = match p {
-        Progress::StepStarted { step, instruction } => writeln!(err, "{}: {instruction}", at(step)),
-        Progress::CacheMiss { step, reason } => writeln!(err, "{}: running ({reason})", at(step)),
-        Progress::StepFinished { step, cached, duration, layer, .. } => writeln!(
-            err,
-            "{}: {} in {:.2}s{}",
-            at(step),
-            if *cached { "cached" } else { "done" },
-            duration.as_secs_f64(),
-            layer.map_or_else(String::new, |l| format!(", layer {} ({} bytes)", l.digest, l.size))
-        ),
-        Progress::Output { bytes, .. } => err.write_all(bytes),
-        Progress::Pulling { step, image } => writeln!(err, "{}: pulling {image}", at(step)),
-        Progress::Writing { target } => writeln!(err, "writing {target}"),
-        Progress::Corrupt { digest } => {
-            writeln!(err, "cached blob {digest} did not match its digest: dropped, building again")
-        }
-        _ => Ok(()),
-    };
 }
 
 /// `--iidfile` and `--metadata-file`.
@@ -262,19 +220,27 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // `registry`, as docker's `--output type=registry`: push to every -t
         build = if o == "registry" { build.push(true) } else { build.output(o.parse::<ImageLocation>()?) };
     }
-    build = match (args.quiet, args.progress) {
-        (true, _) => build,
-        (false, ProgressMode::Json) => build.progress(|p| {
-            if let Ok(line) = serde_json::to_string(p) {
-                let _ = writeln!(std::io::stdout().lock(), "{line}");
-            }
-        }),
-        (false, ProgressMode::Auto | ProgressMode::Plain) => build.progress(plain),
+    let shown = args.progress.shown()?;
+    let tty = (shown == Shown::Tty).then(|| Arc::new(Tty::new()));
+    build = match (shown, &tty) {
+        (Shown::Json, _) => build.progress(|p| common::display::json_line(p)),
+        (Shown::Plain, _) => build.progress(common::display::plain_build),
+        (Shown::Tty, Some(tty)) => {
+            let tty = Arc::clone(tty);
+            build.progress(move |p| tty.build_event(p))
+        }
+        _ => build,
     };
     // SIGINT / SIGTERM stop the build: its RUN processes are killed and
     // its scratch state removed before the command exits (128 + signal)
     let cancel = Cancel::new();
     let (result, signal) = common::until_signalled(&cancel, build.cancel(cancel.clone()).build()).await?;
+    if let Some(tty) = &tty {
+        match (&result, signal) {
+            (Ok(_), None) => tty.finish("[+] Built in {secs}s: {steps} steps, {cached} cached"),
+            _ => tty.fail(),
+        }
+    }
     if let Some(signal) = signal {
         let source: Box<dyn std::error::Error + Send + Sync> = match result {
             Err(e) => Box::new(e),
@@ -284,9 +250,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let built = result?;
     files_for_pipelines(&args, &built)?;
-    match (args.quiet, args.progress) {
-        (true, _) => {}
-        (false, ProgressMode::Json) => {
+    match shown {
+        Shown::Quiet => {}
+        Shown::Json => {
             let done = serde_json::json!({
                 "event": "built",
                 "manifest": built.manifest,
@@ -297,7 +263,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             println!("{done}");
             return Ok(());
         }
-        (false, _) => {
+        Shown::Plain | Shown::Tty => {
             println!("config:   {}", built.config.digest);
             println!("layers:   {}", built.layers.len());
         }

@@ -1,20 +1,23 @@
 //! Copies an image between registries, OCI layouts and docker-archive files.
 //!
-//! `cargo run --example copy -- SRC DST [--platform P]... [--referrers] [--dry-run] [--overwrite] [--digestfile FILE] [-v | --progress plain|json | -q] [--insecure HOST]... [--authfile FILE]`
+//! `cargo run --example copy -- SRC DST [--platform P]... [--referrers] [--dry-run] [--overwrite] [--digestfile FILE] [-v | --progress auto|tty|plain|json | -q] [--insecure HOST]... [--authfile FILE]`
 //!
 //! Each side is a registry reference (`localhost:5000/team/app:v1`, an
 //! optional `docker://` prefix), `oci:DIR[:TAG]` or
 //! `docker-archive:FILE[:NAME:TAG]`. Credentials are read the way docker
 //! and podman read them. The last line printed is the manifest digest at
-//! the destination (with `--progress json`, a `copied` event).
+//! the destination (with `--progress json`, a `copied` event). On a
+//! terminal a live display shows a byte bar for every blob.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use kiln::registry_client::Progress;
+use std::sync::Arc;
+
 use kiln::{CopyOptions, ImageLocation};
 
 mod common;
+use common::display::{ProgressFlags, Shown, Tty};
 
 #[derive(Parser)]
 #[command(about = "Copy an image between registries, OCI layouts and docker-archive files")]
@@ -42,25 +45,11 @@ struct Args {
     /// skopeo's `--digestfile`.
     #[arg(long, value_name = "FILE")]
     digestfile: Option<std::path::PathBuf>,
-    /// Print each blob as it is skipped, mounted or uploaded (plain lines on stderr).
-    #[arg(long, short)]
+    /// Print each blob as it is skipped, mounted or uploaded: `--progress plain`.
+    #[arg(long, short, conflicts_with = "quiet")]
     verbose: bool,
-    /// `json`: the transfer's events, one JSON object per line on stdout,
-    /// then a `copied` event, for machines; `plain`: as `--verbose`.
-    #[arg(long, value_enum)]
-    progress: Option<ProgressMode>,
-    /// Print only the digest.
-    #[arg(long, short, conflicts_with_all = ["verbose", "progress"])]
-    quiet: bool,
-}
-
-/// How a copy shows its progress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum ProgressMode {
-    /// Plain lines on stderr.
-    Plain,
-    /// JSON events on stdout.
-    Json,
+    #[command(flatten)]
+    progress: ProgressFlags,
 }
 
 fn main() -> ExitCode {
@@ -69,22 +58,17 @@ fn main() -> ExitCode {
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = args.registry.builder()?;
-    let json = args.progress == Some(ProgressMode::Json);
-    if json {
-        builder = builder.progress(|p| {
-            if let Ok(line) = serde_json::to_string(p) {
-                println!("{line}");
-            }
-        });
-    } else if args.verbose || args.progress == Some(ProgressMode::Plain) {
-        builder = builder.progress(|p| match p {
-            Progress::BlobSkipped { digest } => eprintln!("skipped  {digest}"),
-            Progress::BlobMounted { digest, from } => eprintln!("mounted  {digest} from {from}"),
-            Progress::BlobUploaded { digest, size } => eprintln!("uploaded {digest} ({size} bytes)"),
-            Progress::RetryWaiting { url, attempt, delay } => eprintln!("retry {attempt} of {url} in {delay:?}"),
-            _ => {}
-        });
-    }
+    let shown = if args.verbose { Shown::Plain } else { args.progress.shown()? };
+    let tty = (shown == Shown::Tty && !args.dry_run).then(|| Arc::new(Tty::new()));
+    builder = match (shown, &tty) {
+        (Shown::Json, _) => builder.progress(common::display::json_line),
+        (Shown::Plain, _) => builder.progress(common::display::plain_transfer),
+        (Shown::Tty, Some(tty)) => {
+            let tty = Arc::clone(tty);
+            builder.progress(move |p| tty.transfer_event(p))
+        }
+        _ => builder,
+    };
     let client = builder.build()?;
     if args.dry_run {
         let (ImageLocation::Registry(src), ImageLocation::Registry(dst)) = (&args.src, &args.dst) else {
@@ -106,11 +90,18 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let opts = CopyOptions { platforms: args.platforms.clone(), referrers: args.referrers, overwrite: args.overwrite };
-    let report = kiln::copy_with(&client, &args.src, &args.dst, &opts).await?;
+    if let Some(tty) = &tty {
+        tty.transfer(&format!("copying {} to {}", args.src, args.dst));
+    }
+    let report = kiln::copy_with(&client, &args.src, &args.dst, &opts).await;
+    if let Some(tty) = &tty {
+        if report.is_ok() { tty.finish("[+] Copied in {secs}s") } else { tty.fail() }
+    }
+    let report = report?;
     if let Some(f) = &args.digestfile {
         common::write_for_pipeline(f, &report.digest.to_string())?;
     }
-    if json {
+    if shown == Shown::Json {
         let done = serde_json::json!({
             "event": "copied",
             "digest": report.digest,
@@ -123,7 +114,7 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("{done}");
         return Ok(());
     }
-    if args.quiet {
+    if shown == Shown::Quiet {
         println!("{}", report.digest);
         return Ok(());
     }

@@ -1,19 +1,25 @@
 //! Promotes an image, pinned by digest, to a tag (usually in another
 //! registry), moving the exact bytes.
 //!
-//! `cargo run --example promote -- SRC@DIGEST DST:TAG [--overwrite] [--dry-run] [--json] [--digestfile FILE] [--insecure HOST]... [--authfile FILE]`
+//! `cargo run --example promote -- SRC@DIGEST DST:TAG [--overwrite] [--dry-run] [--json | --progress auto|tty|plain|json | -q] [--digestfile FILE] [--insecure HOST]... [--authfile FILE]`
 //!
 //! Refuses when DST:TAG already points at another digest unless
 //! `--overwrite`. Prints the promotion record (as JSON with `--json`, for
-//! pipelines to log); otherwise the last line is the digest.
+//! pipelines to log); otherwise the last line is the digest. The blobs
+//! moved show as they go: on a terminal a byte bar each, else plain lines
+//! (`--progress`); `--progress json` gives the events as JSON lines, then
+//! a `promoted` event with the record; `-q` prints the digest alone.
 
 use std::process::ExitCode;
+
+use std::sync::Arc;
 
 use clap::Parser;
 use kiln::PromoteOptions;
 use kiln::oci_image::Reference;
 
 mod common;
+use common::display::{ProgressFlags, Shown, Tty};
 
 #[derive(Parser)]
 #[command(about = "Promote a digest-pinned image to a tag")]
@@ -32,8 +38,10 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     digestfile: Option<std::path::PathBuf>,
     /// Print only the record, as JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["quiet", "progress"])]
     json: bool,
+    #[command(flatten)]
+    progress: ProgressFlags,
     #[command(flatten)]
     registry: common::RegistryFlags,
 }
@@ -43,14 +51,28 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let client = args.registry.client()?;
-    let record = kiln::promote(
-        &client,
-        &args.src,
-        &args.dst,
-        PromoteOptions { overwrite: args.overwrite, dry_run: args.dry_run },
-    )
-    .await?;
+    let shown = if args.json { Shown::Quiet } else { args.progress.shown()? };
+    let tty = (shown == Shown::Tty && !args.dry_run).then(|| Arc::new(Tty::new()));
+    let builder = args.registry.builder()?;
+    let client = match (shown, &tty) {
+        (Shown::Json, _) => builder.progress(common::display::json_line),
+        (Shown::Plain, _) => builder.progress(common::display::plain_transfer),
+        (Shown::Tty, Some(tty)) => {
+            let tty = Arc::clone(tty);
+            builder.progress(move |p| tty.transfer_event(p))
+        }
+        _ => builder,
+    }
+    .build()?;
+    if let Some(tty) = &tty {
+        tty.transfer(&format!("promoting {} to {}", args.src, args.dst));
+    }
+    let options = PromoteOptions { overwrite: args.overwrite, dry_run: args.dry_run };
+    let record = kiln::promote(&client, &args.src, &args.dst, options).await;
+    if let Some(tty) = &tty {
+        if record.is_ok() { tty.finish("[+] Promoted in {secs}s") } else { tty.fail() }
+    }
+    let record = record?;
     if let Some(f) = &args.digestfile
         && !record.dry_run
     {
@@ -60,15 +82,28 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", serde_json::to_string_pretty(&record)?);
         return Ok(());
     }
-    let verb = if record.dry_run { "would promote" } else { "promoted" };
-    println!("{verb} {} -> {} at {}", record.source, record.destination, record.time);
-    println!(
-        "blobs: {} skipped, {} mounted, {} uploaded ({} bytes)",
-        record.plan.skip.len(),
-        record.plan.mount.len(),
-        record.plan.upload.len(),
-        record.plan.upload_bytes
-    );
+    match shown {
+        Shown::Quiet => {}
+        Shown::Json => {
+            let mut done = serde_json::to_value(&record)?;
+            if let Some(o) = done.as_object_mut() {
+                o.insert("event".into(), "promoted".into());
+            }
+            println!("{done}");
+            return Ok(());
+        }
+        Shown::Plain | Shown::Tty => {
+            let verb = if record.dry_run { "would promote" } else { "promoted" };
+            println!("{verb} {} -> {} at {}", record.source, record.destination, record.time);
+            println!(
+                "blobs: {} skipped, {} mounted, {} uploaded ({} bytes)",
+                record.plan.skip.len(),
+                record.plan.mount.len(),
+                record.plan.upload.len(),
+                record.plan.upload_bytes
+            );
+        }
+    }
     println!("{}", record.digest);
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Tags a release: `vX.Y.Z`, `vX.Y`, `vX` and `latest` (only the version
 //! itself for a pre-release), never moving a tag to an older release.
 //!
-//! `cargo run --example release_tags -- REPO@DIGEST vX.Y.Z`
+//! `cargo run --example release_tags -- REPO@DIGEST vX.Y.Z [-q] [--insecure HOST]... [--authfile FILE]`
 //!
 //! The last line printed is the digest the tags point at.
 
@@ -19,6 +19,9 @@ struct Args {
     image: Reference,
     /// The release version, like v1.2.3 or v2.0.0-rc.1.
     version: String,
+    /// Print only the digest.
+    #[arg(long, short)]
+    quiet: bool,
     #[command(flatten)]
     registry: common::RegistryFlags,
 }
@@ -30,7 +33,7 @@ fn main() -> ExitCode {
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let client = args.registry.client()?;
     let tags = kiln::release_tags(&client, &args.image, &args.version).await?;
-    for t in &tags {
+    for t in tags.iter().filter(|_| !args.quiet) {
         println!("tagged {}", args.image.repository_only().with_tag(t.clone()));
     }
     if let Some(d) = args.image.digest() {

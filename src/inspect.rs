@@ -293,7 +293,7 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
 
 /// A size as docker prints it: decimal units, four significant digits
 /// (`0B`, `512B`, `7.8kB`, `1.062MB`).
-fn human_size(bytes: u64) -> String {
+pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
     #[allow(clippy::cast_precision_loss)] // a display value
     let mut size = bytes as f64;

@@ -26,7 +26,7 @@ mod promote;
 
 pub use copy::{CopyError, CopyOptions, CopyReport, ImageLocation, LocationError, copy, copy_with};
 pub use dockerfile_parse;
-pub use inspect::{HistoryRow, InspectError, Inspection, history_rows, inspect};
+pub use inspect::{HistoryRow, InspectError, Inspection, history_rows, human_size, inspect};
 pub use layer_diff;
 pub use oci_image;
 pub use promote::{CopyPlan, PromoteError, PromoteOptions, PromotionRecord, plan_copy, promote, release_tags};

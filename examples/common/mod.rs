@@ -13,6 +13,8 @@ use std::process::ExitCode;
 
 use kiln::registry_client::{Client, ClientBuilder, DockerConfig};
 
+pub mod display;
+
 /// The registry flags every example shares.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct RegistryFlags {

@@ -19,6 +19,7 @@ mod proxy;
 mod scripted;
 mod server;
 mod ssh;
+mod tmux;
 mod token;
 
 pub use fault::{Fault, FaultCounts, FaultPlan, FaultProxy, TOKEN_LIFETIME};
@@ -29,6 +30,7 @@ pub use pki::{CertPair, Pki};
 pub use proxy::HttpProxy;
 pub use scripted::{Logged, Quirks, ScriptedRegistry};
 pub use ssh::SshAgent;
+pub use tmux::Tmux;
 pub use token::{ISSUER, SERVICE, TokenServer};
 
 use std::io::{self, Read, Write};

@@ -128,6 +128,12 @@ fn every_example_takes_the_same_registry_flags_and_exit_codes() {
         for flag in ["--insecure <HOST>", "--authfile <FILE>", "insecure-host"] {
             assert!(help.contains(flag), "{name} --help lacks {flag}:\n{help}");
         }
+        // those that move images show their progress the same way
+        if ["build", "copy", "promote"].contains(&name) {
+            for flag in ["--progress <PROGRESS>", "- auto:", "- tty:", "- plain:", "- json:", "-q, --quiet"] {
+                assert!(help.contains(flag), "{name} --help lacks {flag}:\n{help}");
+            }
+        }
         // a usage error is exit code 2, as clap and docker have it
         let bad = Command::new(&bin).arg("--no-such-flag").output().unwrap();
         assert_eq!(bad.status.code(), Some(2), "{name}: {}", String::from_utf8_lossy(&bad.stderr));

@@ -18,6 +18,7 @@ mod outputs;
 mod promote;
 mod safety;
 mod stops;
+mod terminal;
 
 use std::fs;
 use std::path::Path;
