@@ -19,7 +19,8 @@ use kiln::registry_client::Progress as Transfer;
 /// How an example shows its progress.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgressMode {
-    /// The live display when stderr is a terminal, else plain lines.
+    /// The live display when stderr is a terminal (and `RUST_LOG` asks
+    /// for no logs), else plain lines.
     #[default]
     Auto,
     /// The live display (stderr must be a terminal).
@@ -59,7 +60,8 @@ pub enum Shown {
 
 impl ProgressFlags {
     /// What this run shows: `auto` is the live display when stderr is a
-    /// terminal (and `TERM` is not `dumb`), else plain lines.
+    /// terminal (and `TERM` is not `dumb`) and no logs are asked for
+    /// (`RUST_LOG`: log lines would tear the display), else plain lines.
     ///
     /// # Errors
     /// `--progress tty` when stderr is not a terminal (as buildx refuses it).
@@ -68,8 +70,10 @@ impl ProgressFlags {
             return Ok(Shown::Quiet);
         }
         let terminal = std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
+        let logging = std::env::var("RUST_LOG").is_ok_and(|v| !v.is_empty() && v != "off");
         match self.progress {
-            ProgressMode::Auto | ProgressMode::Tty if terminal => Ok(Shown::Tty),
+            ProgressMode::Auto if terminal && !logging => Ok(Shown::Tty),
+            ProgressMode::Tty if terminal => Ok(Shown::Tty),
             ProgressMode::Tty => Err("--progress tty: stderr is not a terminal (use auto, plain or json)".into()),
             ProgressMode::Auto | ProgressMode::Plain => Ok(Shown::Plain),
             ProgressMode::Json => Ok(Shown::Json),

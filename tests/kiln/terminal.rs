@@ -19,7 +19,12 @@ const HEIGHT: u16 = 40;
 /// Runs `program args` in a pane until it ends; its exit code, screen and
 /// raw output.
 fn in_terminal(program: &Path, args: &[&str]) -> Option<(i32, String, String)> {
-    let pane = Tmux::run(program, args, &[], WIDTH, HEIGHT).unwrap()?;
+    in_terminal_with(program, args, &[])
+}
+
+/// [`in_terminal`] with more environment.
+fn in_terminal_with(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Option<(i32, String, String)> {
+    let pane = Tmux::run(program, args, env, WIDTH, HEIGHT).unwrap()?;
     let code = pane.wait(Duration::from_secs(300)).unwrap();
     let raw = String::from_utf8_lossy(&pane.raw().unwrap()).into_owned();
     Some((code, pane.screen().unwrap(), raw))
@@ -99,6 +104,13 @@ fn build_on_a_terminal_draws_its_steps_output_and_blobs() {
     screen_line(&screen, "=> CACHED [0] COPY a.txt /a.txt");
     screen_line(&screen, "=> CACHED [0] RUN for i in");
     assert!(screen_line(&screen, "[+] Built in").contains("3 steps, 2 cached"), "{screen}");
+    assert_eq!(last_line(&screen), digest);
+
+    // logs asked for: log lines would tear a live display, so plain lines
+    let Some((code, screen, raw)) = in_terminal_with(&build, &args, &[("RUST_LOG", "debug")]) else { return };
+    assert_eq!(code, 0, "{screen}");
+    assert!(!spun(&raw), "a live display under RUST_LOG:\n{raw:?}");
+    assert!(raw.contains("[0] line 2: cached in") && raw.contains("DEBUG"), "{raw:?}");
     assert_eq!(last_line(&screen), digest);
 
     // off a terminal: plain lines, no control sequences, the same digest
