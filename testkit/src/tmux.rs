@@ -43,7 +43,9 @@ impl Tmux {
     {
         let Some(tmux) = tool("tmux") else { return Ok(None) };
         let dir = tempfile::tempdir()?;
-        let name = format!("kiln-test-{}", std::process::id());
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("kiln-test-{}-{n}", std::process::id());
         let server = Command::new(&tmux)
             .env("TMUX_TMPDIR", dir.path())
             .args(["-D", "-f", "/dev/null", "-L", &name])
@@ -56,7 +58,7 @@ impl Tmux {
         for (k, v) in env {
             let _ = writeln!(script, "export {k}={}", quote(OsStr::new(v)));
         }
-        let _ = writeln!(script, "{} wait-for go", quote(me.program.as_os_str()));
+        let _ = writeln!(script, "{} -N wait-for go", quote(me.program.as_os_str()));
         script.push_str(&quote(program.as_os_str()));
         for a in args {
             script.push(' ');
@@ -67,18 +69,24 @@ impl Tmux {
         std::fs::write(me.dir.path().join("run.sh"), script)?;
         let run = format!("sh {}", quote(me.dir.path().join("run.sh").as_os_str()));
         let (w, h) = (width.to_string(), height.to_string());
-        // the server needs a moment to listen
+        // the server needs a moment to listen; until it does, a client would
+        // start (and leave running) a daemon server of its own, so every
+        // client runs with -N (never start a server) once the socket is there
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let out = me.tmux().args(["new-session", "-d", "-s", "t", "-x", &w, "-y", &h, &run]).output()?;
-            if out.status.success() {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "tmux new-session: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
+            if me.socket_exists() {
+                let out = me.tmux().args(["new-session", "-d", "-s", "t", "-x", &w, "-y", &h, &run]).output()?;
+                if out.status.success() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(io::Error::other(format!(
+                        "tmux new-session: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+            } else if Instant::now() > deadline {
+                return Err(io::Error::other("the tmux server made no socket in 10 s"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -88,10 +96,20 @@ impl Tmux {
         Ok(Some(me))
     }
 
+    /// A client of this server (`-N`: it never starts one of its own).
     fn tmux(&self) -> Command {
         let mut c = Command::new(&self.program);
-        c.env("TMUX_TMPDIR", self.dir.path()).args(["-L", &self.name]);
+        c.env("TMUX_TMPDIR", self.dir.path()).args(["-N", "-L", &self.name]);
         c
+    }
+
+    /// Whether the server's socket (`$TMUX_TMPDIR/tmux-UID/NAME`) is there.
+    fn socket_exists(&self) -> bool {
+        std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.file_name().to_string_lossy().starts_with("tmux-") && d.path().join(&self.name).exists())
     }
 
     fn command(&self, args: &[&str]) -> io::Result<String> {
@@ -168,5 +186,43 @@ impl Drop for Tmux {
         // the server's PID: it takes its panes' processes with it
         let _ = self.server.kill();
         let _ = self.server.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The processes whose command line has `arg` as one argument.
+    fn processes_with(arg: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+            if cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
+                found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn a_pane_runs_its_command_and_nothing_outlives_it() {
+        let pane = Tmux::run(Path::new("/bin/sh"), ["-c", "printf 'one\\ntwo\\n'; exit 3"], &[], 40, 10).unwrap();
+        let Some(pane) = pane else { return };
+        let name = pane.name.clone();
+        assert_eq!(pane.wait(Duration::from_secs(30)).unwrap(), 3);
+        assert_eq!(pane.screen().unwrap(), "one\ntwo");
+        assert_eq!(String::from_utf8_lossy(&pane.raw().unwrap()), "one\r\ntwo\r\n");
+        assert!(!processes_with(&name).is_empty(), "the server runs while the pane is open");
+        drop(pane);
+        // the server and its pane's processes are gone (a client that started
+        // a daemon server of its own would leave it running)
+        for _ in 0..50 {
+            if processes_with(&name).is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("left running: {:?}", processes_with(&name));
     }
 }

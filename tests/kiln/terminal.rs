@@ -201,3 +201,28 @@ fn copy_and_promote_on_a_terminal_show_every_blob() {
     assert_eq!(String::from_utf8_lossy(&quiet.stdout).trim_end(), digest);
     assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
 }
+
+/// A base image pulled from a registry on a terminal: the step that
+/// needed its layers shows the pull and a bar per layer, each done.
+#[test]
+fn a_pulled_base_shows_its_layers_under_the_step_that_needed_them() {
+    let (Some(build), Some(copy)) = (example("build"), example("copy")) else { return };
+    let Ok(registry) = Registry::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(base) = base_layout(tmp.path()) else { return };
+    let remote = format!("{}/kiln/base:1", registry.host());
+    let pushed = Command::new(&copy).args([&base.location(), &remote, "-q"]).output().unwrap();
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), &format!("FROM {remote}\nRUN echo pulled > /pulled\n"));
+    let out = format!("oci:{}", tmp.path().join("out").display());
+    let cache = tmp.path().join("cache");
+    let args = [ctx.to_str().unwrap(), "--output", &out, "--cache-dir", cache.to_str().unwrap()];
+    let Some((code, screen, _)) = in_terminal(&build, &args) else { return };
+    assert_eq!(code, 0, "{screen}");
+    let lines: Vec<&str> = screen.lines().collect();
+    let run = lines.iter().position(|l| l.contains("=> [0] RUN echo pulled")).unwrap_or_else(|| panic!("{screen}"));
+    let under: Vec<&&str> = lines[run + 1..].iter().take_while(|l| l.contains("=> => ")).collect();
+    assert!(under.iter().any(|l| l.contains(&format!("pulling {remote}"))), "{screen}");
+    assert!(under.iter().any(|l| l.contains("=> => sha256:") && l.ends_with("done")), "{screen}");
+}
