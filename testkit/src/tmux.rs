@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use crate::tool;
 
+/// Panes started by this process, for unique server names.
+static PANES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A command running in a `tmux` pane.
 pub struct Tmux {
     server: Child,
@@ -43,8 +46,7 @@ impl Tmux {
     {
         let Some(tmux) = tool("tmux") else { return Ok(None) };
         let dir = tempfile::tempdir()?;
-        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let n = PANES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let name = format!("kiln-test-{}-{n}", std::process::id());
         let server = Command::new(&tmux)
             .env("TMUX_TMPDIR", dir.path())
