@@ -11,7 +11,9 @@
 # Needs umoci, pigz, zstd, rsync, GNU time and bc (installs them when missing,
 # as root); builds the examples in release mode.
 # ONLY=NAME runs only the comparisons whose name contains NAME (ONLY=rss: only
-# the peak RSS part); SKIP_RSS=1 skips the peak RSS part.
+# the peak RSS part); SKIP_RSS=1 skips the peak RSS part. GZIP_LEVEL=N (default
+# 6) is the level of kiln's gzip layers (1-3: kiln's own fast deflate, 4-9:
+# zlib-rs); the size of its whole-tree layer is compared with level 6's.
 #
 # Outputs of earlier runs are moved into WORK/trash, not deleted, until the
 # end: on ext4, creating inodes shortly after deleting many (for 30 s, or
@@ -25,6 +27,7 @@ set -euo pipefail
 need umoci:umoci pigz:pigz zstd:zstd rsync:rsync time:/usr/bin/time bc:bc
 V1=$(realpath "$1"); V2=$(realpath "$2"); WORK=$(realpath -m "$3")
 RUNS=${RUNS:-5}
+GZIP_LEVEL=${GZIP_LEVEL:-6}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$WORK"
 (cd "$HERE" && cargo build --release -q -p layer-diff --examples >&2)
@@ -72,7 +75,14 @@ export LAYER UNPACK V1 V2 WORK
 
 if [ "${ONLY:-}" != rss ]; then
 
-# 1. whole tree, gzip -6, 2 threads, vs umoci repack and vs pigz on the tar
+# 0. the size of the whole-tree layer at GZIP_LEVEL against zlib level 6
+"$LAYER" --upper "$V1" --out "$WORK/l6.blob" --compression gzip --level 6 --threads 2 > /dev/null
+"$LAYER" --upper "$V1" --out "$WORK/ln.blob" --compression gzip --level "$GZIP_LEVEL" --threads 2 > /dev/null
+s6=$(stat -c %s "$WORK/l6.blob"); sn=$(stat -c %s "$WORK/ln.blob")
+printf '%-28s level %s %d bytes, level 6 %d bytes, ratio %.3f  (goal <= 1.10)\n' "tree gzip size" "$GZIP_LEVEL" "$sn" "$s6" "$(echo "$sn / $s6" | bc -l)" | tee -a "$RESULTS"
+rm -f "$WORK/l6.blob" "$WORK/ln.blob"
+
+# 1. whole tree, gzip at GZIP_LEVEL, 2 threads, vs umoci repack and vs pigz -6 on the tar
 umoci_base() {
   retire "$WORK/u"; mkdir -p "$WORK/u"
   umoci init --layout "$WORK/u/l" && umoci new --image "$WORK/u/l:t" && umoci unpack --image "$WORK/u/l:t" "$WORK/u/b"
@@ -80,10 +90,10 @@ umoci_base() {
 } > /dev/null 2>&1
 export -f umoci_base
 compare "tree gzip vs umoci repack" "rm -f $WORK/o.blob" \
-  "$LAYER --upper $V1 --out $WORK/o.blob --compression gzip --level 6 --threads 2" \
+  "$LAYER --upper $V1 --out $WORK/o.blob --compression gzip --level $GZIP_LEVEL --threads 2" \
   "umoci_base" "umoci repack --image $WORK/u/l:t $WORK/u/b" "max:0.5"
 compare "tree gzip vs pigz -6 -p 2" "rm -f $WORK/o.blob" \
-  "$LAYER --upper $V1 --out $WORK/o.blob --compression gzip --level 6 --threads 2" \
+  "$LAYER --upper $V1 --out $WORK/o.blob --compression gzip --level $GZIP_LEVEL --threads 2" \
   "rm -f $WORK/p.gz" "pigz -6 -p 2 -c $WORK/v1.tar > $WORK/p.gz" "max:1.0"
 
 # 2. the diff layer v1 -> v2 vs umoci's diff repack
@@ -96,7 +106,7 @@ umoci_diff() {
 } > /dev/null 2>&1
 export -f umoci_diff
 compare "diff gzip vs umoci repack" "rm -f $WORK/o.blob" \
-  "$LAYER --lower $V1 --upper $V2 --out $WORK/o.blob --compression gzip --level 6 --threads 2" \
+  "$LAYER --lower $V1 --upper $V2 --out $WORK/o.blob --compression gzip --level $GZIP_LEVEL --threads 2" \
   "umoci_diff" "umoci repack --image $WORK/d/l:t $WORK/d/b" "max:0.5"
 
 # 3. zstd -3 pipeline vs the zstd CLI on the tar (throughput: ours >= 0.8x, i.e. time ratio <= 1.25)

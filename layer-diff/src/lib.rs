@@ -35,6 +35,7 @@ use oci_image::{Compression, Descriptor, Digest, MediaType};
 mod apply;
 mod compress;
 mod diff;
+mod fastdeflate;
 mod hashing;
 mod idmap;
 mod inroot;
@@ -43,7 +44,7 @@ mod snapshot;
 mod writer;
 
 pub use apply::{ApplyError, ApplyInfo, ApplyOptions, OverlayXattrs, apply_blob, apply_blob_streaming, apply_tar};
-pub use compress::{Decompressor, ParallelGzip, detect};
+pub use compress::{DEFAULT_GZIP_LEVEL, Decompressor, FAST_LEVELS, ParallelGzip, compression_engine, detect};
 pub use diff::{Change, ChangeKind, changes_size, diff, overlay_changes};
 pub use idmap::{IdMap, IdRange};
 pub use inroot::{MAX_SYMLINKS, resolve_in_root};
@@ -94,7 +95,7 @@ pub struct PackOptions {
     pub id_map: Option<IdMap>,
     /// The blob's compression.
     pub compression: Compression,
-    /// Compression level (gzip 0-9, default 6; zstd 1-22, default 3).
+    /// Compression level (gzip 0-9, default 2: 1-3 are kiln's own fast deflate, 4-9 zlib; zstd 1-22, default 3).
     pub level: Option<i32>,
     /// Compression threads; the output is the same for any count. Above
     /// one, the blob's and the tar's sha256 also run on a thread each;

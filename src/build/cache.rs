@@ -27,6 +27,7 @@ use super::{BuildError, Ctx, Descriptor, Digest, Progress, StepId};
 /// `context`). A step's fields are its parent's key (`parent`, the key of
 /// everything below it), the build settings every layer depends on
 /// (`setting`, one field each: `epoch=`, `compression=`, `level=`,
+/// `engine=` (the compressor behind the level, versioned),
 /// `manifest=`), the instruction as the
 /// history records it (`instruction`), the instruction with its variables
 /// expanded (`command`, as the JSON of

@@ -256,6 +256,8 @@ impl Build {
             format!("epoch={}", epoch.map_or_else(|| "none".to_owned(), |e| e.to_string())),
             format!("compression={}", self.compression),
             format!("level={}", self.level.map_or_else(|| "default".to_owned(), |l| l.to_string())),
+            // the engine behind the level: a level that changes engine never reuses the other's bytes
+            format!("engine={}", layer_diff::compression_engine(self.compression, self.level)),
             "manifest=oci-v1".to_owned(),
         ];
         let cache: Arc<dyn super::StepCache> = match self.step_cache {

@@ -201,3 +201,60 @@ fn same_digest_across_copies_and_thread_counts() {
         }
     }
 }
+
+/// Every gzip reader a layer meets reads what each level writes, kiln's
+/// own fast deflate (levels 1-3) above all: Go's (through umoci), GNU
+/// gzip, pigz and zcat (each checking the CRC and length), and flate2's
+/// single-member `GzDecoder`; all to the tar whose digest is the diff id.
+#[test]
+fn every_gzip_reader_reads_every_level() {
+    use std::io::Read as _;
+    let Some(bin) = umoci() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    rich_tree(&src);
+    // more than three pipeline blocks, text and noise: blocks refer back across their cuts
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut big = Vec::new();
+    while big.len() < 2_000_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x.is_multiple_of(3) {
+            big.extend_from_slice(&x.to_le_bytes());
+        } else {
+            big.extend_from_slice(format!("line {} of the layer\n", x % 1000).as_bytes());
+        }
+    }
+    fs::write(src.join("usr/share/doc/mixed"), &big).unwrap();
+    let readers: Vec<(String, Vec<&str>)> = [("gzip", vec!["-dc"]), ("pigz", vec!["-dc"]), ("zcat", vec![])]
+        .into_iter()
+        .filter_map(|(tool, args)| testkit::tool(tool).map(|t| (t.display().to_string(), args)))
+        .collect();
+    assert!(!readers.is_empty() || !testkit::in_ci(), "gzip is on every Debian machine");
+    for level in [1, 2, 3, 6] {
+        let layout = Layout::create(tmp.path().join(format!("layout{level}"))).unwrap();
+        let w = layout.blob_writer().unwrap();
+        let o = PackOptions { level: Some(level), threads: 2, ..opts() };
+        let (w, info) = layer_diff::pack_dir(&src, w, &o).unwrap();
+        w.finish().unwrap();
+        let blob = layout.blob_path(&info.digest);
+        let diff_id = info.diff_id.to_string();
+        let sha = |bytes: &[u8]| oci_image::Digest::sha256(bytes).to_string();
+        for (tool, args) in &readers {
+            let out = Command::new(tool).args(args).arg(&blob).output().unwrap();
+            assert!(out.status.success(), "{tool} at level {level}: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(sha(&out.stdout), diff_id, "{tool} at level {level}");
+        }
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(fs::File::open(&blob).unwrap()).read_to_end(&mut tar).unwrap();
+        assert_eq!(sha(&tar), diff_id, "flate2's single-member reader at level {level}");
+        write_image(&layout, &[(info.descriptor(), info.diff_id.clone())]);
+        let bundle = tmp.path().join(format!("bundle{level}"));
+        let mut c = umoci_cmd(&bin);
+        c.arg("unpack").arg("--image").arg(format!("{}:t", layout.root().display())).arg(&bundle);
+        testkit::run(rootless(&mut c)).unwrap();
+        assert_eq!(describe(&src, true), describe(&bundle.join("rootfs"), true), "umoci at level {level}");
+    }
+}

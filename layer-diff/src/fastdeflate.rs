@@ -1,0 +1,678 @@
+//! kiln's own deflate encoder for the fast gzip levels (1-3), in safe
+//! Rust: the same bytes on every machine and CPU, no build dependency.
+//!
+//! It does what the parallel gzip pipeline needs and no more: it deflates
+//! one pipeline block, with the 32 KiB before it as the window it may
+//! refer to, and ends it either with a sync flush (an empty stored block,
+//! so that blocks concatenate into one deflate stream) or as the final
+//! block. The block is cut into segments of [`SEGMENT`] input bytes; each
+//! becomes one deflate block with its own dynamic Huffman codes (or a
+//! stored block when that is smaller, so random data grows by at most a
+//! few bytes per 64 KiB).
+//!
+//! The match finder hashes 4 bytes into a table of the most recent
+//! position only (no chains): level 1 takes the first match it finds
+//! (greedy), level 2 also tries the next position and keeps the longer
+//! match (one-step lazy), level 3 does that and indexes every position
+//! inside a match. The table starts empty for every pipeline block (then
+//! filled from its dictionary), so the output does not depend on how
+//! blocks were spread over threads.
+
+// A bit-level codec: every cast narrows a value the format bounds (lengths
+// to 258, distances to 32768, code lengths to 15, positions to the 544 KiB
+// of a block and its window).
+#![allow(clippy::cast_possible_truncation)]
+
+/// Input bytes per deflate block.
+const SEGMENT: usize = 128 * 1024;
+/// How far back a match may refer.
+const WINDOW: usize = 32 * 1024;
+const HASH_BITS: u32 = 15;
+const MIN_MATCH: usize = 4;
+/// A run of `1 << SKIP_SHIFT` misses makes the match finder step one byte further.
+const SKIP_SHIFT: u32 = 5;
+const MAX_MATCH: usize = 258;
+/// The longest code deflate allows for literal/lengths and distances.
+const MAX_BITS: u8 = 15;
+/// The longest code for the code-length alphabet.
+const MAX_CL_BITS: u8 = 7;
+/// The order the code-length code lengths are sent in (RFC 1951, 3.2.7).
+const CL_ORDER: [usize; 19] = [16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15];
+
+const LEN_BASE: [u16; 29] =
+    [3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258];
+const LEN_EXTRA: [u8; 29] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0];
+const DIST_BASE: [u16; 30] = [
+    1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145,
+    8193, 12289, 16385, 24577,
+];
+const DIST_EXTRA: [u8; 30] =
+    [0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13];
+
+/// The length symbol (0-28, for codes 257-285) of every match length.
+#[allow(clippy::indexing_slicing)] // evaluated at compile time
+const LEN_SYMBOL: [u8; MAX_MATCH + 1] = {
+    let mut t = [0u8; MAX_MATCH + 1];
+    let mut sym = 0;
+    let mut len = 3;
+    while len <= MAX_MATCH {
+        while sym + 1 < LEN_BASE.len() && LEN_BASE[sym + 1] as usize <= len {
+            sym += 1;
+        }
+        t[len] = sym as u8;
+        len += 1;
+    }
+    t
+};
+
+/// The distance symbol of a distance (1-32768).
+fn dist_symbol(d: usize) -> usize {
+    if d <= 4 {
+        return d.saturating_sub(1);
+    }
+    let high = usize::BITS - 1 - (d - 1).leading_zeros();
+    2 * high as usize + (((d - 1) >> (high - 1)) & 1)
+}
+
+fn read32(b: &[u8], i: usize) -> u32 {
+    b.get(i..i + 4).and_then(|s| s.try_into().ok()).map_or(0, u32::from_le_bytes)
+}
+
+fn read64(b: &[u8], i: usize) -> u64 {
+    b.get(i..i + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes)
+}
+
+fn hash(v: u32) -> usize {
+    (v.wrapping_mul(0x9E37_79B1) >> (32 - HASH_BITS)) as usize
+}
+
+/// How many bytes at `a` and `b` (`a < b`) agree, up to `max`.
+fn match_len(buf: &[u8], a: usize, b: usize, max: usize) -> usize {
+    let mut len = 0;
+    while len + 8 <= max {
+        let x = read64(buf, a + len) ^ read64(buf, b + len);
+        if x != 0 {
+            return len + (x.trailing_zeros() / 8) as usize;
+        }
+        len += 8;
+    }
+    while len < max && buf.get(a + len) == buf.get(b + len) {
+        len += 1;
+    }
+    len
+}
+
+/// A literal (`< 256`) or a match (`MATCH | length << 16 | distance`).
+const MATCH: u32 = 1 << 31;
+
+/// One segment's symbols and their frequencies.
+struct Symbols {
+    items: Vec<u32>,
+    litlen: [u32; 286],
+    dist: [u32; 30],
+}
+
+impl Symbols {
+    fn new() -> Self {
+        Symbols { items: Vec::with_capacity(SEGMENT / 2), litlen: [0; 286], dist: [0; 30] }
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.litlen = [0; 286];
+        self.dist = [0; 30];
+    }
+
+    fn literal(&mut self, b: u8) {
+        self.items.push(u32::from(b));
+        if let Some(f) = self.litlen.get_mut(usize::from(b)) {
+            *f += 1;
+        }
+    }
+
+    fn matched(&mut self, len: usize, dist: usize) {
+        self.items.push(MATCH | (len as u32) << 16 | dist as u32);
+        let ls = usize::from(LEN_SYMBOL.get(len).copied().unwrap_or(0));
+        if let Some(f) = self.litlen.get_mut(257 + ls) {
+            *f += 1;
+        }
+        if let Some(f) = self.dist.get_mut(dist_symbol(dist)) {
+            *f += 1;
+        }
+    }
+}
+
+/// The match finder's state over one pipeline block.
+struct Matcher<'a> {
+    buf: &'a [u8],
+    table: Vec<u32>,
+    level: u32,
+}
+
+impl Matcher<'_> {
+    fn insert(&mut self, i: usize) {
+        if let Some(slot) = self.table.get_mut(hash(read32(self.buf, i))) {
+            *slot = i as u32 + 1;
+        }
+    }
+
+    /// The longest match for `i` the table offers: (length, distance).
+    fn find(&mut self, i: usize, end: usize) -> Option<(usize, usize)> {
+        let v = read32(self.buf, i);
+        let slot = self.table.get_mut(hash(v))?;
+        let cand = *slot as usize;
+        *slot = i as u32 + 1;
+        let c = cand.checked_sub(1)?;
+        if i - c > WINDOW || read32(self.buf, c) != v {
+            return None;
+        }
+        let max = (end - i).min(MAX_MATCH);
+        Some((MIN_MATCH + match_len(self.buf, c + MIN_MATCH, i + MIN_MATCH, max - MIN_MATCH), i - c))
+    }
+
+    /// Symbols for `buf[from..end]`.
+    fn segment(&mut self, from: usize, end: usize, out: &mut Symbols) {
+        let mut i = from;
+        // in data that does not repeat, look up fewer positions the longer
+        // the run of misses (LZ4's acceleration): every byte is still a
+        // literal, and the first match resets the pace
+        let mut misses = 0usize;
+        while i + MIN_MATCH <= end {
+            let Some((mut len, mut dist)) = self.find(i, end) else {
+                let step = (1 + (misses >> SKIP_SHIFT)).min(end - MIN_MATCH + 1 - i);
+                for b in self.buf.get(i..i + step).unwrap_or_default() {
+                    out.literal(*b);
+                }
+                i += step;
+                misses += 1;
+                continue;
+            };
+            misses = 0;
+            if self.level >= 2
+                && len < 32
+                && i + 1 + MIN_MATCH <= end
+                && let Some((l2, d2)) = self.find(i + 1, end)
+                && l2 > len
+            {
+                out.literal(self.buf.get(i).copied().unwrap_or(0));
+                i += 1;
+                (len, dist) = (l2, d2);
+            }
+            out.matched(len, dist);
+            let stop = (i + len).min(end.saturating_sub(MIN_MATCH - 1));
+            let inside = if self.level >= 3 { stop } else { stop.min(i + 2) };
+            for k in i + 1..inside {
+                self.insert(k);
+            }
+            i += len;
+        }
+        while i < end {
+            out.literal(self.buf.get(i).copied().unwrap_or(0));
+            i += 1;
+        }
+    }
+}
+
+/// A little-endian bit writer.
+struct Bits {
+    out: Vec<u8>,
+    acc: u64,
+    n: u32,
+}
+
+impl Bits {
+    fn put(&mut self, value: u32, len: u8) {
+        self.acc |= u64::from(value) << self.n;
+        self.n += u32::from(len);
+        if self.n >= 32 {
+            self.out.extend_from_slice(&(self.acc as u32).to_le_bytes());
+            self.acc >>= 32;
+            self.n -= 32;
+        }
+    }
+
+    /// A value packed as `bits << 24 | value`.
+    fn put_packed(&mut self, packed: u32) {
+        self.acc |= u64::from(packed & 0x00ff_ffff) << self.n;
+        self.n += packed >> 24;
+        if self.n >= 32 {
+            self.out.extend_from_slice(&(self.acc as u32).to_le_bytes());
+            self.acc >>= 32;
+            self.n -= 32;
+        }
+    }
+
+    /// Pads to a byte boundary.
+    fn align(&mut self) {
+        while self.n > 0 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.n = self.n.saturating_sub(8);
+        }
+        self.acc = 0;
+    }
+
+    /// An empty stored block, not final: a sync flush.
+    fn sync_marker(&mut self) {
+        self.put(0, 3);
+        self.align();
+        self.out.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    }
+
+    /// `data` as stored blocks, the last one final when `last`.
+    fn stored(&mut self, data: &[u8], last: bool) {
+        let mut chunks = data.chunks(0xffff).peekable();
+        if chunks.peek().is_none() {
+            self.put(u32::from(last), 3);
+            self.align();
+            self.out.extend_from_slice(&[0, 0, 0xff, 0xff]);
+            return;
+        }
+        while let Some(c) = chunks.next() {
+            let fin = last && chunks.peek().is_none();
+            self.put(u32::from(fin), 3);
+            self.align();
+            let len = c.len() as u16;
+            self.out.extend_from_slice(&len.to_le_bytes());
+            self.out.extend_from_slice(&(!len).to_le_bytes());
+            self.out.extend_from_slice(c);
+        }
+    }
+}
+
+/// Huffman code lengths for `freq`, none longer than `limit`; at least two
+/// symbols get a code (as zlib does, so that every decoder accepts it).
+fn code_lengths(freq: &[u32], limit: u8) -> Vec<u8> {
+    let mut f: Vec<u32> = freq.to_vec();
+    let mut used = f.iter().filter(|&&x| x > 0).count();
+    for x in &mut f {
+        if used >= 2 {
+            break;
+        }
+        if *x == 0 {
+            *x = 1;
+            used += 1;
+        }
+    }
+    let mut syms: Vec<usize> = (0..f.len()).filter(|&s| f.get(s).copied().unwrap_or(0) > 0).collect();
+    syms.sort_by_key(|&s| (f.get(s).copied().unwrap_or(0), s));
+    let n = syms.len();
+    let mut lengths = vec![0u8; f.len()];
+    if n == 0 {
+        return lengths;
+    }
+    // Huffman's algorithm with two queues over the sorted leaves
+    let mut weight: Vec<u64> = syms.iter().map(|&s| u64::from(f.get(s).copied().unwrap_or(0))).collect();
+    let mut parent = vec![0usize; 2 * n];
+    let (mut leaf, mut node) = (0usize, n);
+    let pick = |leaf: &mut usize, node: &mut usize, weight: &Vec<u64>, made: usize| -> usize {
+        let take_leaf = *leaf < n && (*node >= made || weight.get(*leaf) <= weight.get(*node));
+        if take_leaf {
+            *leaf += 1;
+            *leaf - 1
+        } else {
+            *node += 1;
+            *node - 1
+        }
+    };
+    for made in n..2 * n - 1 {
+        let first = pick(&mut leaf, &mut node, &weight, made);
+        let second = pick(&mut leaf, &mut node, &weight, made);
+        let sum = weight.get(first).copied().unwrap_or(0) + weight.get(second).copied().unwrap_or(0);
+        weight.push(sum);
+        for child in [first, second] {
+            if let Some(p) = parent.get_mut(child) {
+                *p = made;
+            }
+        }
+    }
+    // depths: the root is the last node made
+    let mut depth = vec![0u32; 2 * n];
+    for v in (0..2 * n - 2).rev() {
+        let d = parent.get(v).and_then(|&p| depth.get(p)).copied().unwrap_or(0) + 1;
+        if let Some(x) = depth.get_mut(v) {
+            *x = d;
+        }
+    }
+    // count codes per length, folding those over the limit into it, then
+    // restore the Kraft sum (as miniz and zlib do)
+    let limit_us = usize::from(limit);
+    let mut count = vec![0u32; limit_us + 1];
+    for d in depth.iter().take(n) {
+        let l = (*d as usize).clamp(1, limit_us);
+        if let Some(c) = count.get_mut(l) {
+            *c += 1;
+        }
+    }
+    let mut total: u64 = (1..=limit_us).map(|l| u64::from(count.get(l).copied().unwrap_or(0)) << (limit_us - l)).sum();
+    while total > 1 << limit_us {
+        if let Some(c) = count.get_mut(limit_us) {
+            *c -= 1;
+        }
+        for l in (1..limit_us).rev() {
+            if count.get(l).copied().unwrap_or(0) > 0 {
+                if let Some(c) = count.get_mut(l) {
+                    *c -= 1;
+                }
+                if let Some(c) = count.get_mut(l + 1) {
+                    *c += 2;
+                }
+                break;
+            }
+        }
+        total -= 1;
+    }
+    // the most frequent symbols get the shortest codes
+    let mut it = syms.iter().rev();
+    for l in 1..=limit_us {
+        for _ in 0..count.get(l).copied().unwrap_or(0) {
+            if let Some(&s) = it.next()
+                && let Some(x) = lengths.get_mut(s)
+            {
+                *x = l as u8;
+            }
+        }
+    }
+    lengths
+}
+
+/// Canonical codes for `lengths`, bit-reversed for a little-endian writer.
+fn codes(lengths: &[u8]) -> Vec<u32> {
+    let mut count = [0u32; 16];
+    for &l in lengths {
+        if let Some(c) = count.get_mut(usize::from(l)) {
+            *c += 1;
+        }
+    }
+    count[0] = 0;
+    let mut next = [0u32; 16];
+    let mut code = 0;
+    for bits in 1..16 {
+        code = (code + count.get(bits - 1).copied().unwrap_or(0)) << 1;
+        if let Some(n) = next.get_mut(bits) {
+            *n = code;
+        }
+    }
+    lengths
+        .iter()
+        .map(|&l| {
+            if l == 0 {
+                return 0;
+            }
+            let Some(n) = next.get_mut(usize::from(l)) else { return 0 };
+            let c = *n;
+            *n += 1;
+            c.reverse_bits() >> (32 - u32::from(l))
+        })
+        .collect()
+}
+
+/// The code-length sequence of the litlen and distance lengths, run-length
+/// coded: (symbol 0-18, extra bits value).
+fn rle(lengths: &[u8]) -> Vec<(u8, u8)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(&l) = lengths.get(i) {
+        let run = lengths.get(i..).map_or(0, |r| r.iter().take_while(|&&x| x == l).count());
+        if l == 0 && run >= 3 {
+            let r = run.min(138);
+            if r >= 11 {
+                out.push((18, (r - 11) as u8));
+            } else {
+                out.push((17, (r - 3) as u8));
+            }
+            i += r;
+        } else if l != 0 && run >= 4 {
+            out.push((l, 0));
+            let r = (run - 1).min(6);
+            out.push((16, (r - 3) as u8));
+            i += 1 + r;
+        } else {
+            out.push((l, 0));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The cost in bits of `freq` coded with `lengths`.
+fn cost(freq: &[u32], lengths: &[u8]) -> u64 {
+    freq.iter().zip(lengths).map(|(&f, &l)| u64::from(f) * u64::from(l)).sum()
+}
+
+/// Writes `s` as one dynamic block (or stored blocks of `raw` when smaller).
+fn write_block(w: &mut Bits, s: &Symbols, raw: &[u8], last: bool) {
+    let mut litlen = s.litlen;
+    litlen[256] = 1;
+    let ll_len = code_lengths(&litlen, MAX_BITS);
+    let d_len = code_lengths(&s.dist, MAX_BITS);
+    let hlit = 257.max(ll_len.iter().rposition(|&l| l > 0).map_or(0, |p| p + 1));
+    let hdist = 1.max(d_len.iter().rposition(|&l| l > 0).map_or(0, |p| p + 1));
+    let mut all: Vec<u8> = ll_len.get(..hlit).unwrap_or_default().to_vec();
+    all.extend_from_slice(d_len.get(..hdist).unwrap_or_default());
+    let runs = rle(&all);
+    let mut cl_freq = [0u32; 19];
+    for &(sym, _) in &runs {
+        if let Some(f) = cl_freq.get_mut(usize::from(sym)) {
+            *f += 1;
+        }
+    }
+    let cl_len = code_lengths(&cl_freq, MAX_CL_BITS);
+    let hclen = 4.max(CL_ORDER.iter().rposition(|&s| cl_len.get(s).copied().unwrap_or(0) > 0).map_or(0, |p| p + 1));
+    let extra: u64 =
+        runs.iter().map(|&(sym, _)| [2u64, 3, 7].get(usize::from(sym).wrapping_sub(16)).copied().unwrap_or(0)).sum();
+    let header = 3 + 5 + 5 + 4 + 3 * hclen as u64 + cost(&cl_freq, &cl_len) + extra;
+    let len_freq = litlen.get(257..).unwrap_or_default();
+    let len_extra: u64 = len_freq.iter().zip(LEN_EXTRA).map(|(&f, x)| u64::from(f) * u64::from(x)).sum();
+    let dist_extra: u64 = s.dist.iter().zip(DIST_EXTRA).map(|(&f, x)| u64::from(f) * u64::from(x)).sum();
+    let dynamic = header + cost(&litlen, &ll_len) + cost(&s.dist, &d_len) + len_extra + dist_extra;
+    let stored = (raw.len() as u64 + 5 * (raw.len() as u64 / 0xffff + 1)) * 8 + 7;
+    if stored <= dynamic {
+        w.stored(raw, last);
+        return;
+    }
+    w.put(u32::from(last), 1);
+    w.put(2, 2);
+    w.put((hlit - 257) as u32, 5);
+    w.put((hdist - 1) as u32, 5);
+    w.put((hclen - 4) as u32, 4);
+    for &s in CL_ORDER.iter().take(hclen) {
+        w.put(u32::from(cl_len.get(s).copied().unwrap_or(0)), 3);
+    }
+    let cl_code = codes(&cl_len);
+    for &(sym, x) in &runs {
+        let s = usize::from(sym);
+        w.put(cl_code.get(s).copied().unwrap_or(0), cl_len.get(s).copied().unwrap_or(0));
+        match sym {
+            16 => w.put(u32::from(x), 2),
+            17 => w.put(u32::from(x), 3),
+            18 => w.put(u32::from(x), 7),
+            _ => {}
+        }
+    }
+    // one write per literal, two per match: code and extra bits together,
+    // `bits << 24 | value` (at most 15 + 13 bits)
+    let ll_code = codes(&ll_len);
+    let d_code = codes(&d_len);
+    let pack = |code: u32, len: u8, extra: u32, extra_len: u8| -> u32 {
+        (u32::from(len) + u32::from(extra_len)) << 24 | code | extra << len
+    };
+    let mut lit = [0u32; 256];
+    for (b, slot) in lit.iter_mut().enumerate() {
+        *slot = pack(ll_code.get(b).copied().unwrap_or(0), ll_len.get(b).copied().unwrap_or(0), 0, 0);
+    }
+    let mut by_len = [0u32; 512];
+    for (len, slot) in by_len.iter_mut().enumerate().take(MAX_MATCH + 1).skip(3) {
+        let ls = usize::from(LEN_SYMBOL.get(len).copied().unwrap_or(0));
+        let base = usize::from(LEN_BASE.get(ls).copied().unwrap_or(0));
+        let sym = 257 + ls;
+        *slot = pack(
+            ll_code.get(sym).copied().unwrap_or(0),
+            ll_len.get(sym).copied().unwrap_or(0),
+            (len - base) as u32,
+            LEN_EXTRA.get(ls).copied().unwrap_or(0),
+        );
+    }
+    let mut dist = [(0u32, 0u8, 0u16); 32];
+    for (ds, slot) in dist.iter_mut().enumerate().take(30) {
+        *slot = (
+            d_code.get(ds).copied().unwrap_or(0),
+            d_len.get(ds).copied().unwrap_or(0),
+            DIST_BASE.get(ds).copied().unwrap_or(0),
+        );
+    }
+    for &item in &s.items {
+        if item & MATCH == 0 {
+            w.put_packed(lit.get((item & 0xff) as usize).copied().unwrap_or(0));
+            continue;
+        }
+        w.put_packed(by_len.get(((item >> 16) & 0x1ff) as usize).copied().unwrap_or(0));
+        let d = (item & 0xffff) as usize;
+        let ds = dist_symbol(d);
+        let (code, len, base) = dist.get(ds & 31).copied().unwrap_or_default();
+        let de = DIST_EXTRA.get(ds).copied().unwrap_or(0);
+        // up to 15 + 13 bits: too wide to pack
+        w.put(code | ((d - usize::from(base)) as u32) << len, len + de);
+    }
+    w.put(ll_code.get(256).copied().unwrap_or(0), ll_len.get(256).copied().unwrap_or(0));
+}
+
+/// Deflates `data` at `level` (1-3) as a piece of one deflate stream: it
+/// may refer back into `dict` (the input before it, at most 32 KiB are
+/// used), and ends with a sync flush, or as the final block when `last`.
+pub(crate) fn deflate(level: u32, dict: &[u8], data: &[u8], last: bool) -> Vec<u8> {
+    let dict = dict.get(dict.len().saturating_sub(WINDOW)..).unwrap_or_default();
+    let mut buf = Vec::with_capacity(dict.len() + data.len());
+    buf.extend_from_slice(dict);
+    buf.extend_from_slice(data);
+    let mut m = Matcher { buf: &buf, table: vec![0; 1 << HASH_BITS], level: level.clamp(1, 3) };
+    for i in 0..dict.len().saturating_sub(MIN_MATCH - 1) {
+        m.insert(i);
+    }
+    let mut w = Bits { out: Vec::with_capacity(data.len() / 2 + 64), acc: 0, n: 0 };
+    let mut symbols = Symbols::new();
+    let mut from = dict.len();
+    if data.is_empty() {
+        w.stored(&[], last);
+    }
+    while from < buf.len() {
+        let end = (from + SEGMENT).min(buf.len());
+        symbols.clear();
+        m.segment(from, end, &mut symbols);
+        write_block(&mut w, &symbols, buf.get(from..end).unwrap_or_default(), last && end == buf.len());
+        from = end;
+    }
+    if last {
+        w.align();
+    } else {
+        w.sync_marker();
+    }
+    w.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn inflate(raw: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::DeflateDecoder::new(raw).read_to_end(&mut out).unwrap();
+        out
+    }
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect()
+    }
+
+    fn mixed(n: usize) -> Vec<u8> {
+        let words = ["kiln ", "layer ", "deflate ", "/usr/lib/", "\0\0\0\0", "0123456789", "x"];
+        let r = noise(n, 7);
+        let mut out = Vec::with_capacity(n);
+        let mut i = 0;
+        while out.len() < n {
+            let b = r[i % r.len()];
+            if b < 40 {
+                out.push(b);
+            } else {
+                out.extend_from_slice(words[usize::from(b) % words.len()].as_bytes());
+            }
+            i += 1;
+        }
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn blocks_decode_alone_and_as_one_stream() {
+        for level in 1..=3 {
+            for data in
+                [Vec::new(), vec![7], b"abcabcabcabc".to_vec(), vec![0; 300_000], noise(200_000, 3), mixed(700_000)]
+            {
+                let whole = deflate(level, &[], &data, true);
+                assert_eq!(inflate(&whole), data, "level {level}, {} bytes", data.len());
+                // pieces of one stream, each referring to the one before
+                let mut stream = Vec::new();
+                let cut = data.len() / 3;
+                let (a, rest) = data.split_at(cut);
+                let (b, c) = rest.split_at(rest.len() / 2);
+                stream.extend(deflate(level, &[], a, false));
+                stream.extend(deflate(level, a, b, false));
+                let mut dict = a.to_vec();
+                dict.extend_from_slice(b);
+                stream.extend(deflate(level, &dict, c, true));
+                assert_eq!(inflate(&stream), data, "level {level}, pieces");
+            }
+        }
+    }
+
+    #[test]
+    fn random_data_is_stored_not_grown() {
+        let data = noise(1 << 20, 11);
+        let out = deflate(1, &[], &data, true);
+        assert!(out.len() < data.len() + data.len() / 1000, "{} for {}", out.len(), data.len());
+        assert_eq!(inflate(&out), data);
+    }
+
+    #[test]
+    fn code_lengths_respect_their_limit_and_kraft() {
+        // Fibonacci frequencies make a maximally deep tree
+        let mut freq = vec![0u32; 286];
+        let (mut a, mut b) = (1u32, 1u32);
+        for f in freq.iter_mut().take(30) {
+            *f = a;
+            (a, b) = (b, a.saturating_add(b));
+        }
+        for limit in [7u8, 15] {
+            let l = code_lengths(&freq, limit);
+            assert!(l.iter().all(|&x| x <= limit));
+            let kraft: f64 = l.iter().filter(|&&x| x > 0).map(|&x| 2f64.powi(-i32::from(x))).sum();
+            assert!((kraft - 1.0).abs() < 1e-9, "complete code: {kraft}");
+        }
+        // one symbol: still two codes of one bit
+        let mut one = vec![0u32; 30];
+        one[5] = 10;
+        let l = code_lengths(&one, 15);
+        assert_eq!(l.iter().map(|&x| usize::from(x == 1)).sum::<usize>(), 2);
+    }
+
+    #[test]
+    fn distance_symbols() {
+        for (d, s) in [(1, 0), (4, 3), (5, 4), (6, 4), (7, 5), (8, 5), (9, 6), (24577, 29), (32768, 29), (16384, 27)] {
+            assert_eq!(dist_symbol(d), s, "distance {d}");
+        }
+        assert_eq!(LEN_SYMBOL[3], 0);
+        assert_eq!(LEN_SYMBOL[10], 7);
+        assert_eq!(LEN_SYMBOL[11], 8);
+        assert_eq!(LEN_SYMBOL[257], 27);
+        assert_eq!(LEN_SYMBOL[258], 28);
+    }
+}
