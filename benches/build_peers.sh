@@ -7,7 +7,7 @@
 #   benches/build_peers.sh ROOTFS WORK   (benches/peers.sh runs it)
 #
 # ROOTFS: e.g. `debootstrap --variant=minbase bookworm ROOTFS`. Cases:
-#   copy    FROM scratch + COPY rootfs/ / (kiln: gzip -6 into a fresh OCI
+#   copy    FROM scratch + COPY rootfs/ / (kiln: gzip at its default level into a fresh OCI
 #           layout, empty cache)                              target <= 0.15x
 #   run     FROM <rootfs image in a local registry> + a RUN that writes a
 #           file and removes a directory; the base already pulled for both
