@@ -107,7 +107,7 @@ pub struct PackOptions {
 
 impl Default for PackOptions {
     /// mtimes clamped to `SOURCE_DATE_EPOCH` when set (else 0), owners
-    /// normalised, gzip level 6 on every available core.
+    /// normalised, gzip at [`DEFAULT_GZIP_LEVEL`] on every available core.
     fn default() -> Self {
         let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
         PackOptions {
