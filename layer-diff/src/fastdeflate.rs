@@ -29,6 +29,9 @@ const SEGMENT: usize = 128 * 1024;
 const WINDOW: usize = 32 * 1024;
 const HASH_BITS: u32 = 15;
 const MIN_MATCH: usize = 4;
+/// Levels 2-3 look one byte further for a longer match when the first is
+/// shorter than this.
+const LAZY_BELOW: usize = 32;
 /// A run of `1 << SKIP_SHIFT` misses makes the match finder step one byte further.
 const SKIP_SHIFT: u32 = 5;
 const MAX_MATCH: usize = 258;
@@ -189,7 +192,7 @@ impl Matcher<'_> {
             };
             misses = 0;
             if self.level >= 2
-                && len < 32
+                && len < LAZY_BELOW
                 && i + 1 + MIN_MATCH <= end
                 && let Some((l2, d2)) = self.find(i + 1, end)
                 && l2 > len
