@@ -236,10 +236,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let cancel = Cancel::new();
     let (result, signal) = common::until_signalled(&cancel, build.cancel(cancel.clone()).build()).await?;
     if let Some(tty) = &tty {
-        match (&result, signal) {
-            (Ok(_), None) => tty.finish("[+] Built in {secs}s: {steps} steps, {cached} cached"),
-            _ => tty.fail(),
-        }
+        tty.end(result.is_ok() && signal.is_none(), "[+] Built in {secs}s: {steps} steps, {cached} cached");
     }
     if let Some(signal) = signal {
         let source: Box<dyn std::error::Error + Send + Sync> = match result {

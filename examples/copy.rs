@@ -12,12 +12,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use std::sync::Arc;
-
 use kiln::{CopyOptions, ImageLocation};
 
 mod common;
-use common::display::{ProgressFlags, Shown, Tty};
+use common::display::{ProgressFlags, Shown};
 
 #[derive(Parser)]
 #[command(about = "Copy an image between registries, OCI layouts and docker-archive files")]
@@ -57,18 +55,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let mut builder = args.registry.builder()?;
     let shown = if args.verbose { Shown::Plain } else { args.progress.shown()? };
-    let tty = (shown == Shown::Tty && !args.dry_run).then(|| Arc::new(Tty::new()));
-    builder = match (shown, &tty) {
-        (Shown::Json, _) => builder.progress(common::display::json_line),
-        (Shown::Plain, _) => builder.progress(common::display::plain_transfer),
-        (Shown::Tty, Some(tty)) => {
-            let tty = Arc::clone(tty);
-            builder.progress(move |p| tty.transfer_event(p))
-        }
-        _ => builder,
-    };
+    let label = format!("copying {} to {}", args.src, args.dst);
+    // a dry run moves nothing: no live display
+    let live = if shown == Shown::Tty && args.dry_run { Shown::Quiet } else { shown };
+    let (builder, tty) = common::display::transfer_progress(args.registry.builder()?, live, &label);
     let client = builder.build()?;
     if args.dry_run {
         let (ImageLocation::Registry(src), ImageLocation::Registry(dst)) = (&args.src, &args.dst) else {
@@ -90,12 +81,9 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let opts = CopyOptions { platforms: args.platforms.clone(), referrers: args.referrers, overwrite: args.overwrite };
-    if let Some(tty) = &tty {
-        tty.transfer(&format!("copying {} to {}", args.src, args.dst));
-    }
     let report = kiln::copy_with(&client, &args.src, &args.dst, &opts).await;
     if let Some(tty) = &tty {
-        if report.is_ok() { tty.finish("[+] Copied in {secs}s") } else { tty.fail() }
+        tty.end(report.is_ok(), "[+] Copied in {secs}s");
     }
     let report = report?;
     if let Some(f) = &args.digestfile {

@@ -12,14 +12,12 @@
 
 use std::process::ExitCode;
 
-use std::sync::Arc;
-
 use clap::Parser;
 use kiln::PromoteOptions;
 use kiln::oci_image::Reference;
 
 mod common;
-use common::display::{ProgressFlags, Shown, Tty};
+use common::display::{ProgressFlags, Shown};
 
 #[derive(Parser)]
 #[command(about = "Promote a digest-pinned image to a tag")]
@@ -52,25 +50,15 @@ fn main() -> ExitCode {
 
 async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let shown = if args.json { Shown::Quiet } else { args.progress.shown()? };
-    let tty = (shown == Shown::Tty && !args.dry_run).then(|| Arc::new(Tty::new()));
-    let builder = args.registry.builder()?;
-    let client = match (shown, &tty) {
-        (Shown::Json, _) => builder.progress(common::display::json_line),
-        (Shown::Plain, _) => builder.progress(common::display::plain_transfer),
-        (Shown::Tty, Some(tty)) => {
-            let tty = Arc::clone(tty);
-            builder.progress(move |p| tty.transfer_event(p))
-        }
-        _ => builder,
-    }
-    .build()?;
-    if let Some(tty) = &tty {
-        tty.transfer(&format!("promoting {} to {}", args.src, args.dst));
-    }
+    let label = format!("promoting {} to {}", args.src, args.dst);
+    // a dry run moves nothing: no live display
+    let live = if shown == Shown::Tty && args.dry_run { Shown::Quiet } else { shown };
+    let (builder, tty) = common::display::transfer_progress(args.registry.builder()?, live, &label);
+    let client = builder.build()?;
     let options = PromoteOptions { overwrite: args.overwrite, dry_run: args.dry_run };
     let record = kiln::promote(&client, &args.src, &args.dst, options).await;
     if let Some(tty) = &tty {
-        if record.is_ok() { tty.finish("[+] Promoted in {secs}s") } else { tty.fail() }
+        tty.end(record.is_ok(), "[+] Promoted in {secs}s");
     }
     let record = record?;
     if let Some(f) = &args.digestfile

@@ -114,6 +114,23 @@ struct State {
     cached: usize,
 }
 
+impl State {
+    /// The task of `step`, while it runs.
+    fn step(&mut self, step: &StepId) -> Option<&mut Task> {
+        self.tasks.iter_mut().find(|t| t.step.as_ref() == Some(step))
+    }
+
+    /// The transfer opened last.
+    fn transfer(&mut self) -> Option<&mut Task> {
+        self.tasks.iter_mut().rev().find(|t| t.step.is_none())
+    }
+}
+
+/// A step's stage as the displays name it: its name, else its index.
+fn stage(step: &StepId) -> String {
+    step.name.clone().unwrap_or_else(|| step.stage.to_string())
+}
+
 /// The live terminal display of a build, a copy or a promotion.
 pub struct Tty {
     bars: MultiProgress,
@@ -166,11 +183,12 @@ impl Tty {
         }
     }
 
-    fn spinner(&self, label: &str) -> ProgressBar {
+    /// Opens a task (a step, or a transfer when `step` is `None`) with its spinner.
+    fn open(&self, st: &mut State, step: Option<StepId>, label: String) {
         let bar = self.bars.add(ProgressBar::new_spinner().with_style(style(" {spinner:.cyan} {wide_msg} {secs}")));
-        bar.set_message(label.to_owned());
+        bar.set_message(label.clone());
         bar.enable_steady_tick(Duration::from_millis(100));
-        bar
+        st.tasks.push(Task::new(step, label, bar));
     }
 
     /// Prints a line above the live part.
@@ -183,24 +201,22 @@ impl Tty {
         let Ok(mut st) = self.state.lock() else { return };
         match p {
             Progress::StepStarted { step, instruction } => {
-                let label = format!("[{}] {instruction}", step.name.clone().unwrap_or_else(|| step.stage.to_string()));
-                let bar = self.spinner(&label);
-                st.tasks.push(Task::new(Some((*step).clone()), label, bar));
+                self.open(&mut st, Some((*step).clone()), format!("[{}] {instruction}", stage(step)));
             }
             Progress::Output { step, bytes } => {
-                if let Some(t) = st.tasks.iter_mut().find(|t| t.step.as_ref() == Some(*step)) {
+                if let Some(t) = st.step(step) {
                     t.output(&self.bars, &String::from_utf8_lossy(bytes));
                 }
             }
             Progress::Pulling { step, image } => {
-                if let Some(t) = st.tasks.iter_mut().find(|t| t.step.as_ref() == Some(*step)) {
+                if let Some(t) = st.step(step) {
                     t.note(&self.bars, &format!("pulling {image}"));
                 }
             }
             Progress::Blob { step, digest, done, total } => {
                 let task = match step {
-                    Some(s) => st.tasks.iter_mut().find(|t| t.step.as_ref() == Some(*s)),
-                    None => st.tasks.iter_mut().rev().find(|t| t.step.is_none()),
+                    Some(s) => st.step(s),
+                    None => st.transfer(),
                 };
                 if let Some(t) = task {
                     t.blob(&self.bars, &digest.to_string(), *done, *total);
@@ -222,8 +238,7 @@ impl Tty {
             }
             Progress::Writing { target } => {
                 self.close_transfers(&mut st);
-                let bar = self.spinner(&format!("writing {target}"));
-                st.tasks.push(Task::new(None, format!("writing {target}"), bar));
+                self.open(&mut st, None, format!("writing {target}"));
             }
             Progress::Corrupt { digest } => {
                 self.print(&format!(" !! cached blob {digest} did not match its digest: dropped, building again"));
@@ -236,8 +251,7 @@ impl Tty {
     /// then report on.
     pub fn transfer(&self, label: &str) {
         if let Ok(mut st) = self.state.lock() {
-            let bar = self.spinner(label);
-            st.tasks.push(Task::new(None, label.to_owned(), bar));
+            self.open(&mut st, None, label.to_owned());
         }
     }
 
@@ -245,7 +259,7 @@ impl Tty {
     pub fn transfer_event(&self, p: &Transfer) {
         let Ok(mut st) = self.state.lock() else { return };
         let bars = &self.bars;
-        let Some(t) = st.tasks.iter_mut().rev().find(|t| t.step.is_none()) else { return };
+        let Some(t) = st.transfer() else { return };
         match p {
             Transfer::Bytes { digest, done, total } => t.blob(bars, &digest.to_string(), *done, *total),
             Transfer::BlobSkipped { digest } => t.note(bars, &format!("{} already there", short(&digest.to_string()))),
@@ -285,9 +299,7 @@ impl Tty {
     fn close_transfers(&self, st: &mut State) {
         while let Some(i) = st.tasks.iter().position(|t| t.step.is_none()) {
             let t = st.tasks.remove(i);
-            let left = format!(" => {}", t.label);
-            let right = format!("{:.1}s", t.started.elapsed().as_secs_f64());
-            self.close(&t, &left, &right);
+            self.close(&t, &format!(" => {}", t.label), &t.took());
         }
     }
 
@@ -309,18 +321,17 @@ impl Tty {
         let Ok(mut st) = self.state.lock() else { return };
         let steps: Vec<Task> = st.tasks.drain(..).collect();
         for t in steps {
-            let left = format!(" => ERROR {}", t.label);
-            let right = format!("{:.1}s", t.started.elapsed().as_secs_f64());
-            let mut lines: Vec<String> = t.lines.iter().cloned().collect();
-            if !t.partial.is_empty() {
-                lines.push(t.partial.clone());
-            }
-            self.close(&t, &left, &right);
-            let skip = lines.len().saturating_sub(ERROR_TAIL);
-            for l in lines.iter().skip(skip) {
+            self.close(&t, &format!(" => ERROR {}", t.label), &t.took());
+            for l in t.last_lines(ERROR_TAIL) {
                 self.print(&format!(" => => # {l}"));
             }
         }
+    }
+
+    /// Ends the display: [`Tty::finish`] with `summary` when the run
+    /// succeeded, else [`Tty::fail`].
+    pub fn end(&self, succeeded: bool, summary: &str) {
+        if succeeded { self.finish(summary) } else { self.fail() }
     }
 }
 
@@ -365,11 +376,7 @@ impl Task {
                 c => self.partial.push(c),
             }
         }
-        let mut shown: Vec<String> = self.lines.iter().cloned().collect();
-        if !self.partial.is_empty() {
-            shown.push(self.partial.clone());
-        }
-        let shown: Vec<String> = shown.split_off(shown.len().saturating_sub(TAIL));
+        let shown = self.last_lines(TAIL);
         while self.tail.len() < shown.len() {
             // output lines go right under the step (and its earlier lines)
             let after = self.tail.last().unwrap_or(&self.bar).clone();
@@ -380,6 +387,20 @@ impl Task {
         for (bar, l) in self.tail.iter().zip(&shown) {
             bar.set_message(format!("=> # {l}"));
         }
+    }
+
+    /// The last `n` lines of its output, the one still being written included.
+    fn last_lines(&self, n: usize) -> Vec<String> {
+        let mut all: Vec<String> = self.lines.iter().cloned().collect();
+        if !self.partial.is_empty() {
+            all.push(self.partial.clone());
+        }
+        all.split_off(all.len().saturating_sub(n))
+    }
+
+    /// How long it has run, as the display shows it.
+    fn took(&self) -> String {
+        format!("{:.1}s", self.started.elapsed().as_secs_f64())
     }
 
     /// A blob's bytes: its bar made on first sight, then moved.
@@ -409,7 +430,7 @@ impl Task {
 pub fn plain_build(p: &Progress<'_>) {
     use std::io::Write as _;
     let mut err = std::io::stderr().lock();
-    let at = |s: &StepId| format!("[{}] line {}", s.name.clone().unwrap_or_else(|| s.stage.to_string()), s.line);
+    let at = |s: &StepId| format!("[{}] line {}", stage(s), s.line);
     let _ = match p {
         Progress::StepStarted { step, instruction } => writeln!(err, "{}: {instruction}", at(step)),
         Progress::CacheMiss { step, reason } => writeln!(err, "{}: running ({reason})", at(step)),
@@ -429,6 +450,26 @@ pub fn plain_build(p: &Progress<'_>) {
         }
         _ => Ok(()),
     };
+}
+
+/// A client builder reporting a transfer's progress as `shown` asks, and
+/// the live display when that is shown (its transfer, `label`, opened).
+pub fn transfer_progress(
+    builder: kiln::registry_client::ClientBuilder,
+    shown: Shown,
+    label: &str,
+) -> (kiln::registry_client::ClientBuilder, Option<std::sync::Arc<Tty>>) {
+    match shown {
+        Shown::Json => (builder.progress(json_line), None),
+        Shown::Plain => (builder.progress(plain_transfer), None),
+        Shown::Tty => {
+            let tty = std::sync::Arc::new(Tty::new());
+            tty.transfer(label);
+            let events = std::sync::Arc::clone(&tty);
+            (builder.progress(move |p| events.transfer_event(p)), Some(tty))
+        }
+        Shown::Quiet => (builder, None),
+    }
 }
 
 /// A transfer's event as a plain line on stderr (blobs skipped, mounted,
