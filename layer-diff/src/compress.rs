@@ -46,12 +46,21 @@ pub const FAST_LEVELS: std::ops::RangeInclusive<u32> = 1..=3;
 pub fn compression_engine(compression: Compression, level: Option<i32>) -> &'static str {
     match compression {
         Compression::Gzip => {
-            let level = level.and_then(|l| u32::try_from(l).ok()).unwrap_or(DEFAULT_GZIP_LEVEL).min(9);
-            if FAST_LEVELS.contains(&level) { "gzip:kiln-deflate/1" } else { "gzip:zlib-rs" }
+            if FAST_LEVELS.contains(&gzip_level(level)) {
+                "gzip:kiln-deflate/1"
+            } else {
+                "gzip:zlib-rs"
+            }
         }
         Compression::Zstd => "zstd:libzstd",
         _ => "none",
     }
+}
+
+/// The gzip level a layer is written at for `level` (`None` or a
+/// negative level: the default; above 9: 9).
+fn gzip_level(level: Option<i32>) -> u32 {
+    level.and_then(|l| u32::try_from(l).ok()).unwrap_or(DEFAULT_GZIP_LEVEL).min(9)
 }
 
 /// The gzip level when none is given: kiln's fast deflate at its lazy
@@ -61,17 +70,25 @@ pub const DEFAULT_GZIP_LEVEL: u32 = 2;
 /// Input per zstd worker job.
 const ZSTD_JOB: u32 = 2 << 20;
 
-/// Deflates `data` as one block of a pigz-style stream. Returns the raw
-/// deflate bytes and the block's CRC. Every block gets a fresh compressor:
-/// a reset one can carry state from the block it did before (seen with
-/// zlib-rs), which would make the output depend on how blocks were spread
-/// over the threads.
+/// Deflates `data` as one block of a pigz-style stream, with kiln's fast
+/// deflate at [`FAST_LEVELS`], else zlib-rs. Returns the raw deflate bytes
+/// and the block's CRC.
 fn deflate_block(level: u32, dict: &[u8], data: &[u8], last: bool) -> io::Result<(Vec<u8>, Crc)> {
-    if FAST_LEVELS.contains(&level) {
-        let mut crc = Crc::new();
-        crc.update(data);
-        return Ok((crate::fastdeflate::deflate(level, dict, data, last), crc));
-    }
+    let deflated = if FAST_LEVELS.contains(&level) {
+        crate::fastdeflate::deflate(level, dict, data, last)
+    } else {
+        zlib_block(level, dict, data, last)?
+    };
+    let mut crc = Crc::new();
+    crc.update(data);
+    Ok((deflated, crc))
+}
+
+/// [`deflate_block`]'s deflate bytes from zlib-rs. Every block gets a
+/// fresh compressor: a reset one can carry state from the block it did
+/// before (seen with zlib-rs), which would make the output depend on how
+/// blocks were spread over the threads.
+fn zlib_block(level: u32, dict: &[u8], data: &[u8], last: bool) -> io::Result<Vec<u8>> {
     let mut compress = Compress::new(flate2::Compression::new(level), false);
     let compress = &mut compress;
     if !dict.is_empty() {
@@ -94,9 +111,7 @@ fn deflate_block(level: u32, dict: &[u8], data: &[u8], last: bool) -> io::Result
             break;
         }
     }
-    let mut crc = Crc::new();
-    crc.update(data);
-    Ok((out, crc))
+    Ok(out)
 }
 
 struct Job {
@@ -316,10 +331,7 @@ pub(crate) enum Compressor<W: Write> {
 impl<W: Write> Compressor<W> {
     pub(crate) fn new(w: W, compression: Compression, level: Option<i32>, threads: usize) -> io::Result<Self> {
         Ok(match compression {
-            Compression::Gzip => {
-                let level = level.and_then(|l| u32::try_from(l).ok()).unwrap_or(DEFAULT_GZIP_LEVEL);
-                Compressor::Gzip(Box::new(ParallelGzip::new(w, level, threads)))
-            }
+            Compression::Gzip => Compressor::Gzip(Box::new(ParallelGzip::new(w, gzip_level(level), threads))),
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(w, level.unwrap_or(3))?;
                 enc.multithread(u32::try_from(threads.max(1)).unwrap_or(1))?;

@@ -255,13 +255,6 @@ impl Bits {
         self.acc = 0;
     }
 
-    /// An empty stored block, not final: a sync flush.
-    fn sync_marker(&mut self) {
-        self.put(0, 3);
-        self.align();
-        self.out.extend_from_slice(&[0, 0, 0xff, 0xff]);
-    }
-
     /// `data` as stored blocks, the last one final when `last`.
     fn stored(&mut self, data: &[u8], last: bool) {
         let mut chunks = data.chunks(0xffff).peekable();
@@ -555,8 +548,9 @@ pub(crate) fn deflate(level: u32, dict: &[u8], data: &[u8], last: bool) -> Vec<u
     let mut w = Bits { out: Vec::with_capacity(data.len() / 2 + 64), acc: 0, n: 0 };
     let mut symbols = Symbols::new();
     let mut from = dict.len();
-    if data.is_empty() {
-        w.stored(&[], last);
+    if data.is_empty() && last {
+        // nothing to code, but the stream must end
+        w.stored(&[], true);
     }
     while from < buf.len() {
         let end = (from + SEGMENT).min(buf.len());
@@ -568,7 +562,8 @@ pub(crate) fn deflate(level: u32, dict: &[u8], data: &[u8], last: bool) -> Vec<u
     if last {
         w.align();
     } else {
-        w.sync_marker();
+        // a sync flush: an empty stored block, not final
+        w.stored(&[], false);
     }
     w.out
 }
