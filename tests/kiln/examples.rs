@@ -44,6 +44,23 @@ fn json_lines(out: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Builds the one-file context under `dir` into a layout, pushes it to
+/// `name` with kiln's copy and the credentials in `authfile`, and has
+/// skopeo read it back with the same file.
+fn push_and_read_back(dir: &Path, name: &str, authfile: &Path, skopeo: &Path) {
+    let ctx = one_file_context(dir, "");
+    let out = format!("oci:{}:v1", dir.join("out").display());
+    ok(Command::new(example("build").unwrap())
+        .arg(&ctx)
+        .args(["-q", "--output", &out, "--cache-dir"])
+        .arg(dir.join("cache")));
+    ok(Command::new(example("copy").unwrap()).args([out.as_str(), name, "--authfile"]).arg(authfile));
+    ok(Command::new(skopeo)
+        .args(["inspect", "--tls-verify=false", "--authfile"])
+        .arg(authfile)
+        .arg(format!("docker://{name}")));
+}
+
 /// Runs `cmd` with `input` on its stdin, returning its output.
 fn with_stdin(cmd: &mut Command, input: &str) -> Output {
     use std::io::Write as _;
@@ -314,18 +331,8 @@ fn login_stores_what_skopeo_and_copy_use_and_logout_erases_it() {
     assert!(right.status.success(), "{}", String::from_utf8_lossy(&right.stderr));
     assert_eq!(last_line(&right), "Login Succeeded");
     assert_eq!(fs::metadata(&authfile).unwrap().permissions().mode() & 0o777, 0o600);
-    let ctx = one_file_context(tmp.path(), "");
-    let out = format!("oci:{}:v1", tmp.path().join("out").display());
-    ok(Command::new(example("build").unwrap())
-        .arg(&ctx)
-        .args(["-q", "--output", &out, "--cache-dir"])
-        .arg(tmp.path().join("cache")));
     let name = format!("{host}/kiln/login:v1");
-    ok(Command::new(&copy).args([out.as_str(), name.as_str(), "--authfile"]).arg(&authfile));
-    ok(Command::new(&skopeo)
-        .args(["inspect", "--tls-verify=false", "--authfile"])
-        .arg(&authfile)
-        .arg(format!("docker://{name}")));
+    push_and_read_back(tmp.path(), &name, &authfile, &skopeo);
 
     // logout: gone, and copy is refused again
     let out_msg = ok(Command::new(&logout).arg(&host).arg("--authfile").arg(&authfile));
@@ -359,7 +366,7 @@ fn login_stores_what_skopeo_and_copy_use_and_logout_erases_it() {
 /// config that skopeo and kiln's copy then use.
 #[test]
 fn login_through_a_token_server_keeps_its_identity_token() {
-    let (Some(login), Some(build), Some(copy), Some(skopeo)) =
+    let (Some(login), Some(_), Some(_), Some(skopeo)) =
         (example("login"), example("build"), example("copy"), testkit::tool("skopeo"))
     else {
         return;
@@ -393,13 +400,5 @@ fn login_through_a_token_server_keeps_its_identity_token() {
     assert_eq!(entry["auth"], base64_basic("tok-user", ""), "the user without a password, as docker writes it");
     assert!(!read(&authfile).contains("tok-password"), "the password is not kept");
 
-    let ctx = one_file_context(tmp.path(), "");
-    let out = format!("oci:{}:v1", tmp.path().join("out").display());
-    ok(Command::new(&build).arg(&ctx).args(["-q", "--output", &out, "--cache-dir"]).arg(tmp.path().join("cache")));
-    let name = format!("{host}/kiln/token-login:v1");
-    ok(Command::new(&copy).args([out.as_str(), name.as_str(), "--authfile"]).arg(&authfile));
-    ok(Command::new(&skopeo)
-        .args(["inspect", "--tls-verify=false", "--authfile"])
-        .arg(&authfile)
-        .arg(format!("docker://{name}")));
+    push_and_read_back(tmp.path(), &format!("{host}/kiln/token-login:v1"), &authfile, &skopeo);
 }

@@ -43,6 +43,11 @@ fn rootless(c: &mut Command) -> &mut Command {
     c
 }
 
+/// `umoci unpack --image IMAGE BUNDLE` (rootless when not root).
+fn umoci_unpack(bin: &Path, image: impl AsRef<std::ffi::OsStr>, bundle: &Path) {
+    testkit::run(rootless(umoci_cmd(bin).arg("unpack").arg("--image").arg(image).arg(bundle))).unwrap();
+}
+
 /// Writes an image of `layers` (descriptors already in the layout) tagged `t`.
 fn write_image(layout: &Layout, layers: &[(Descriptor, oci_image::Digest)]) {
     let mut cfg = ConfigBuilder::new(&Platform::host());
@@ -96,9 +101,7 @@ fn umoci_unpacks_our_layers_to_the_same_tree() {
     w.finish().unwrap();
     write_image(&layout, &[(base.descriptor(), base.diff_id.clone()), (top.descriptor(), top.diff_id.clone())]);
     let bundle = tmp.path().join("bundle");
-    let mut c = umoci_cmd(&bin);
-    c.arg("unpack").arg("--image").arg(format!("{}:t", layout.root().display())).arg(&bundle);
-    testkit::run(rootless(&mut c)).unwrap();
+    umoci_unpack(&bin, format!("{}:t", layout.root().display()), &bundle);
     assert_eq!(describe(&v2, false), describe(&bundle.join("rootfs"), false));
     // and we apply the same image to the same tree
     let ours = tmp.path().join("ours");
@@ -120,9 +123,7 @@ fn umoci_unpacks_our_gzip_layer() {
     w.finish().unwrap();
     write_image(&layout, &[(info.descriptor(), info.diff_id.clone())]);
     let bundle = tmp.path().join("bundle");
-    let mut c = umoci_cmd(&bin);
-    c.arg("unpack").arg("--image").arg(format!("{}:t", layout.root().display())).arg(&bundle);
-    testkit::run(rootless(&mut c)).unwrap();
+    umoci_unpack(&bin, format!("{}:t", layout.root().display()), &bundle);
     assert_eq!(describe(&src, true), describe(&bundle.join("rootfs"), true));
 }
 
@@ -135,7 +136,7 @@ fn we_apply_umoci_layers_to_the_tree_umoci_produces() {
     let bundle = tmp.path().join("bundle");
     testkit::run(umoci_cmd(&bin).arg("init").arg("--layout").arg(&layout_dir)).unwrap();
     testkit::run(umoci_cmd(&bin).arg("new").arg("--image").arg(&image)).unwrap();
-    testkit::run(rootless(umoci_cmd(&bin).arg("unpack").arg("--image").arg(&image).arg(&bundle))).unwrap();
+    umoci_unpack(&bin, &image, &bundle);
     let rootfs = bundle.join("rootfs");
     rich_tree(&rootfs);
     testkit::run(umoci_cmd(&bin).arg("repack").arg("--image").arg(&image).arg(&bundle)).unwrap();
@@ -146,7 +147,7 @@ fn we_apply_umoci_layers_to_the_tree_umoci_produces() {
     fs::write(rootfs.join("bin/tool"), "rewritten").unwrap();
     testkit::run(umoci_cmd(&bin).arg("repack").arg("--image").arg(&image).arg(&bundle)).unwrap();
     let bundle2 = tmp.path().join("bundle2");
-    testkit::run(rootless(umoci_cmd(&bin).arg("unpack").arg("--image").arg(&image).arg(&bundle2))).unwrap();
+    umoci_unpack(&bin, &image, &bundle2);
     let layout = Layout::open(&layout_dir).unwrap();
     let ours = tmp.path().join("ours");
     fs::create_dir(&ours).unwrap();
@@ -252,9 +253,7 @@ fn every_gzip_reader_reads_every_level() {
         assert_eq!(sha(&tar), diff_id, "flate2's single-member reader at level {level}");
         write_image(&layout, &[(info.descriptor(), info.diff_id.clone())]);
         let bundle = tmp.path().join(format!("bundle{level}"));
-        let mut c = umoci_cmd(&bin);
-        c.arg("unpack").arg("--image").arg(format!("{}:t", layout.root().display())).arg(&bundle);
-        testkit::run(rootless(&mut c)).unwrap();
+        umoci_unpack(&bin, format!("{}:t", layout.root().display()), &bundle);
         assert_eq!(describe(&src, true), describe(&bundle.join("rootfs"), true), "umoci at level {level}");
     }
 }
