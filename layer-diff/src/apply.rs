@@ -665,22 +665,24 @@ impl Read for Chunks {
 }
 
 /// Applies the tar stream `reader` yields. Two threads share the work: the
-/// caller's reads the stream (decompression, verification, the diff id's
-/// hash) and hands it over in chunks, a scoped helper parses the tar and
-/// writes the tree, so decompressing and writing files overlap.
+/// caller's reads the stream (decompression and the blob's verification)
+/// and hands it over in chunks, a scoped helper hashes them for the diff
+/// id, parses the tar and writes the tree, so decompressing and writing
+/// files overlap (hashing on the helper's side keeps the two threads'
+/// shares of the work close).
 fn apply_stream<R: Read>(
     reader: R,
     root: &Path,
     opts: &ApplyOptions,
     digest: Option<&Digest>,
 ) -> Result<ApplyInfo, ApplyError> {
-    let mut hashed = DigestReader::new(Limited { inner: reader, read: 0, limit: opts.size_limit });
+    let mut limited = Limited { inner: reader, read: 0, limit: opts.size_limit };
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
-    let applied = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let applier = s.spawn(|| apply_entries(Chunks { rx, cur: Vec::new(), pos: 0 }, root, opts, digest));
         loop {
             let mut chunk = vec![0u8; CHUNK];
-            let read = match crate::snapshot::read_full(&mut hashed, &mut chunk) {
+            let read = match crate::snapshot::read_full(&mut limited, &mut chunk) {
                 Ok(n) => n,
                 Err(e) => {
                     // the applier reports it where the tar reader meets it
@@ -696,21 +698,17 @@ fn apply_stream<R: Read>(
         }
         drop(tx);
         applier.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    });
-    let (entries, skipped_devices) = applied?;
-    let (_, diff_id, tar_size) = hashed.finish();
-    Ok(ApplyInfo { diff_id, tar_size, entries, skipped_devices })
+    })
 }
 
-/// Parses the tar from `chunks` and applies its entries; returns the
-/// entries applied and the devices skipped.
+/// Hashes the tar from `chunks`, parses it and applies its entries.
 fn apply_entries(
     chunks: Chunks,
     root: &Path,
     opts: &ApplyOptions,
     digest: Option<&Digest>,
-) -> Result<(u64, u64), ApplyError> {
-    let mut archive = tar::Archive::new(chunks);
+) -> Result<ApplyInfo, ApplyError> {
+    let mut archive = tar::Archive::new(DigestReader::new(chunks));
     let mut ap = Applier {
         root,
         opts,
@@ -741,7 +739,8 @@ fn apply_entries(
     // read to the end so the trailing bytes are hashed and the blob is verified
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(|e| stream_error(e, root, digest))?;
-    Ok((ap.info_entries, ap.skipped_devices))
+    let (_, diff_id, tar_size) = rest.finish();
+    Ok(ApplyInfo { diff_id, tar_size, entries: ap.info_entries, skipped_devices: ap.skipped_devices })
 }
 
 /// Applies an uncompressed tar layer onto `root` (which must exist).
