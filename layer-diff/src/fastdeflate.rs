@@ -216,43 +216,102 @@ impl Matcher<'_> {
     }
 }
 
-/// A little-endian bit writer.
+/// A little-endian bit writer. Every write stores the whole 64-bit
+/// accumulator at `pos` and moves `pos` past the complete bytes in it, so
+/// no write branches on how full the accumulator is; `out` is kept at
+/// least 8 bytes longer than `pos` and cut to `pos` at the end.
 struct Bits {
     out: Vec<u8>,
+    pos: usize,
     acc: u64,
+    /// Bits in `acc` not yet counted in `pos`: always under 8 between writes.
     n: u32,
 }
 
 impl Bits {
-    fn put(&mut self, value: u32, len: u8) {
-        self.acc |= u64::from(value) << self.n;
-        self.n += u32::from(len);
-        if self.n >= 32 {
-            self.out.extend_from_slice(&(self.acc as u32).to_le_bytes());
-            self.acc >>= 32;
-            self.n -= 32;
-        }
+    fn with_capacity(bytes: usize) -> Self {
+        Bits { out: vec![0; bytes.max(64)], pos: 0, acc: 0, n: 0 }
     }
 
-    /// A value packed as `bits << 24 | value`.
-    fn put_packed(&mut self, packed: u32) {
-        self.acc |= u64::from(packed & 0x00ff_ffff) << self.n;
-        self.n += packed >> 24;
-        if self.n >= 32 {
-            self.out.extend_from_slice(&(self.acc as u32).to_le_bytes());
-            self.acc >>= 32;
-            self.n -= 32;
+    /// Stores the accumulator and keeps its incomplete byte; `n` (at most
+    /// 7 + 56 bits) drops under 8.
+    fn flush(&mut self) {
+        let word = self.acc.to_le_bytes();
+        loop {
+            if let Some(dst) = self.out.get_mut(self.pos..self.pos + 8) {
+                dst.copy_from_slice(&word);
+                break;
+            }
+            self.grow(8);
         }
+        let bytes = self.n >> 3;
+        self.pos += bytes as usize;
+        // `bytes` is at most 7: the shift stays under 64
+        self.acc = self.acc.checked_shr(bytes * 8).unwrap_or(0);
+        self.n &= 7;
+    }
+
+    #[cold]
+    fn grow(&mut self, need: usize) {
+        let len = (self.out.len() * 2).max(self.pos + need + 64);
+        self.out.resize(len, 0);
+    }
+
+    /// Writes the `len` low bits of `value` (at most 32).
+    fn put(&mut self, value: u32, len: u8) {
+        self.put_wide(u64::from(value), u32::from(len));
+    }
+
+    /// Writes the `len` low bits of `value` (at most 56).
+    fn put_wide(&mut self, value: u64, len: u32) {
+        self.acc |= value << self.n;
+        self.n += len;
+        self.flush();
+    }
+
+    /// Writes the bits `code` gives for every item (at most 56 each): the
+    /// hot loop of a block, with the writer's state in locals and the room
+    /// for every item's bits made beforehand.
+    fn symbols(&mut self, items: &[u32], code: impl Fn(u32) -> (u64, u32)) {
+        if self.out.len() < self.pos + items.len() * 7 + 16 {
+            self.grow(items.len() * 7 + 16);
+        }
+        let (mut acc, mut n, mut pos) = (self.acc, self.n, self.pos);
+        let out = self.out.as_mut_slice();
+        for &item in items {
+            let (bits, len) = code(item);
+            acc |= bits << n;
+            n += len;
+            if let Some(dst) = out.get_mut(pos..pos + 8) {
+                dst.copy_from_slice(&acc.to_le_bytes());
+            }
+            let bytes = n >> 3;
+            pos += bytes as usize;
+            acc = acc.checked_shr(bytes * 8).unwrap_or(0);
+            n &= 7;
+        }
+        (self.acc, self.n, self.pos) = (acc, n, pos);
     }
 
     /// Pads to a byte boundary.
     fn align(&mut self) {
-        while self.n > 0 {
-            self.out.push(self.acc as u8);
-            self.acc >>= 8;
-            self.n = self.n.saturating_sub(8);
+        if self.n > 0 {
+            self.n = 8;
+            self.flush();
         }
         self.acc = 0;
+    }
+
+    /// Appends whole bytes (after [`Bits::align`]).
+    fn bytes(&mut self, data: &[u8]) {
+        loop {
+            if let Some(dst) = self.out.get_mut(self.pos..self.pos + data.len() + 8) {
+                dst.get_mut(..data.len()).unwrap_or_default().copy_from_slice(data);
+                break;
+            }
+            self.grow(data.len() + 8);
+        }
+        self.pos += data.len();
     }
 
     /// `data` as stored blocks, the last one final when `last`.
@@ -261,7 +320,7 @@ impl Bits {
         if chunks.peek().is_none() {
             self.put(u32::from(last), 3);
             self.align();
-            self.out.extend_from_slice(&[0, 0, 0xff, 0xff]);
+            self.bytes(&[0, 0, 0xff, 0xff]);
             return;
         }
         while let Some(c) = chunks.next() {
@@ -269,10 +328,16 @@ impl Bits {
             self.put(u32::from(fin), 3);
             self.align();
             let len = c.len() as u16;
-            self.out.extend_from_slice(&len.to_le_bytes());
-            self.out.extend_from_slice(&(!len).to_le_bytes());
-            self.out.extend_from_slice(c);
+            self.bytes(&len.to_le_bytes());
+            self.bytes(&(!len).to_le_bytes());
+            self.bytes(c);
         }
+    }
+
+    /// The bytes written (after [`Bits::align`]).
+    fn finish(mut self) -> Vec<u8> {
+        self.out.truncate(self.pos);
+        self.out
     }
 }
 
@@ -517,19 +582,22 @@ fn write_block(w: &mut Bits, s: &Symbols, raw: &[u8], last: bool) {
             DIST_BASE.get(ds).copied().unwrap_or(0),
         );
     }
-    for &item in &s.items {
+    w.symbols(&s.items, |item| {
         if item & MATCH == 0 {
-            w.put_packed(lit.get((item & 0xff) as usize).copied().unwrap_or(0));
-            continue;
+            let packed = lit.get((item & 0xff) as usize).copied().unwrap_or(0);
+            return (u64::from(packed & 0x00ff_ffff), packed >> 24);
         }
-        w.put_packed(by_len.get(((item >> 16) & 0x1ff) as usize).copied().unwrap_or(0));
+        let packed = by_len.get(((item >> 16) & 0x1ff) as usize).copied().unwrap_or(0);
         let d = (item & 0xffff) as usize;
         let ds = dist_symbol(d);
         let (code, len, base) = dist.get(ds & 31).copied().unwrap_or_default();
         let de = DIST_EXTRA.get(ds).copied().unwrap_or(0);
-        // up to 15 + 13 bits: too wide to pack
-        w.put(code | ((d - usize::from(base)) as u32) << len, len + de);
-    }
+        // the length's code and extra bits (at most 20), then the
+        // distance's (at most 28): one write
+        let distance = u64::from(code | ((d - usize::from(base)) as u32) << len);
+        let len_bits = packed >> 24;
+        (u64::from(packed & 0x00ff_ffff) | distance << len_bits, len_bits + u32::from(len + de))
+    });
     w.put(ll_code.get(256).copied().unwrap_or(0), ll_len.get(256).copied().unwrap_or(0));
 }
 
@@ -545,7 +613,7 @@ pub(crate) fn deflate(level: u32, dict: &[u8], data: &[u8], last: bool) -> Vec<u
     for i in 0..dict.len().saturating_sub(MIN_MATCH - 1) {
         m.insert(i);
     }
-    let mut w = Bits { out: Vec::with_capacity(data.len() / 2 + 64), acc: 0, n: 0 };
+    let mut w = Bits::with_capacity(data.len() / 2 + 64);
     let mut symbols = Symbols::new();
     let mut from = dict.len();
     if data.is_empty() && last {
@@ -565,7 +633,7 @@ pub(crate) fn deflate(level: u32, dict: &[u8], data: &[u8], last: bool) -> Vec<u
         // a sync flush: an empty stored block, not final
         w.stored(&[], false);
     }
-    w.out
+    w.finish()
 }
 
 #[cfg(test)]
