@@ -108,33 +108,40 @@ fn match_len(buf: &[u8], a: usize, b: usize, max: usize) -> usize {
 /// A literal (`< 256`) or a match (`MATCH | length << 16 | distance`).
 const MATCH: u32 = 1 << 31;
 
-/// One segment's symbols and their frequencies.
-struct Symbols {
-    items: Vec<u32>,
+/// One segment's symbols and their frequencies. The items go into a
+/// buffer made once per pipeline block, one slot per input byte at most.
+struct Symbols<'a> {
+    items: &'a mut [u32],
+    n: usize,
     litlen: [u32; 286],
     dist: [u32; 30],
 }
 
-impl Symbols {
-    fn new() -> Self {
-        Symbols { items: Vec::with_capacity(SEGMENT / 2), litlen: [0; 286], dist: [0; 30] }
+impl<'a> Symbols<'a> {
+    fn new(items: &'a mut [u32]) -> Self {
+        Symbols { items, n: 0, litlen: [0; 286], dist: [0; 30] }
     }
 
-    fn clear(&mut self) {
-        self.items.clear();
-        self.litlen = [0; 286];
-        self.dist = [0; 30];
+    fn push(&mut self, item: u32) {
+        if let Some(slot) = self.items.get_mut(self.n) {
+            *slot = item;
+        }
+        self.n += 1;
+    }
+
+    fn items(&self) -> &[u32] {
+        self.items.get(..self.n).unwrap_or_default()
     }
 
     fn literal(&mut self, b: u8) {
-        self.items.push(u32::from(b));
+        self.push(u32::from(b));
         if let Some(f) = self.litlen.get_mut(usize::from(b)) {
             *f += 1;
         }
     }
 
     fn matched(&mut self, len: usize, dist: usize) {
-        self.items.push(MATCH | (len as u32) << 16 | dist as u32);
+        self.push(MATCH | (len as u32) << 16 | dist as u32);
         let ls = usize::from(LEN_SYMBOL.get(len).copied().unwrap_or(0));
         if let Some(f) = self.litlen.get_mut(257 + ls) {
             *f += 1;
@@ -173,8 +180,9 @@ impl Matcher<'_> {
         Some((MIN_MATCH + match_len(self.buf, c + MIN_MATCH, i + MIN_MATCH, max - MIN_MATCH), i - c))
     }
 
-    /// Symbols for `buf[from..end]`.
-    fn segment(&mut self, from: usize, end: usize, out: &mut Symbols) {
+    /// Symbols for `buf[from..end]` (at most `end - from` items).
+    fn segment<'s>(&mut self, from: usize, end: usize, items: &'s mut [u32]) -> Symbols<'s> {
+        let mut out = Symbols::new(items);
         let mut i = from;
         // in data that does not repeat, look up fewer positions the longer
         // the run of misses (LZ4's acceleration): every byte is still a
@@ -213,6 +221,7 @@ impl Matcher<'_> {
             out.literal(self.buf.get(i).copied().unwrap_or(0));
             i += 1;
         }
+        out
     }
 }
 
@@ -247,7 +256,7 @@ impl Bits {
         let bytes = self.n >> 3;
         self.pos += bytes as usize;
         // `bytes` is at most 7: the shift stays under 64
-        self.acc = self.acc.checked_shr(bytes * 8).unwrap_or(0);
+        self.acc >>= bytes * 8;
         self.n &= 7;
     }
 
@@ -287,7 +296,7 @@ impl Bits {
             }
             let bytes = n >> 3;
             pos += bytes as usize;
-            acc = acc.checked_shr(bytes * 8).unwrap_or(0);
+            acc >>= bytes * 8;
             n &= 7;
         }
         (self.acc, self.n, self.pos) = (acc, n, pos);
@@ -502,7 +511,7 @@ fn cost(freq: &[u32], lengths: &[u8]) -> u64 {
 }
 
 /// Writes `s` as one dynamic block (or stored blocks of `raw` when smaller).
-fn write_block(w: &mut Bits, s: &Symbols, raw: &[u8], last: bool) {
+fn write_block(w: &mut Bits, s: &Symbols<'_>, raw: &[u8], last: bool) {
     let mut litlen = s.litlen;
     litlen[256] = 1;
     let ll_len = code_lengths(&litlen, MAX_BITS);
@@ -582,7 +591,7 @@ fn write_block(w: &mut Bits, s: &Symbols, raw: &[u8], last: bool) {
             DIST_BASE.get(ds).copied().unwrap_or(0),
         );
     }
-    w.symbols(&s.items, |item| {
+    w.symbols(s.items(), |item| {
         if item & MATCH == 0 {
             let packed = lit.get((item & 0xff) as usize).copied().unwrap_or(0);
             return (u64::from(packed & 0x00ff_ffff), packed >> 24);
@@ -614,7 +623,7 @@ pub(crate) fn deflate(level: u32, dict: &[u8], data: &[u8], last: bool) -> Vec<u
         m.insert(i);
     }
     let mut w = Bits::with_capacity(data.len() / 2 + 64);
-    let mut symbols = Symbols::new();
+    let mut items = vec![0u32; SEGMENT.min(data.len())];
     let mut from = dict.len();
     if data.is_empty() && last {
         // nothing to code, but the stream must end
@@ -622,8 +631,7 @@ pub(crate) fn deflate(level: u32, dict: &[u8], data: &[u8], last: bool) -> Vec<u
     }
     while from < buf.len() {
         let end = (from + SEGMENT).min(buf.len());
-        symbols.clear();
-        m.segment(from, end, &mut symbols);
+        let symbols = m.segment(from, end, &mut items);
         write_block(&mut w, &symbols, buf.get(from..end).unwrap_or_default(), last && end == buf.len());
         from = end;
     }
