@@ -91,7 +91,7 @@ umoci_base() {
 export -f umoci_base
 compare "tree gzip vs umoci repack" "rm -f $WORK/o.blob" \
   "$LAYER --upper $V1 --out $WORK/o.blob --compression gzip --level $GZIP_LEVEL --threads 2" \
-  "umoci_base" "umoci repack --image $WORK/u/l:t $WORK/u/b" "max:0.5"
+  "umoci_base" "umoci repack --image $WORK/u/l:t $WORK/u/b" "max:0.35"
 compare "tree gzip vs pigz -6 -p 2" "rm -f $WORK/o.blob" \
   "$LAYER --upper $V1 --out $WORK/o.blob --compression gzip --level $GZIP_LEVEL --threads 2" \
   "rm -f $WORK/p.gz" "pigz -6 -p 2 -c $WORK/v1.tar > $WORK/p.gz" "max:1.0"
@@ -118,7 +118,7 @@ compare "tree zstd vs zstd -3 -T2" "rm -f $WORK/o.blob" \
 [ -d "$WORK/d/l" ] || umoci_diff
 compare "unpack vs umoci unpack" "retire $WORK/x" \
   "$UNPACK oci:$WORK/d/l:t $WORK/x" \
-  "retire $WORK/y" "umoci unpack --image $WORK/d/l:t $WORK/y" "max:0.5"
+  "retire $WORK/y" "umoci unpack --image $WORK/d/l:t $WORK/y" "max:0.25"
 fi
 
 # 5. peak RSS while making a 2 GiB layer (ONLY=rss skips the timings above)

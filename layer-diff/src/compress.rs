@@ -70,12 +70,20 @@ pub const DEFAULT_GZIP_LEVEL: u32 = 2;
 /// Input per zstd worker job.
 const ZSTD_JOB: u32 = 2 << 20;
 
-/// Deflates `data` as one block of a pigz-style stream, with kiln's fast
-/// deflate at [`FAST_LEVELS`], else zlib-rs. Returns the raw deflate bytes
-/// and the block's CRC.
-fn deflate_block(level: u32, dict: &[u8], data: &[u8], last: bool) -> io::Result<(Vec<u8>, Crc)> {
+/// Deflates `input[dict_len..]` as one block of a pigz-style stream, with
+/// `input[..dict_len]` as its dictionary, with kiln's fast deflate at
+/// [`FAST_LEVELS`], else zlib-rs. Returns the raw deflate bytes and the
+/// block's CRC.
+fn deflate_block(
+    level: u32,
+    input: &[u8],
+    dict_len: usize,
+    last: bool,
+    scratch: &mut crate::fastdeflate::Scratch,
+) -> io::Result<(Vec<u8>, Crc)> {
+    let (dict, data) = input.split_at(dict_len.min(input.len()));
     let deflated = if FAST_LEVELS.contains(&level) {
-        crate::fastdeflate::deflate(level, dict, data, last)
+        crate::fastdeflate::deflate(level, input, dict_len, last, scratch)
     } else {
         zlib_block(level, dict, data, last)?
     };
@@ -114,10 +122,12 @@ fn zlib_block(level: u32, dict: &[u8], data: &[u8], last: bool) -> io::Result<Ve
     Ok(out)
 }
 
+/// A block to deflate: `input` is its dictionary (`dict_len` bytes) and
+/// then its data, in one buffer so that no worker copies them together.
 struct Job {
     seq: u64,
-    dict: Vec<u8>,
-    data: Vec<u8>,
+    input: Vec<u8>,
+    dict_len: usize,
     last: bool,
 }
 
@@ -140,13 +150,14 @@ impl Pool {
                 let job_rx = Arc::clone(&job_rx);
                 let done_tx = done_tx.clone();
                 std::thread::spawn(move || {
+                    let mut scratch = crate::fastdeflate::Scratch::default();
                     loop {
                         let job = match job_rx.lock() {
                             Ok(rx) => rx.recv(),
                             Err(_) => return,
                         };
                         let Ok(job) = job else { return };
-                        let result = deflate_block(level, &job.dict, &job.data, job.last);
+                        let result = deflate_block(level, &job.input, job.dict_len, job.last, &mut scratch);
                         if done_tx.send((job.seq, result)).is_err() {
                             return;
                         }
@@ -180,8 +191,12 @@ impl Drop for Pool {
 pub struct ParallelGzip<W: Write> {
     out: W,
     level: u32,
+    /// The next block's dictionary (`dict_len` bytes: the end of the block
+    /// before), then its data as it is written.
     block: Vec<u8>,
-    dict: Vec<u8>,
+    dict_len: usize,
+    /// The caller's thread's deflate memory, when it compresses (one thread).
+    scratch: crate::fastdeflate::Scratch,
     crc: Crc,
     header_written: bool,
     pool: Option<Pool>,
@@ -201,8 +216,9 @@ impl<W: Write> ParallelGzip<W> {
         ParallelGzip {
             out,
             level,
-            block: Vec::with_capacity(BLOCK),
-            dict: Vec::with_capacity(DICT),
+            block: Vec::with_capacity(DICT + BLOCK),
+            dict_len: 0,
+            scratch: crate::fastdeflate::Scratch::default(),
             crc: Crc::new(),
             header_written: false,
             pool,
@@ -260,12 +276,16 @@ impl<W: Write> ParallelGzip<W> {
     }
 
     fn dispatch(&mut self, last: bool) -> io::Result<()> {
-        let data = std::mem::replace(&mut self.block, Vec::with_capacity(if last { 0 } else { BLOCK }));
-        let dict = std::mem::take(&mut self.dict);
-        // the next block's dictionary: the last 32 KiB of this one
-        self.dict = data.get(data.len().saturating_sub(DICT)..).unwrap_or_default().to_vec();
+        let input = std::mem::replace(&mut self.block, Vec::with_capacity(if last { 0 } else { DICT + BLOCK }));
+        let dict_len = self.dict_len;
+        // the next block's dictionary: the last 32 KiB of this one's data
+        let tail = input.len().saturating_sub(DICT).max(dict_len);
+        if !last {
+            self.block.extend_from_slice(input.get(tail..).unwrap_or_default());
+        }
+        self.dict_len = self.block.len();
         if self.pool.is_none() {
-            let (deflated, crc) = deflate_block(self.level, &dict, &data, last)?;
+            let (deflated, crc) = deflate_block(self.level, &input, dict_len, last, &mut self.scratch)?;
             return self.emit(&deflated, &crc);
         }
         while self.in_flight >= self.max_in_flight {
@@ -273,7 +293,7 @@ impl<W: Write> ParallelGzip<W> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let sent = self.pool.as_ref().and_then(|p| p.jobs.as_ref()).map(|tx| tx.send(Job { seq, dict, data, last }));
+        let sent = self.pool.as_ref().and_then(|p| p.jobs.as_ref()).map(|tx| tx.send(Job { seq, input, dict_len, last }));
         match sent {
             Some(Ok(())) => {
                 self.in_flight += 1;
@@ -306,10 +326,10 @@ impl<W: Write> ParallelGzip<W> {
 
 impl<W: Write> Write for ParallelGzip<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let room = BLOCK - self.block.len();
+        let room = self.dict_len + BLOCK - self.block.len();
         let n = room.min(buf.len());
         self.block.extend_from_slice(buf.get(..n).unwrap_or_default());
-        if self.block.len() == BLOCK {
+        if self.block.len() == self.dict_len + BLOCK {
             self.dispatch(false)?;
         }
         Ok(n)

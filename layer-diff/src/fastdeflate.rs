@@ -155,7 +155,7 @@ impl<'a> Symbols<'a> {
 /// The match finder's state over one pipeline block.
 struct Matcher<'a> {
     buf: &'a [u8],
-    table: Vec<u32>,
+    table: &'a mut [u32],
     level: u32,
 }
 
@@ -610,28 +610,41 @@ fn write_block(w: &mut Bits, s: &Symbols<'_>, raw: &[u8], last: bool) {
     w.put(ll_code.get(256).copied().unwrap_or(0), ll_len.get(256).copied().unwrap_or(0));
 }
 
-/// Deflates `data` at `level` (1-3) as a piece of one deflate stream: it
-/// may refer back into `dict` (the input before it, at most 32 KiB are
-/// used), and ends with a sync flush, or as the final block when `last`.
-pub(crate) fn deflate(level: u32, dict: &[u8], data: &[u8], last: bool) -> Vec<u8> {
-    let dict = dict.get(dict.len().saturating_sub(WINDOW)..).unwrap_or_default();
-    let mut buf = Vec::with_capacity(dict.len() + data.len());
-    buf.extend_from_slice(dict);
-    buf.extend_from_slice(data);
-    let mut m = Matcher { buf: &buf, table: vec![0; 1 << HASH_BITS], level: level.clamp(1, 3) };
-    for i in 0..dict.len().saturating_sub(MIN_MATCH - 1) {
+/// The memory one thread's [`deflate`] calls reuse: the match finder's
+/// table and a segment's symbols, allocated once instead of per block.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    table: Vec<u32>,
+    items: Vec<u32>,
+}
+
+/// Deflates `input[dict_len..]` at `level` (1-3) as a piece of one deflate
+/// stream: it may refer back into `input[..dict_len]` (the input before it,
+/// at most its last 32 KiB are used), and ends with a sync flush, or as the
+/// final block when `last`.
+pub(crate) fn deflate(level: u32, input: &[u8], dict_len: usize, last: bool, scratch: &mut Scratch) -> Vec<u8> {
+    let dict_len = dict_len.min(input.len());
+    let buf = input.get(dict_len.saturating_sub(WINDOW)..).unwrap_or_default();
+    let dict_len = dict_len.min(WINDOW);
+    let data_len = buf.len() - dict_len;
+    scratch.table.clear();
+    scratch.table.resize(1 << HASH_BITS, 0);
+    if scratch.items.len() < SEGMENT.min(data_len) {
+        scratch.items.resize(SEGMENT.min(data_len), 0);
+    }
+    let mut m = Matcher { buf, table: &mut scratch.table, level: level.clamp(1, 3) };
+    for i in 0..dict_len.saturating_sub(MIN_MATCH - 1) {
         m.insert(i);
     }
-    let mut w = Bits::with_capacity(data.len() / 2 + 64);
-    let mut items = vec![0u32; SEGMENT.min(data.len())];
-    let mut from = dict.len();
-    if data.is_empty() && last {
+    let mut w = Bits::with_capacity(data_len / 2 + 64);
+    let mut from = dict_len;
+    if data_len == 0 && last {
         // nothing to code, but the stream must end
         w.stored(&[], true);
     }
     while from < buf.len() {
         let end = (from + SEGMENT).min(buf.len());
-        let symbols = m.segment(from, end, &mut items);
+        let symbols = m.segment(from, end, &mut scratch.items);
         write_block(&mut w, &symbols, buf.get(from..end).unwrap_or_default(), last && end == buf.len());
         from = end;
     }
@@ -648,6 +661,13 @@ pub(crate) fn deflate(level: u32, dict: &[u8], data: &[u8], last: bool) -> Vec<u
 mod tests {
     use super::*;
     use std::io::Read;
+
+    /// [`deflate`] of `data` after `dict`, with fresh scratch memory.
+    fn deflate_after(level: u32, dict: &[u8], data: &[u8], last: bool) -> Vec<u8> {
+        let mut input = dict.to_vec();
+        input.extend_from_slice(data);
+        deflate(level, &input, dict.len(), last, &mut Scratch::default())
+    }
 
     fn inflate(raw: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -691,18 +711,18 @@ mod tests {
             for data in
                 [Vec::new(), vec![7], b"abcabcabcabc".to_vec(), vec![0; 300_000], noise(200_000, 3), mixed(700_000)]
             {
-                let whole = deflate(level, &[], &data, true);
+                let whole = deflate_after(level, &[], &data, true);
                 assert_eq!(inflate(&whole), data, "level {level}, {} bytes", data.len());
                 // pieces of one stream, each referring to the one before
                 let mut stream = Vec::new();
                 let cut = data.len() / 3;
                 let (a, rest) = data.split_at(cut);
                 let (b, c) = rest.split_at(rest.len() / 2);
-                stream.extend(deflate(level, &[], a, false));
-                stream.extend(deflate(level, a, b, false));
+                stream.extend(deflate_after(level, &[], a, false));
+                stream.extend(deflate_after(level, a, b, false));
                 let mut dict = a.to_vec();
                 dict.extend_from_slice(b);
-                stream.extend(deflate(level, &dict, c, true));
+                stream.extend(deflate_after(level, &dict, c, true));
                 assert_eq!(inflate(&stream), data, "level {level}, pieces");
             }
         }
@@ -711,7 +731,7 @@ mod tests {
     #[test]
     fn random_data_is_stored_not_grown() {
         let data = noise(1 << 20, 11);
-        let out = deflate(1, &[], &data, true);
+        let out = deflate_after(1, &[], &data, true);
         assert!(out.len() < data.len() + data.len() / 1000, "{} for {}", out.len(), data.len());
         assert_eq!(inflate(&out), data);
     }
