@@ -155,14 +155,22 @@ impl<'a> Symbols<'a> {
 /// The match finder's state over one pipeline block.
 struct Matcher<'a> {
     buf: &'a [u8],
-    table: &'a mut [u32],
+    /// Per hash, the latest position with it (plus 1; 0: none) in the low
+    /// half and its 4 bytes in the high half: a miss is found without
+    /// reading the input at the candidate.
+    table: &'a mut [u64],
     level: u32,
 }
 
 impl Matcher<'_> {
+    fn entry(v: u32, i: usize) -> u64 {
+        u64::from(v) << 32 | (i as u64 + 1)
+    }
+
     fn insert(&mut self, i: usize) {
-        if let Some(slot) = self.table.get_mut(hash(read32(self.buf, i))) {
-            *slot = i as u32 + 1;
+        let v = read32(self.buf, i);
+        if let Some(slot) = self.table.get_mut(hash(v)) {
+            *slot = Self::entry(v, i);
         }
     }
 
@@ -170,10 +178,10 @@ impl Matcher<'_> {
     fn find(&mut self, i: usize, end: usize) -> Option<(usize, usize)> {
         let v = read32(self.buf, i);
         let slot = self.table.get_mut(hash(v))?;
-        let cand = *slot as usize;
-        *slot = i as u32 + 1;
-        let c = cand.checked_sub(1)?;
-        if i - c > WINDOW || read32(self.buf, c) != v {
+        let e = *slot;
+        *slot = Self::entry(v, i);
+        let c = ((e & 0xffff_ffff) as usize).checked_sub(1)?;
+        if (e >> 32) as u32 != v || i - c > WINDOW {
             return None;
         }
         let max = (end - i).min(MAX_MATCH);
@@ -199,20 +207,24 @@ impl Matcher<'_> {
                 continue;
             };
             misses = 0;
-            if self.level >= 2
-                && len < LAZY_BELOW
-                && i + 1 + MIN_MATCH <= end
-                && let Some((l2, d2)) = self.find(i + 1, end)
-                && l2 > len
-            {
-                out.literal(self.buf.get(i).copied().unwrap_or(0));
-                i += 1;
-                (len, dist) = (l2, d2);
+            // the first position inside the match not yet in the table
+            let mut first = i + 1;
+            if self.level >= 2 && len < LAZY_BELOW && i + 1 + MIN_MATCH <= end {
+                // the look one byte further puts that position in the table
+                match self.find(i + 1, end) {
+                    Some((l2, d2)) if l2 > len => {
+                        out.literal(self.buf.get(i).copied().unwrap_or(0));
+                        i += 1;
+                        (len, dist) = (l2, d2);
+                        first = i + 1;
+                    }
+                    _ => first = i + 2,
+                }
             }
             out.matched(len, dist);
             let stop = (i + len).min(end.saturating_sub(MIN_MATCH - 1));
             let inside = if self.level >= 3 { stop } else { stop.min(i + 2) };
-            for k in i + 1..inside {
+            for k in first..inside {
                 self.insert(k);
             }
             i += len;
@@ -614,7 +626,7 @@ fn write_block(w: &mut Bits, s: &Symbols<'_>, raw: &[u8], last: bool) {
 /// table and a segment's symbols, allocated once instead of per block.
 #[derive(Default)]
 pub(crate) struct Scratch {
-    table: Vec<u32>,
+    table: Vec<u64>,
     items: Vec<u32>,
 }
 
