@@ -293,7 +293,8 @@ impl<W: Write> ParallelGzip<W> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let sent = self.pool.as_ref().and_then(|p| p.jobs.as_ref()).map(|tx| tx.send(Job { seq, input, dict_len, last }));
+        let sent =
+            self.pool.as_ref().and_then(|p| p.jobs.as_ref()).map(|tx| tx.send(Job { seq, input, dict_len, last }));
         match sent {
             Some(Ok(())) => {
                 self.in_flight += 1;

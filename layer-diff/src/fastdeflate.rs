@@ -11,7 +11,7 @@
 //! few bytes per 64 KiB).
 //!
 //! The match finder hashes 4 bytes into a table of the most recent
-//! position only (no chains): level 1 takes the first match it finds
+//! position only (no chains), kept with its 4 bytes: level 1 takes the first match it finds
 //! (greedy), level 2 also tries the next position and keeps the longer
 //! match (one-step lazy), level 3 does that and indexes every position
 //! inside a match. The table starts empty for every pipeline block (then
@@ -123,6 +123,7 @@ impl<'a> Symbols<'a> {
     }
 
     fn push(&mut self, item: u32) {
+        debug_assert!(self.n < self.items.len(), "a segment's items outgrew their buffer");
         if let Some(slot) = self.items.get_mut(self.n) {
             *slot = item;
         }
