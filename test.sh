@@ -9,9 +9,9 @@ cd "$(dirname "$0")"
 log() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
 
 # Debian packages the tests drive as real peers.
-packages=(docker-registry skopeo umoci runc busybox-static apache2-utils buildah git jq zstd bzip2 xz-utils openssh-client tmux pigz)
+packages=(docker-registry skopeo umoci runc busybox-static apache2-utils buildah git jq zstd bzip2 xz-utils openssh-client tmux pigz containerd)
 # binaries that prove each package is installed (same order)
-binaries=(docker-registry skopeo umoci runc busybox htpasswd buildah git jq zstd bzip2 xz ssh-agent tmux pigz)
+binaries=(docker-registry skopeo umoci runc busybox htpasswd buildah git jq zstd bzip2 xz ssh-agent tmux pigz containerd)
 
 missing=()
 for i in "${!packages[@]}"; do

@@ -10,6 +10,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod containerd;
 mod fault;
 mod git;
 mod host;
@@ -22,6 +23,7 @@ mod ssh;
 mod tmux;
 mod token;
 
+pub use containerd::Containerd;
 pub use fault::{Fault, FaultCounts, FaultPlan, FaultProxy, TOKEN_LIFETIME};
 pub use git::GitDaemon;
 pub use host::{TEST_USER, TestUser, shared_tempdir, test_user, tree_manifest};

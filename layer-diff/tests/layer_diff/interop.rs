@@ -207,15 +207,13 @@ fn same_digest_across_copies_and_thread_counts() {
 /// own fast deflate (levels 1-3) above all: Go's (through umoci), GNU
 /// gzip, pigz and zcat (each checking the CRC and length), and flate2's
 /// single-member `GzDecoder`; all to the tar whose digest is the diff id.
-#[test]
-fn every_gzip_reader_reads_every_level() {
-    use std::io::Read as _;
-    let Some(bin) = umoci() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
+/// [`rich_tree`] in `dir/src`, with a file of more than three gzip
+/// pipeline blocks of text and noise, so that blocks refer back across
+/// their cuts.
+fn multi_block_tree(dir: &Path) -> PathBuf {
+    let src = dir.join("src");
     fs::create_dir(&src).unwrap();
     rich_tree(&src);
-    // more than three pipeline blocks, text and noise: blocks refer back across their cuts
     let mut x = 0x2545_f491_4f6c_dd1d_u64;
     let mut big = Vec::new();
     while big.len() < 2_000_000 {
@@ -229,17 +227,34 @@ fn every_gzip_reader_reads_every_level() {
         }
     }
     fs::write(src.join("usr/share/doc/mixed"), &big).unwrap();
+    src
+}
+
+/// An image in a new layout `dir/layout{level}` whose one layer is `src`
+/// packed as gzip at `level` on two threads.
+fn gzip_image(dir: &Path, src: &Path, level: i32) -> (Layout, layer_diff::LayerInfo) {
+    let layout = Layout::create(dir.join(format!("layout{level}"))).unwrap();
+    let w = layout.blob_writer().unwrap();
+    let o = PackOptions { level: Some(level), threads: 2, ..opts() };
+    let (w, info) = layer_diff::pack_dir(src, w, &o).unwrap();
+    w.finish().unwrap();
+    write_image(&layout, &[(info.descriptor(), info.diff_id.clone())]);
+    (layout, info)
+}
+
+#[test]
+fn every_gzip_reader_reads_every_level() {
+    use std::io::Read as _;
+    let Some(bin) = umoci() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = multi_block_tree(tmp.path());
     let readers: Vec<(String, Vec<&str>)> = [("gzip", vec!["-dc"]), ("pigz", vec!["-dc"]), ("zcat", vec![])]
         .into_iter()
         .filter_map(|(tool, args)| testkit::tool(tool).map(|t| (t.display().to_string(), args)))
         .collect();
     assert!(!readers.is_empty() || !testkit::in_ci(), "gzip is on every Debian machine");
     for level in [1, 2, 3, 6] {
-        let layout = Layout::create(tmp.path().join(format!("layout{level}"))).unwrap();
-        let w = layout.blob_writer().unwrap();
-        let o = PackOptions { level: Some(level), threads: 2, ..opts() };
-        let (w, info) = layer_diff::pack_dir(&src, w, &o).unwrap();
-        w.finish().unwrap();
+        let (layout, info) = gzip_image(tmp.path(), &src, level);
         let blob = layout.blob_path(&info.digest);
         let diff_id = info.diff_id.to_string();
         let sha = |bytes: &[u8]| oci_image::Digest::sha256(bytes).to_string();
@@ -251,9 +266,46 @@ fn every_gzip_reader_reads_every_level() {
         let mut tar = Vec::new();
         flate2::read::GzDecoder::new(fs::File::open(&blob).unwrap()).read_to_end(&mut tar).unwrap();
         assert_eq!(sha(&tar), diff_id, "flate2's single-member reader at level {level}");
-        write_image(&layout, &[(info.descriptor(), info.diff_id.clone())]);
         let bundle = tmp.path().join(format!("bundle{level}"));
         umoci_unpack(&bin, format!("{}:t", layout.root().display()), &bundle);
         assert_eq!(describe(&src, true), describe(&bundle.join("rootfs"), true), "umoci at level {level}");
+    }
+}
+
+/// containerd reads what each level writes: `ctr images import` into a
+/// private daemon's `native` snapshotter inflates the layer with Go's gzip
+/// reader, checks the tar's digest against the config's diff id, and
+/// leaves the tree in a plain directory, which must be the source tree.
+#[test]
+fn containerd_unpacks_every_level() {
+    let Some(ctrd) = testkit::Containerd::start().unwrap() else { return };
+    let Some(tar) = testkit::tool("tar") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = multi_block_tree(tmp.path());
+    let snapshots = || -> std::collections::BTreeSet<PathBuf> {
+        fs::read_dir(ctrd.native_snapshots()).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default()
+    };
+    for level in [1, 2, 3, 6] {
+        let (layout, _) = gzip_image(tmp.path(), &src, level);
+        let archive = tmp.path().join(format!("image{level}.tar"));
+        testkit::run(Command::new(&tar).arg("-C").arg(layout.root()).arg("-cf").arg(&archive).arg(".")).unwrap();
+        let before = snapshots();
+        // a namespace per level: the same diff id would otherwise reuse the
+        // first level's snapshot instead of unpacking again
+        let out = ctrd
+            .ctr()
+            .args(["--namespace", &format!("kiln-{level}"), "images", "import", "--snapshotter", "native"])
+            .arg(&archive)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "containerd at level {level}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let new: Vec<PathBuf> = snapshots().difference(&before).cloned().collect();
+        let [snapshot] = new.as_slice() else { panic!("one new snapshot at level {level}: {new:?}") };
+        assert_eq!(describe(&src, true), describe(snapshot, true), "containerd at level {level}");
     }
 }
