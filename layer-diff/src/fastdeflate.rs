@@ -250,27 +250,35 @@ struct Bits {
     n: u32,
 }
 
+/// Adds the `len` low bits of `bits` (at most 56) to the accumulator
+/// `acc` holding `n` bits (under 8), stores the accumulator at `pos` in
+/// `out` (which has 8 bytes there) and moves `pos` past its complete bytes,
+/// leaving `n` under 8 again: every write of [`Bits`], on its fields or on
+/// a hot loop's locals.
+#[inline]
+fn emit(out: &mut [u8], pos: &mut usize, acc: &mut u64, n: &mut u32, bits: u64, len: u32) {
+    *acc |= bits << *n;
+    *n += len;
+    if let Some(dst) = out.get_mut(*pos..*pos + 8) {
+        dst.copy_from_slice(&acc.to_le_bytes());
+    }
+    let bytes = *n >> 3;
+    *pos += bytes as usize;
+    // `bytes` is at most 7: the shift stays under 64
+    *acc >>= bytes * 8;
+    *n &= 7;
+}
+
 impl Bits {
     fn with_capacity(bytes: usize) -> Self {
         Bits { out: vec![0; bytes.max(64)], pos: 0, acc: 0, n: 0 }
     }
 
-    /// Stores the accumulator and keeps its incomplete byte; `n` (at most
-    /// 7 + 56 bits) drops under 8.
-    fn flush(&mut self) {
-        let word = self.acc.to_le_bytes();
-        loop {
-            if let Some(dst) = self.out.get_mut(self.pos..self.pos + 8) {
-                dst.copy_from_slice(&word);
-                break;
-            }
-            self.grow(8);
+    /// Makes `out` at least `need` bytes longer than `pos`.
+    fn room(&mut self, need: usize) {
+        if self.out.len() < self.pos + need {
+            self.grow(need);
         }
-        let bytes = self.n >> 3;
-        self.pos += bytes as usize;
-        // `bytes` is at most 7: the shift stays under 64
-        self.acc >>= bytes * 8;
-        self.n &= 7;
     }
 
     #[cold]
@@ -286,31 +294,20 @@ impl Bits {
 
     /// Writes the `len` low bits of `value` (at most 56).
     fn put_wide(&mut self, value: u64, len: u32) {
-        self.acc |= value << self.n;
-        self.n += len;
-        self.flush();
+        self.room(8);
+        emit(&mut self.out, &mut self.pos, &mut self.acc, &mut self.n, value, len);
     }
 
     /// Writes the bits `code` gives for every item (at most 56 each): the
     /// hot loop of a block, with the writer's state in locals and the room
     /// for every item's bits made beforehand.
     fn symbols(&mut self, items: &[u32], code: impl Fn(u32) -> (u64, u32)) {
-        if self.out.len() < self.pos + items.len() * 7 + 16 {
-            self.grow(items.len() * 7 + 16);
-        }
+        self.room(items.len() * 7 + 16);
         let (mut acc, mut n, mut pos) = (self.acc, self.n, self.pos);
         let out = self.out.as_mut_slice();
         for &item in items {
             let (bits, len) = code(item);
-            acc |= bits << n;
-            n += len;
-            if let Some(dst) = out.get_mut(pos..pos + 8) {
-                dst.copy_from_slice(&acc.to_le_bytes());
-            }
-            let bytes = n >> 3;
-            pos += bytes as usize;
-            acc >>= bytes * 8;
-            n &= 7;
+            emit(out, &mut pos, &mut acc, &mut n, bits, len);
         }
         (self.acc, self.n, self.pos) = (acc, n, pos);
     }
@@ -318,20 +315,17 @@ impl Bits {
     /// Pads to a byte boundary.
     fn align(&mut self) {
         if self.n > 0 {
-            self.n = 8;
-            self.flush();
+            // zero bits up to the byte's end
+            self.put_wide(0, 8 - self.n);
         }
         self.acc = 0;
     }
 
     /// Appends whole bytes (after [`Bits::align`]).
     fn bytes(&mut self, data: &[u8]) {
-        loop {
-            if let Some(dst) = self.out.get_mut(self.pos..self.pos + data.len() + 8) {
-                dst.get_mut(..data.len()).unwrap_or_default().copy_from_slice(data);
-                break;
-            }
-            self.grow(data.len() + 8);
+        self.room(data.len() + 8);
+        if let Some(dst) = self.out.get_mut(self.pos..self.pos + data.len()) {
+            dst.copy_from_slice(data);
         }
         self.pos += data.len();
     }
