@@ -6,7 +6,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::tool;
 
@@ -51,19 +51,13 @@ impl Containerd {
             .stderr(log)
             .spawn()?;
         let mut me = Containerd { daemon, ctr, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if me.ctr().arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status()?.success() {
-                return Ok(Some(me));
-            }
-            if let Some(status) = me.daemon.try_wait()? {
-                return Err(io::Error::other(format!("containerd exited ({status}): {}", me.log())));
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!("containerd did not answer within 30 s: {}", me.log())));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        // it serves its socket once its plugins are loaded
+        let sock = me.dir.path().join("sock");
+        let serving = || std::os::unix::net::UnixStream::connect(&sock).is_ok();
+        let log_file = me.dir.path().join("log");
+        let log = || format!(": {}", last_lines(&log_file));
+        crate::wait_for_daemon(&mut me.daemon, "containerd", Duration::from_secs(30), serving, log)?;
+        Ok(Some(me))
     }
 
     /// `ctr` for this daemon (add `--namespace` and the command).
@@ -73,27 +67,18 @@ impl Containerd {
         c
     }
 
-    /// The daemon's root directory (content store, snapshotters).
-    pub fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
-    }
-
     /// Where the `native` snapshotter keeps its snapshots: each a plain
     /// directory holding the tree.
     pub fn native_snapshots(&self) -> PathBuf {
-        self.root().join("io.containerd.snapshotter.v1.native").join("snapshots")
+        self.dir.path().join("root").join("io.containerd.snapshotter.v1.native").join("snapshots")
     }
+}
 
-    fn log(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines.get(lines.len().saturating_sub(20)..).unwrap_or_default().join("\n")
-    }
-
-    /// The temporary directory everything lives in.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
+/// The last 20 lines of the daemon's log.
+fn last_lines(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines.get(lines.len().saturating_sub(20)..).unwrap_or_default().join("\n")
 }
 
 impl Drop for Containerd {

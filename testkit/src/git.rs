@@ -4,7 +4,7 @@
 use std::io;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::tool;
 
@@ -37,16 +37,8 @@ impl GitDaemon {
             .stderr(Stdio::null())
             .spawn()?;
         let mut daemon = GitDaemon { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = daemon.child.try_wait()? {
-                return Err(io::Error::other(format!("git daemon exited with {status}")));
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "git daemon did not listen"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let listening = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        crate::wait_for_daemon(&mut daemon.child, "git daemon", Duration::from_secs(10), listening, String::new)?;
         Ok(Some(daemon))
     }
 

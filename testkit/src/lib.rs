@@ -63,6 +63,32 @@ pub fn shared_dir() -> Option<PathBuf> {
     None
 }
 
+/// Waits for a daemon started as `child` (named `what` in errors): polls
+/// `ready` until it holds; an error when the daemon exits first or after
+/// `timeout`, with `log()` (what it wrote, or nothing) appended.
+pub(crate) fn wait_for_daemon(
+    child: &mut Child,
+    what: &str,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!("{what} exited with {status}{}", log())));
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{what} did not answer within {timeout:?}{}", log()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// The path of an installed tool, searched on `PATH`. `None` (with a note)
 /// when missing outside CI.
 ///
