@@ -215,20 +215,32 @@ fn source_name(src: &ImageLocation, tag: &Tag) -> Option<Reference> {
 /// place, so it appears whole; when another writer makes `dir` first, the
 /// image goes into theirs. Tags are set under the layout's index lock.
 /// Returns false, having written no tag and renamed nothing into place,
-/// when `stop` says so first. Build outputs and copies between layouts
-/// both come this way.
+/// when `stop` says so first. A blob with one of `copies` (written beside
+/// it in the pass that made it) is linked in from that copy instead.
+/// Build outputs and copies between layouts both come this way.
 pub(crate) fn write_layout(
     from: &Layout,
     desc: &Descriptor,
     dir: &std::path::Path,
     names: &[(Tag, Option<Reference>)],
     stop: &dyn Fn() -> bool,
+    mut copies: std::collections::HashMap<oci_image::Digest, oci_image::BlobCopy>,
 ) -> Result<bool, CopyError> {
-    let fill = |out: &Layout| -> Result<bool, CopyError> {
+    let mut fill = |out: &Layout| -> Result<bool, CopyError> {
         let mut stopped = false;
         from.walk(desc, |d, _| {
             stopped = stopped || stop();
-            if stopped { Ok(()) } else { from.copy_blob_to(d, out).map(drop) }
+            if stopped {
+                return Ok(());
+            }
+            // a copy written with the blob is linked in; else a checked copy out of `from`
+            if let Some(copy) = copies.remove(&d.digest)
+                && copy.size() == d.size
+                && out.place_copy(copy)?
+            {
+                return Ok(());
+            }
+            from.copy_blob_to(d, out).map(drop)
         })?;
         if stopped || stop() {
             return Ok(false);
@@ -500,7 +512,7 @@ async fn copy_plain(
         L::Layout { dir, tag } => {
             let names: Vec<_> =
                 tag.as_ref().or(staged.tag.as_ref()).map(|t| (t.clone(), source_name(src, t))).into_iter().collect();
-            write_layout(&staged.layout, desc, dir, &names, &|| false)?;
+            write_layout(&staged.layout, desc, dir, &names, &|| false, std::collections::HashMap::new())?;
             Ok(report(desc.digest.clone(), 0, 0, 0))
         }
         L::DockerArchive { file, name } => {

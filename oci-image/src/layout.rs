@@ -297,9 +297,11 @@ impl Layout {
     /// # Errors
     /// [`LayoutError::Io`] when the temporary file cannot be made.
     pub fn blob_writer(&self) -> Result<BlobWriter, LayoutError> {
+        let tmp = self.temp_file()?;
         Ok(BlobWriter {
             layout: self.clone(),
-            inner: DigestWriter::new(BufWriter::with_capacity(256 * 1024, self.temp_file()?)),
+            behind: WriteBehind::new(tmp.as_file()),
+            inner: DigestWriter::new(BufWriter::with_capacity(256 * 1024, tmp)),
         })
     }
 
@@ -323,7 +325,7 @@ impl Layout {
         // the verifying reader hashes; the temp file is written plainly
         let mut r = VerifyingReader::new(reader, digest, size).map_err(verify_err)?;
         let mut w = BufWriter::with_capacity(256 * 1024, self.temp_file()?);
-        io::copy(&mut r, &mut w).map_err(|e| match e.kind() {
+        copy_behind(&mut r, &mut w).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData => verify_err(into_verify_error(e, digest)),
             _ => LayoutError::Io { op: "write blob into", path: self.root.clone(), source: e },
         })?;
@@ -380,7 +382,7 @@ impl Layout {
         }
         let mut r = VerifyingReader::new(src, &desc.digest, desc.size).map_err(verify_err)?;
         let mut w = BufWriter::with_capacity(256 * 1024, tmp);
-        io::copy(&mut r, &mut w).map_err(|e| match e.kind() {
+        copy_behind(&mut r, &mut w).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData => verify_err(into_verify_error(e, &desc.digest)),
             _ => LayoutError::Io { op: "copy blob into", path: into.root.clone(), source: e },
         })?;
@@ -399,11 +401,46 @@ impl Layout {
     /// # Errors
     /// [`LayoutError::Io`] when the temporary file cannot be made.
     pub fn dangerous_unhashed_blob_writer(&self) -> Result<UnhashedBlobWriter, LayoutError> {
+        let tmp = self.temp_file()?;
         Ok(UnhashedBlobWriter {
             layout: self.clone(),
-            inner: BufWriter::with_capacity(256 * 1024, self.temp_file()?),
+            behind: WriteBehind::new(tmp.as_file()),
+            inner: BufWriter::with_capacity(256 * 1024, tmp),
             size: 0,
+            copy: None,
         })
+    }
+
+    /// Puts `copy` in this layout as its blob by linking its file here: no
+    /// byte is read or copied, and the blob shares no inode with the layout
+    /// the copy was written beside. Returns `false` when the file cannot be
+    /// linked here (another file system, no `/proc`), so that the caller
+    /// copies the blob instead; `true` when the blob is in place (or was
+    /// already). The copy can be placed once: it is consumed.
+    ///
+    /// # Errors
+    /// [`LayoutError::Io`] when the blob directory cannot be made.
+    pub fn place_copy(&self, copy: BlobCopy) -> Result<bool, LayoutError> {
+        let BlobCopy { file, digest, size } = copy;
+        let path = self.blob_path(&digest);
+        if path.is_file() {
+            return Ok(true);
+        }
+        // a cheap guard: the file holds exactly the blob's size
+        if file.metadata().map(|m| m.len()).ok() != Some(size) {
+            return Ok(false);
+        }
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        }
+        // the documented way to name a file opened with O_TMPFILE
+        let fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+        let cwd = rustix::fs::CWD;
+        match rustix::fs::linkat(cwd, fd.as_str(), cwd, &path, rustix::fs::AtFlags::SYMLINK_FOLLOW) {
+            // (EEXIST: another writer put it there meanwhile)
+            Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(true),
+            Err(_) => Ok(false),
+        }
     }
 
     /// Writes a blob from memory (sha256).
@@ -737,19 +774,146 @@ pub struct IndexLock {
 pub struct UnhashedBlobWriter {
     layout: Layout,
     inner: BufWriter<NamedTempFile>,
+    behind: WriteBehind,
     size: u64,
+    /// The second copy of every byte ([`UnhashedBlobWriter::copy_into`]),
+    /// dropped at its first failed write.
+    copy: Option<(BufWriter<File>, WriteBehind)>,
 }
 
 impl Write for UnhashedBlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.size += n as u64;
+        self.behind.wrote(n);
+        if let Some((copy, behind)) = &mut self.copy {
+            if copy.write_all(buf.get(..n).unwrap_or_default()).is_err() {
+                // no copy then: the blob is copied out of the layout as usual
+                self.copy = None;
+            } else {
+                behind.wrote(n);
+            }
+        }
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// A second copy of a blob, written in the same pass as the blob
+/// ([`UnhashedBlobWriter::copy_into`]) into a file that has no name: an
+/// output layout takes it as its blob by linking it
+/// ([`Layout::place_copy`]), instead of reading the blob back out of the
+/// first layout, checking it and writing it again. Having no name, it
+/// cannot be opened or replaced by anyone else before it is placed; it is
+/// synced to disk before it is handed out. Dropping it frees it.
+#[derive(Debug)]
+pub struct BlobCopy {
+    file: File,
+    digest: Digest,
+    size: u64,
+}
+
+impl BlobCopy {
+    /// The blob's digest (as the writer was finished with).
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The blob's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// Starts writing a big file's data to disk while it is still being
+/// written: after every [`WriteBehind::EVERY`] bytes, a helper thread syncs
+/// what the file holds so far, so that the final sync waits for the last
+/// part only and the disk works while the writer computes the rest. A file
+/// smaller than that never starts the thread.
+struct WriteBehind {
+    /// Bytes since the last kick.
+    since: u64,
+    /// The file (another descriptor of it), until the thread takes it.
+    file: Option<File>,
+    /// The kick and the thread, once started.
+    thread: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)>,
+}
+
+impl WriteBehind {
+    const EVERY: u64 = 16 * 1024 * 1024;
+
+    fn new(file: &File) -> WriteBehind {
+        WriteBehind { since: 0, file: file.try_clone().ok(), thread: None }
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.since += n as u64;
+        if self.since < Self::EVERY {
+            return;
+        }
+        self.since = 0;
+        if self.thread.is_none()
+            && let Some(file) = self.file.take()
+        {
+            let (kick, kicked) = std::sync::mpsc::sync_channel::<()>(1);
+            let spawned = std::thread::Builder::new().name("blob-sync".into()).spawn(move || {
+                while kicked.recv().is_ok() {
+                    // best effort: the final sync reports what fails
+                    let _ = file.sync_data();
+                }
+            });
+            self.thread = spawned.ok().map(|t| (kick, t));
+        }
+        if let Some((kick, _)) = &self.thread {
+            // a kick already waiting covers this one too
+            let _ = kick.try_send(());
+        }
+    }
+
+    /// Waits for the thread's sync in progress, if any, and ends it.
+    fn stop(self) {
+        if let Some((kick, thread)) = self.thread {
+            drop(kick);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `io::copy` into a blob's temporary file, its data synced behind the
+/// writing ([`WriteBehind`]).
+fn copy_behind<R: Read>(r: &mut R, w: &mut BufWriter<NamedTempFile>) -> io::Result<u64> {
+    /// Tells the [`WriteBehind`] what went through.
+    struct Counted<'a> {
+        w: &'a mut BufWriter<NamedTempFile>,
+        behind: WriteBehind,
+    }
+    impl Write for Counted<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = self.w.write(buf)?;
+            self.behind.wrote(n);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.w.flush()
+        }
+    }
+    let behind = WriteBehind::new(w.get_ref().as_file());
+    let mut counted = Counted { w, behind };
+    let copied = io::copy(r, &mut counted);
+    counted.behind.stop();
+    copied
+}
+
+/// A file without a name in `dir` (`O_TMPFILE`), mode `0644` less the
+/// umask: it can be linked into a directory of the same file system later.
+fn unnamed_file_in(dir: &Path) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(dir, flags, Mode::from_raw_mode(0o644))?;
+    Ok(File::from(fd))
 }
 
 impl UnhashedBlobWriter {
@@ -764,8 +928,54 @@ impl UnhashedBlobWriter {
     /// # Errors
     /// [`LayoutError::Io`] when flushing or renaming fails.
     pub fn dangerous_finish(self, digest: &Digest) -> Result<BlobInfo, LayoutError> {
-        self.layout.persist(self.inner, digest)?;
-        Ok(BlobInfo { digest: digest.clone(), size: self.size })
+        let mut writer = self;
+        writer.copy = None;
+        writer.dangerous_finish_with_copy(digest).map(|(info, _)| info)
+    }
+
+    /// Also writes every byte, from now on, into a file without a name in
+    /// `dir`, which [`UnhashedBlobWriter::dangerous_finish_with_copy`]
+    /// hands back as a [`BlobCopy`]: for a layout on `dir`'s file system
+    /// that is to hold the blob too. Returns `false` (and keeps no copy)
+    /// when bytes were written already or `dir`'s file system cannot make
+    /// such a file; a copy whose write fails is dropped silently, the blob
+    /// itself is unaffected.
+    pub fn copy_into(&mut self, dir: &Path) -> bool {
+        if self.size > 0 || self.copy.is_some() {
+            return false;
+        }
+        self.copy = unnamed_file_in(dir).ok().map(|f| {
+            let behind = WriteBehind::new(&f);
+            (BufWriter::with_capacity(256 * 1024, f), behind)
+        });
+        self.copy.is_some()
+    }
+
+    /// [`UnhashedBlobWriter::dangerous_finish`], and the copy of the blob
+    /// [`UnhashedBlobWriter::copy_into`] asked for, when it holds every
+    /// byte: both are synced to disk side by side.
+    ///
+    /// # Errors
+    /// [`LayoutError::Io`] when flushing or renaming the blob fails (a
+    /// failing copy is only left out).
+    pub fn dangerous_finish_with_copy(self, digest: &Digest) -> Result<(BlobInfo, Option<BlobCopy>), LayoutError> {
+        let UnhashedBlobWriter { layout, inner, behind, size, copy } = self;
+        let (stored, copy) = std::thread::scope(|s| {
+            let copy = copy.map(|(c, behind)| {
+                s.spawn(move || -> io::Result<File> {
+                    let file = c.into_inner().map_err(io::IntoInnerError::into_error)?;
+                    behind.stop();
+                    file.sync_all()?;
+                    Ok(file)
+                })
+            });
+            behind.stop();
+            let stored = layout.persist(inner, digest);
+            (stored, copy.and_then(|h| h.join().ok()).and_then(Result::ok))
+        });
+        stored?;
+        let copy = copy.map(|file| BlobCopy { file, digest: digest.clone(), size });
+        Ok((BlobInfo { digest: digest.clone(), size }, copy))
     }
 }
 
@@ -774,11 +984,14 @@ impl UnhashedBlobWriter {
 pub struct BlobWriter {
     layout: Layout,
     inner: DigestWriter<BufWriter<NamedTempFile>>,
+    behind: WriteBehind,
 }
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
+        let n = self.inner.write(buf)?;
+        self.behind.wrote(n);
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -798,6 +1011,7 @@ impl BlobWriter {
     /// [`LayoutError::Io`] when flushing or renaming fails.
     pub fn finish(self) -> Result<BlobInfo, LayoutError> {
         let (buf, digest, size) = self.inner.finish();
+        self.behind.stop();
         self.layout.persist(buf, &digest)?;
         Ok(BlobInfo { digest, size })
     }

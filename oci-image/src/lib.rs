@@ -44,7 +44,9 @@ pub use document::{
     ImageIndex, ImageManifest, IndexBuilder, ManifestBuilder, Raw, RawConfig, RawIndex, RawManifest, RootFs,
     to_canonical_json,
 };
-pub use layout::{BlobInfo, BlobWriter, IndexLock, Layout, LayoutError, MAX_DOCUMENT_SIZE, UnhashedBlobWriter};
+pub use layout::{
+    BlobCopy, BlobInfo, BlobWriter, IndexLock, Layout, LayoutError, MAX_DOCUMENT_SIZE, UnhashedBlobWriter,
+};
 pub use media_type::{Compression, MediaType, MediaTypeError};
 pub use platform::{Platform, PlatformError};
 pub use reference::{DOCKER_HUB, NAME_MAX, Reference, ReferenceError, Repository, Tag};

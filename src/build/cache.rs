@@ -284,14 +284,22 @@ impl Ctx {
         }
     }
 
-    /// Writes a layer through `f` into the store; `None` when `f` wrote no entries.
+    /// Writes a layer of `stage` through `f` into the store; `None` when
+    /// `f` wrote no entries. A layer of the image's stages is also written
+    /// into [`Ctx::copy_dir`] in the same pass, for the output.
     pub(super) fn write_layer(
         &self,
+        stage: Option<usize>,
         f: impl FnOnce(&mut layer_diff::LayerWriter<oci_image::UnhashedBlobWriter>) -> Result<usize, BuildError>,
     ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
         // the layer pipeline hashes the blob in the pass that makes it: the
         // store takes that digest instead of hashing a second time
-        let blob = self.store.layout.dangerous_unhashed_blob_writer()?;
+        let mut blob = self.store.layout.dangerous_unhashed_blob_writer()?;
+        if let Some(dir) = &self.copy_dir
+            && stage.is_some_and(|s| self.image_stages.contains(&s))
+        {
+            blob.copy_into(dir);
+        }
         let mut w = layer_diff::LayerWriter::new(blob, &self.pack)?;
         let entries = f(&mut w)?;
         if entries == 0 {
@@ -305,7 +313,12 @@ impl Ctx {
                 blob.size()
             )));
         }
-        blob.dangerous_finish(&info.digest)?;
+        let (_, copy) = blob.dangerous_finish_with_copy(&info.digest)?;
+        if let Some(copy) = copy
+            && let Ok(mut copies) = self.copies.lock()
+        {
+            copies.insert(info.digest.clone(), copy);
+        }
         Ok(Some((info.descriptor(), info.diff_id)))
     }
 }

@@ -16,7 +16,7 @@ impl Ctx {
         self.layer_step(key, step, || {
             let now = crate::unix_now();
             let entries: Vec<layer_diff::Entry> = items.iter().map(|i| i.written(self.epoch, now)).collect();
-            self.write_layer(|w| {
+            self.write_layer(step.map(|s| s.id.stage), |w| {
                 w.read_ahead(items.iter().zip(&entries).map(|(item, e)| (item.source.clone(), e)));
                 for (item, e) in items.iter().zip(&entries) {
                     w.append_from(&item.source, e)?;
@@ -45,7 +45,7 @@ impl Ctx {
             None => Vec::new(),
         };
         let now = crate::unix_now();
-        self.write_layer(|w| {
+        self.write_layer(Some(step.stage), |w| {
             for e in &above {
                 w.append_from(Path::new("/"), e)?;
             }

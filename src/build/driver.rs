@@ -266,6 +266,7 @@ impl Build {
         };
         let secrets = absolute_paths(self.secrets, "find the secret")?;
         let ssh = absolute_paths(self.ssh, "find the ssh agent")?;
+        let outputs = locations(self.outputs, &self.tags);
         Ok(Ctx {
             context,
             text,
@@ -280,14 +281,10 @@ impl Build {
             cache,
             progress: self.progress,
             executor: self.executor,
-            outputs: self
-                .outputs
-                .into_iter()
-                .flat_map(|o| match o {
-                    OutputTarget::Location(l) => vec![l],
-                    OutputTarget::EveryTag => self.tags.iter().cloned().map(ImageLocation::Registry).collect(),
-                })
-                .collect(),
+            copy_dir: copy_dir(&outputs),
+            image_stages: image_stages(&plan),
+            copies: Mutex::new(HashMap::new()),
+            outputs,
             overwrite: self.overwrite,
             tags: self.tags,
             client,
@@ -307,6 +304,48 @@ impl Build {
             cancel: Cancel::new(),
         })
     }
+}
+
+/// Every output's location, [`OutputTarget::EveryTag`] as a push to each of `tags`.
+fn locations(outputs: Vec<OutputTarget>, tags: &[super::Reference]) -> Vec<ImageLocation> {
+    outputs
+        .into_iter()
+        .flat_map(|o| match o {
+            OutputTarget::Location(l) => vec![l],
+            OutputTarget::EveryTag => tags.iter().cloned().map(ImageLocation::Registry).collect(),
+        })
+        .collect()
+}
+
+/// Where the layers are also written for the first OCI layout output (see
+/// [`Ctx::copy_dir`]): the layout's directory when it exists, else its
+/// parent when that exists; the output creates neither before its turn.
+fn copy_dir(outputs: &[ImageLocation]) -> Option<PathBuf> {
+    let dir = outputs.iter().find_map(|o| match o {
+        ImageLocation::Layout { dir, .. } => Some(dir),
+        _ => None,
+    })?;
+    if dir.is_dir() {
+        return Some(dir.clone());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
+    parent.is_dir().then(|| parent.to_owned())
+}
+
+/// The target stage and the stages it is built `FROM`, down to its image.
+fn image_stages(plan: &dockerfile_parse::stages::Plan) -> BTreeSet<usize> {
+    let mut stages = BTreeSet::new();
+    let mut next = plan.stages.get(plan.target);
+    while let Some(s) = next {
+        if !stages.insert(s.index) {
+            break;
+        }
+        next = match s.base {
+            dockerfile_parse::stages::Base::Stage(b) if !s.replaced => plan.stages.get(b),
+            _ => None,
+        };
+    }
+    stages
 }
 
 /// The background reaper of a build whose future was dropped: its drop sets

@@ -663,6 +663,16 @@ struct Ctx {
     /// The build's own cancellation: the caller's [`Build::cancel`], a
     /// dropped build future, or a failed stage stopping its siblings.
     cancel: Cancel,
+    /// Where the layers of [`Ctx::image_stages`] are also written, in the
+    /// same pass, for the first OCI layout output to link instead of
+    /// copying them out of the store: a directory on that output's file
+    /// system (`None`: no such output, or its parent does not exist yet).
+    copy_dir: Option<PathBuf>,
+    /// The target stage and the stages it is built `FROM`: the stages
+    /// whose layers are the image's.
+    image_stages: BTreeSet<usize>,
+    /// Those copies, by digest, until the output takes them.
+    copies: Mutex<HashMap<Digest, oci_image::BlobCopy>>,
 }
 
 /// A named context, ready to use.

@@ -104,8 +104,10 @@ impl Ctx {
                         Some(t) => vec![(t, None)],
                         None => tags.iter().filter_map(|t| Some((t.tag()?.clone(), Some(t.clone())))).collect(),
                     };
+                    // the layers' copies written beside this output, for the first layout output
+                    let copies = self.copies.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
                     self.write_blocking(built, fail, move |store, desc, stop| {
-                        crate::copy::write_layout(store, desc, &dir, &names, stop)
+                        crate::copy::write_layout(store, desc, &dir, &names, stop, copies)
                     })
                     .await?;
                 }

@@ -287,7 +287,7 @@ impl Ctx {
         let (layer, adopt) = match before {
             None => {
                 let (snap, changes) = layer_diff::overlay_changes(&upper)?;
-                let layer = self.write_layer(|w| {
+                let layer = self.write_layer(Some(step.stage), |w| {
                     w.append_changes(&snap, &changes)?;
                     Ok(changes.len())
                 })?;
@@ -296,7 +296,7 @@ impl Ctx {
             Some(before) => {
                 let after = layer_diff::Snapshot::walk(&merged)?;
                 let changes = layer_diff::diff(&before, &after)?;
-                let layer = self.write_layer(|w| {
+                let layer = self.write_layer(Some(step.stage), |w| {
                     w.append_changes(&after, &changes)?;
                     Ok(changes.len())
                 })?;

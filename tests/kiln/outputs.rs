@@ -283,3 +283,40 @@ async fn outputs_take_the_location_syntax_of_copy() {
     .unwrap();
     assert_eq!(Digest::sha256(pushed.as_bytes()), built.manifest.digest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_the_build_made_reaches_its_layout_output_from_its_own_copy() {
+    // each layer is written twice in one pass, into the cache and beside
+    // the output, which links the second: the cache's file changed after
+    // its step finished is not what the output gets, nor read by it
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(tmp.path(), "own copy\n");
+    // one step: a later step would read the changed blob back (and refuse it)
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt b.txt /\n");
+    let (cache, out) = (tmp.path().join("cache"), tmp.path().join("out"));
+    let store = cache.join("oci");
+    let changed = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&changed);
+    let built = build(&ctx, &cache)
+        .output(ImageLocation::layout(out.clone()))
+        .progress(move |p| {
+            if let Progress::StepFinished { layer: Some(l), cached: false, .. } = p {
+                flip(&Layout::open(&store).unwrap().blob_path(&l.digest));
+                seen.lock().unwrap().push(l.digest.clone());
+            }
+        })
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{}", kiln::error_chain(&e)));
+    let changed = changed.lock().unwrap().clone();
+    assert_eq!(changed, built.layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>());
+    let layout = Layout::open(&out).unwrap();
+    layout.verify().unwrap();
+    for d in &changed {
+        assert!(layout.has_blob(d));
+    }
+    assert!(blob_inodes(&out).is_disjoint(&blob_inodes(&cache.join("oci"))), "an output blob is a cache blob");
+    // nothing of the copies is left beside the output
+    let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+}
