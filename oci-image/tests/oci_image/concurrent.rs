@@ -175,7 +175,7 @@ fn blobs_synced_behind_their_writing_are_whole_through_every_writer() {
     // writer goes on: each writer ends with the whole blob, and returns
     let dir = tempfile::tempdir().unwrap();
     let layout = Layout::create(dir.path().join("l")).unwrap();
-    let data: Vec<u8> = (0..40_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..40_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     let digest = Digest::sha256(&data);
     let mut w = layout.blob_writer().unwrap();
     for chunk in data.chunks(1 << 20) {
