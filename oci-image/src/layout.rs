@@ -298,11 +298,9 @@ impl Layout {
     /// [`LayoutError::Io`] when the temporary file cannot be made.
     pub fn blob_writer(&self) -> Result<BlobWriter, LayoutError> {
         let tmp = self.temp_file()?;
-        Ok(BlobWriter {
-            layout: self.clone(),
-            behind: WriteBehind::new(tmp.as_file()),
-            inner: DigestWriter::new(BufWriter::with_capacity(256 * 1024, tmp)),
-        })
+        let file = tmp.as_file().try_clone().ok();
+        let inner = DigestWriter::new(BufWriter::with_capacity(256 * 1024, tmp));
+        Ok(BlobWriter { layout: self.clone(), inner: WriteBehind::new(inner, file) })
     }
 
     /// Writes a blob from a reader. With `expected`, the content is checked
@@ -402,10 +400,10 @@ impl Layout {
     /// [`LayoutError::Io`] when the temporary file cannot be made.
     pub fn dangerous_unhashed_blob_writer(&self) -> Result<UnhashedBlobWriter, LayoutError> {
         let tmp = self.temp_file()?;
+        let file = tmp.as_file().try_clone().ok();
         Ok(UnhashedBlobWriter {
             layout: self.clone(),
-            behind: WriteBehind::new(tmp.as_file()),
-            inner: BufWriter::with_capacity(256 * 1024, tmp),
+            inner: WriteBehind::new(BufWriter::with_capacity(256 * 1024, tmp), file),
             size: 0,
             copy: None,
         })
@@ -773,26 +771,22 @@ pub struct IndexLock {
 /// finishing discards the temporary file.
 pub struct UnhashedBlobWriter {
     layout: Layout,
-    inner: BufWriter<NamedTempFile>,
-    behind: WriteBehind,
+    inner: WriteBehind<BufWriter<NamedTempFile>>,
     size: u64,
     /// The second copy of every byte ([`UnhashedBlobWriter::copy_into`]),
     /// dropped at its first failed write.
-    copy: Option<(BufWriter<File>, WriteBehind)>,
+    copy: Option<WriteBehind<BufWriter<File>>>,
 }
 
 impl Write for UnhashedBlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.size += n as u64;
-        self.behind.wrote(n);
-        if let Some((copy, behind)) = &mut self.copy {
-            if copy.write_all(buf.get(..n).unwrap_or_default()).is_err() {
-                // no copy then: the blob is copied out of the layout as usual
-                self.copy = None;
-            } else {
-                behind.wrote(n);
-            }
+        if let Some(copy) = &mut self.copy
+            && copy.write_all(buf.get(..n).unwrap_or_default()).is_err()
+        {
+            // no copy then: the blob is copied out of the layout as usual
+            self.copy = None;
         }
         Ok(n)
     }
@@ -828,12 +822,14 @@ impl BlobCopy {
     }
 }
 
-/// Starts writing a big file's data to disk while it is still being
-/// written: after every [`WriteBehind::EVERY`] bytes, a helper thread syncs
-/// what the file holds so far, so that the final sync waits for the last
-/// part only and the disk works while the writer computes the rest. A file
-/// smaller than that never starts the thread.
-struct WriteBehind {
+/// A writer into a big file that starts writing the file's data to disk
+/// while it is still being written: after every [`WriteBehind::EVERY`]
+/// bytes, a helper thread syncs what the file holds so far, so that the
+/// final sync waits for the last part only and the disk works while the
+/// writer computes the rest. A file smaller than that never starts the
+/// thread.
+struct WriteBehind<W> {
+    inner: W,
     /// Bytes since the last kick.
     since: u64,
     /// The file (another descriptor of it), until the thread takes it.
@@ -842,11 +838,24 @@ struct WriteBehind {
     thread: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)>,
 }
 
-impl WriteBehind {
+impl<W: Write> Write for WriteBehind<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.wrote(n);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W> WriteBehind<W> {
     const EVERY: u64 = 16 * 1024 * 1024;
 
-    fn new(file: &File) -> WriteBehind {
-        WriteBehind { since: 0, file: file.try_clone().ok(), thread: None }
+    /// `inner` writes into `file` (a descriptor of its own: none, no syncing).
+    fn new(inner: W, file: Option<File>) -> WriteBehind<W> {
+        WriteBehind { inner, since: 0, file, thread: None }
     }
 
     fn wrote(&mut self, n: usize) {
@@ -873,37 +882,22 @@ impl WriteBehind {
         }
     }
 
-    /// Waits for the thread's sync in progress, if any, and ends it.
-    fn stop(self) {
+    /// The writer, once the thread's sync in progress, if any, is done.
+    fn into_inner(self) -> W {
         if let Some((kick, thread)) = self.thread {
             drop(kick);
             let _ = thread.join();
         }
+        self.inner
     }
 }
 
-/// `io::copy` into a blob's temporary file, its data synced behind the
-/// writing ([`WriteBehind`]).
+/// `io::copy` into a blob's temporary file, synced behind the writing.
 fn copy_behind<R: Read>(r: &mut R, w: &mut BufWriter<NamedTempFile>) -> io::Result<u64> {
-    /// Tells the [`WriteBehind`] what went through.
-    struct Counted<'a> {
-        w: &'a mut BufWriter<NamedTempFile>,
-        behind: WriteBehind,
-    }
-    impl Write for Counted<'_> {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let n = self.w.write(buf)?;
-            self.behind.wrote(n);
-            Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            self.w.flush()
-        }
-    }
-    let behind = WriteBehind::new(w.get_ref().as_file());
-    let mut counted = Counted { w, behind };
-    let copied = io::copy(r, &mut counted);
-    counted.behind.stop();
+    let file = w.get_ref().as_file().try_clone().ok();
+    let mut behind = WriteBehind::new(w, file);
+    let copied = io::copy(r, &mut behind);
+    behind.into_inner();
     copied
 }
 
@@ -945,8 +939,8 @@ impl UnhashedBlobWriter {
             return false;
         }
         self.copy = unnamed_file_in(dir).ok().map(|f| {
-            let behind = WriteBehind::new(&f);
-            (BufWriter::with_capacity(256 * 1024, f), behind)
+            let file = f.try_clone().ok();
+            WriteBehind::new(BufWriter::with_capacity(256 * 1024, f), file)
         });
         self.copy.is_some()
     }
@@ -959,18 +953,16 @@ impl UnhashedBlobWriter {
     /// [`LayoutError::Io`] when flushing or renaming the blob fails (a
     /// failing copy is only left out).
     pub fn dangerous_finish_with_copy(self, digest: &Digest) -> Result<(BlobInfo, Option<BlobCopy>), LayoutError> {
-        let UnhashedBlobWriter { layout, inner, behind, size, copy } = self;
+        let UnhashedBlobWriter { layout, inner, size, copy } = self;
         let (stored, copy) = std::thread::scope(|s| {
-            let copy = copy.map(|(c, behind)| {
+            let copy = copy.map(|c| {
                 s.spawn(move || -> io::Result<File> {
-                    let file = c.into_inner().map_err(io::IntoInnerError::into_error)?;
-                    behind.stop();
+                    let file = c.into_inner().into_inner().map_err(io::IntoInnerError::into_error)?;
                     file.sync_all()?;
                     Ok(file)
                 })
             });
-            behind.stop();
-            let stored = layout.persist(inner, digest);
+            let stored = layout.persist(inner.into_inner(), digest);
             (stored, copy.and_then(|h| h.join().ok()).and_then(Result::ok))
         });
         stored?;
@@ -983,15 +975,12 @@ impl UnhashedBlobWriter {
 /// without [`BlobWriter::finish`] discards the temporary file.
 pub struct BlobWriter {
     layout: Layout,
-    inner: DigestWriter<BufWriter<NamedTempFile>>,
-    behind: WriteBehind,
+    inner: WriteBehind<DigestWriter<BufWriter<NamedTempFile>>>,
 }
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.behind.wrote(n);
-        Ok(n)
+        self.inner.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -1002,7 +991,7 @@ impl Write for BlobWriter {
 impl BlobWriter {
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
-        self.inner.size()
+        self.inner.inner.size()
     }
 
     /// Stores the blob under its digest.
@@ -1010,8 +999,7 @@ impl BlobWriter {
     /// # Errors
     /// [`LayoutError::Io`] when flushing or renaming fails.
     pub fn finish(self) -> Result<BlobInfo, LayoutError> {
-        let (buf, digest, size) = self.inner.finish();
-        self.behind.stop();
+        let (buf, digest, size) = self.inner.into_inner().finish();
         self.layout.persist(buf, &digest)?;
         Ok(BlobInfo { digest, size })
     }
