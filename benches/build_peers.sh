@@ -84,16 +84,19 @@ kiln_run_warm() {
   aside "$WORK/k-warm"
 }
 
-# compare NAME SETUP_A A SETUP_B B TARGET: alternates, RUNS times after a warm-up each
+# compare NAME SETUP_A A SETUP_B B TARGET: alternates, RUNS times after a warm-up each.
+# Every timed run starts after a sync, as in layer_peers.sh: buildah leaves
+# about 230 MB of its store unwritten when it exits, and that writeback
+# would otherwise share the disk with the next run, whichever tool it is
 compare() {
   local name=$1 setup_a=$2 a=$3 setup_b=$4 b=$5 limit=$6 ta=() tb=()
   eval "$setup_a"; time_of bash -c "$a" >/dev/null
   eval "$setup_b"; time_of bash -c "$b" >/dev/null
   for i in $(seq "$RUNS"); do
     if [ $((i % 2)) -eq 1 ]; then
-      eval "$setup_a"; ta+=("$(time_of bash -c "$a")"); eval "$setup_b"; tb+=("$(time_of bash -c "$b")")
+      eval "$setup_a"; sync; ta+=("$(time_of bash -c "$a")"); eval "$setup_b"; sync; tb+=("$(time_of bash -c "$b")")
     else
-      eval "$setup_b"; tb+=("$(time_of bash -c "$b")"); eval "$setup_a"; ta+=("$(time_of bash -c "$a")")
+      eval "$setup_b"; sync; tb+=("$(time_of bash -c "$b")"); eval "$setup_a"; sync; ta+=("$(time_of bash -c "$a")")
     fi
   done
   local ma mb
@@ -112,8 +115,8 @@ compare "build: FROM scratch + COPY rootfs" "kiln_copy" \
 copy_peer=$PEER_MEDIAN
 tn=(); tg=()
 for _ in $(seq "$RUNS"); do
-  kiln_copy; tn+=("$(time_of "$KILN" "$WORK/ctx-copy" --cache-dir "$WORK/k-cache" --output "oci:$WORK/k-out" --compression none)")
-  kiln_copy; tg+=("$(time_of "$KILN" "$WORK/ctx-copy" --cache-dir "$WORK/k-cache" --output "oci:$WORK/k-out")")
+  kiln_copy; sync; tn+=("$(time_of "$KILN" "$WORK/ctx-copy" --cache-dir "$WORK/k-cache" --output "oci:$WORK/k-out" --compression none)")
+  kiln_copy; sync; tg+=("$(time_of "$KILN" "$WORK/ctx-copy" --cache-dir "$WORK/k-cache" --output "oci:$WORK/k-out")")
 done
 for row in "none:${tn[*]}" "gzip (default):${tg[*]}"; do
   m=$(printf '%s\n' ${row#*:} | median)
@@ -127,9 +130,9 @@ compare "build: FROM image + RUN (warm)" "kiln_run_warm" \
 # fully cached rebuilds (kiln only): same cache, fresh output layout
 "$KILN" "$WORK/ctx-copy" --cache-dir "$WORK/k-cache2" --output "oci:$WORK/k-out" >/dev/null
 tc=()
-for _ in $(seq "$RUNS"); do aside "$WORK/k-out"; tc+=("$(time_of "$KILN" "$WORK/ctx-copy" --cache-dir "$WORK/k-cache2" --output "oci:$WORK/k-out")"); done
+for _ in $(seq "$RUNS"); do aside "$WORK/k-out"; sync; tc+=("$(time_of "$KILN" "$WORK/ctx-copy" --cache-dir "$WORK/k-cache2" --output "oci:$WORK/k-out")"); done
 printf '%-34s kiln %7.3fs  (target < 0.5 s)\n' "build: cached rebuild (COPY rootfs)" "$(printf '%s\n' "${tc[@]}" | median)" | tee -a "$RESULTS"
 tr=()
-for _ in $(seq "$RUNS"); do aside "$WORK/k-out"; tr+=("$(time_of "$KILN" "$WORK/ctx-run" --cache-dir "$WORK/k-run-cache" --output "oci:$WORK/k-out")"); done
+for _ in $(seq "$RUNS"); do aside "$WORK/k-out"; sync; tr+=("$(time_of "$KILN" "$WORK/ctx-run" --cache-dir "$WORK/k-run-cache" --output "oci:$WORK/k-out")"); done
 printf '%-34s kiln %7.3fs  (target < 0.5 s)\n' "build: cached rebuild (FROM + RUN)" "$(printf '%s\n' "${tr[@]}" | median)" | tee -a "$RESULTS"
 rm -rf "$WORK/k-out" "$WORK/k-cache" "$WORK/k-cache2" "$WORK/k-run-cache" "$WORK/kiln-base-cache" "$WORK/b" "$WORK/ctx-copy" "$WORK/ctx-run" "$WORK/trash"
