@@ -3,7 +3,11 @@
 //! Blobs are written through a temporary file in the blob directory, checked
 //! against their digest and size, and renamed into place atomically;
 //! `index.json` is replaced atomically too. A failed or interrupted write
-//! leaves the layout as it was. A new layout is made in a temporary
+//! leaves the layout as it was. A big blob's data is synced while it is
+//! written (a helper thread, every 16 MiB), so its final sync waits for the
+//! tail only. A blob written for one layout can carry a second copy, made
+//! in the same pass, that another layout on the same file system links in
+//! ([`BlobCopy`], [`Layout::place_copy`]). A new layout is made in a temporary
 //! directory beside its place and renamed there whole, so nobody ever sees
 //! half a layout, and concurrent creators all end up with the same one.
 //!
