@@ -424,10 +424,10 @@ impl Layout {
     /// [`LayoutError::Io`] when the blob directory cannot be made.
     pub fn place_copy(&self, copy: BlobCopy) -> Result<bool, LayoutError> {
         let BlobCopy { file, digest, size } = copy;
-        let path = self.blob_path(&digest);
-        if path.is_file() {
+        if self.has_blob(&digest) {
             return Ok(true);
         }
+        let path = self.blob_path(&digest);
         // a cheap guard: the file holds exactly the blob's size
         if file.metadata().map(|m| m.len()).ok() != Some(size) {
             return Ok(false);
