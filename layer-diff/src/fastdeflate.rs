@@ -81,28 +81,26 @@ fn read32(b: &[u8], i: usize) -> u32 {
     b.get(i..i + 4).and_then(|s| s.try_into().ok()).map_or(0, u32::from_le_bytes)
 }
 
-fn read64(b: &[u8], i: usize) -> u64 {
-    b.get(i..i + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes)
-}
-
 fn hash(v: u32) -> usize {
     (v.wrapping_mul(0x9E37_79B1) >> (32 - HASH_BITS)) as usize
 }
 
-/// How many bytes at `a` and `b` (`a < b`) agree, up to `max`.
-fn match_len(buf: &[u8], a: usize, b: usize, max: usize) -> usize {
+/// How many bytes at `older` and `newer` agree, up to `max`: 8 at a time.
+#[inline]
+fn match_len(buf: &[u8], older: usize, newer: usize, max: usize) -> usize {
+    let (Some(old), Some(new)) = (buf.get(older..older + max), buf.get(newer..newer + max)) else { return 0 };
+    let (olds, news) = (old.chunks_exact(8), new.chunks_exact(8));
+    let tail = olds.remainder().iter().zip(news.remainder());
     let mut len = 0;
-    while len + 8 <= max {
-        let x = read64(buf, a + len) ^ read64(buf, b + len);
-        if x != 0 {
-            return len + (x.trailing_zeros() / 8) as usize;
+    for (o, n) in olds.zip(news) {
+        let (Ok(o), Ok(n)) = (<[u8; 8]>::try_from(o), <[u8; 8]>::try_from(n)) else { break };
+        let differ = u64::from_le_bytes(o) ^ u64::from_le_bytes(n);
+        if differ != 0 {
+            return len + (differ.trailing_zeros() / 8) as usize;
         }
         len += 8;
     }
-    while len < max && buf.get(a + len) == buf.get(b + len) {
-        len += 1;
-    }
-    len
+    len + tail.take_while(|(o, n)| o == n).count()
 }
 
 /// A literal (`< 256`) or a match (`MATCH | length << 16 | distance`).
@@ -134,10 +132,16 @@ impl<'a> Symbols<'a> {
         self.items.get(..self.n).unwrap_or_default()
     }
 
-    fn literal(&mut self, b: u8) {
-        self.push(u32::from(b));
-        if let Some(f) = self.litlen.get_mut(usize::from(b)) {
-            *f += 1;
+    /// A run of literals: one item, its length.
+    fn literals(&mut self, run: &[u8]) {
+        if run.is_empty() {
+            return;
+        }
+        self.push(run.len() as u32);
+        for &b in run {
+            if let Some(f) = self.litlen.get_mut(usize::from(b)) {
+                *f += 1;
+            }
         }
     }
 
@@ -153,89 +157,89 @@ impl<'a> Symbols<'a> {
     }
 }
 
-/// The match finder's state over one pipeline block.
-struct Matcher<'a> {
-    buf: &'a [u8],
-    /// Per hash, the latest position with it (plus 1; 0: none) in the low
-    /// half and its 4 bytes in the high half: a miss is found without
-    /// reading the input at the candidate.
-    table: &'a mut [u64],
-    level: u32,
+/// The match finder's table: per hash, the latest position with it (plus
+/// `WINDOW + 1`; 0: none) in the low half and its 4 bytes in the high
+/// half, so that a miss is found without reading the input at the
+/// candidate, and an empty slot is out of the window like a stale one.
+type Table = [u64; 1 << HASH_BITS];
+
+/// Puts position `i` (its 4 bytes `v`) in the table and returns the entry
+/// it replaces.
+#[inline]
+fn swap(table: &mut Table, v: u32, i: usize) -> u64 {
+    let Some(slot) = table.get_mut(hash(v)) else { return 0 };
+    std::mem::replace(slot, u64::from(v) << 32 | (i + WINDOW + 1) as u64)
 }
 
-impl Matcher<'_> {
-    fn entry(v: u32, i: usize) -> u64 {
-        u64::from(v) << 32 | (i as u64 + 1)
+/// The longest match at `i` (before `end`) the table offers, (length,
+/// distance), after putting `i` in the table.
+#[inline]
+fn find(buf: &[u8], table: &mut Table, i: usize, end: usize) -> Option<(usize, usize)> {
+    let v = read32(buf, i);
+    let e = swap(table, v, i);
+    let dist = (i + WINDOW + 1).wrapping_sub((e & 0xffff_ffff) as usize);
+    if (e >> 32) as u32 != v || dist > WINDOW {
+        return None;
     }
+    let max = (end - i).min(MAX_MATCH) - MIN_MATCH;
+    Some((MIN_MATCH + match_len(buf, i - dist + MIN_MATCH, i + MIN_MATCH, max), dist))
+}
 
-    fn insert(&mut self, i: usize) {
-        let v = read32(self.buf, i);
-        if let Some(slot) = self.table.get_mut(hash(v)) {
-            *slot = Self::entry(v, i);
-        }
-    }
-
-    /// The longest match for `i` the table offers: (length, distance).
-    fn find(&mut self, i: usize, end: usize) -> Option<(usize, usize)> {
-        let v = read32(self.buf, i);
-        let slot = self.table.get_mut(hash(v))?;
-        let e = *slot;
-        *slot = Self::entry(v, i);
-        let c = ((e & 0xffff_ffff) as usize).checked_sub(1)?;
-        if (e >> 32) as u32 != v || i - c > WINDOW {
-            return None;
-        }
-        let max = (end - i).min(MAX_MATCH);
-        Some((MIN_MATCH + match_len(self.buf, c + MIN_MATCH, i + MIN_MATCH, max - MIN_MATCH), i - c))
-    }
-
-    /// Symbols for `buf[from..end]` (at most `end - from` items).
-    fn segment<'s>(&mut self, from: usize, end: usize, items: &'s mut [u32]) -> Symbols<'s> {
-        let mut out = Symbols::new(items);
-        let mut i = from;
-        // in data that does not repeat, look up fewer positions the longer
-        // the run of misses (LZ4's acceleration): every byte is still a
-        // literal, and the first match resets the pace
-        let mut misses = 0usize;
-        while i + MIN_MATCH <= end {
-            let Some((mut len, mut dist)) = self.find(i, end) else {
-                let step = (1 + (misses >> SKIP_SHIFT)).min(end - MIN_MATCH + 1 - i);
-                for b in self.buf.get(i..i + step).unwrap_or_default() {
-                    out.literal(*b);
-                }
-                i += step;
-                misses += 1;
-                continue;
-            };
-            misses = 0;
-            // the first position inside the match not yet in the table
-            let mut first = i + 1;
-            if self.level >= 2 && len < LAZY_BELOW && i + 1 + MIN_MATCH <= end {
-                // the look one byte further puts that position in the table
-                match self.find(i + 1, end) {
-                    Some((l2, d2)) if l2 > len => {
-                        out.literal(self.buf.get(i).copied().unwrap_or(0));
-                        i += 1;
-                        (len, dist) = (l2, d2);
-                        first = i + 1;
-                    }
-                    _ => first = i + 2,
-                }
+/// Symbols for `buf[from..end]` (at most `end - from` items): runs of
+/// literals between matches. Not inlined, nor is [`write_block`]: the
+/// match finder's loop keeps its state in registers then (12% faster).
+#[inline(never)]
+fn segment<'s>(
+    buf: &[u8],
+    table: &mut Table,
+    level: u32,
+    from: usize,
+    end: usize,
+    items: &'s mut [u32],
+) -> Symbols<'s> {
+    let mut out = Symbols::new(items);
+    // no match reaches past `end`
+    let buf = buf.get(..end).unwrap_or_default();
+    let end = buf.len();
+    let mut i = from;
+    // the first byte not yet in a symbol
+    let mut anchor = from;
+    // in data that does not repeat, look up fewer positions the longer
+    // the run of misses (LZ4's acceleration): every byte is still a
+    // literal, and the first match resets the pace
+    let mut misses = 0usize;
+    while i + MIN_MATCH <= end {
+        let Some((mut len, mut dist)) = find(buf, table, i, end) else {
+            i += 1 + (misses >> SKIP_SHIFT);
+            misses += 1;
+            continue;
+        };
+        misses = 0;
+        // the first position inside the match not yet in the table
+        let mut first = i + 1;
+        if level >= 2 && len < LAZY_BELOW && i + 1 + MIN_MATCH <= end {
+            // the look one byte further puts that position in the table
+            first = i + 2;
+            if let Some((l2, d2)) = find(buf, table, i + 1, end)
+                && l2 > len
+            {
+                i += 1;
+                (len, dist) = (l2, d2);
+                first = i + 1;
             }
-            out.matched(len, dist);
-            let stop = (i + len).min(end.saturating_sub(MIN_MATCH - 1));
-            let inside = if self.level >= 3 { stop } else { stop.min(i + 2) };
-            for k in first..inside {
-                self.insert(k);
-            }
-            i += len;
         }
-        while i < end {
-            out.literal(self.buf.get(i).copied().unwrap_or(0));
-            i += 1;
+        out.literals(buf.get(anchor..i).unwrap_or_default());
+        out.matched(len, dist);
+        let stop = (i + len).min(end - (MIN_MATCH - 1));
+        let inside = if level >= 3 { stop } else { stop.min(i + 2) };
+        for k in first..inside {
+            swap(table, read32(buf, k), k);
         }
-        out
+        i += len;
+        anchor = i;
     }
+    out.literals(buf.get(anchor..end).unwrap_or_default());
+    out
 }
 
 /// A little-endian bit writer. Every write stores the whole 64-bit
@@ -298,15 +302,25 @@ impl Bits {
         emit(&mut self.out, &mut self.pos, &mut self.acc, &mut self.n, value, len);
     }
 
-    /// Writes the bits `code` gives for every item (at most 56 each): the
-    /// hot loop of a block, with the writer's state in locals and the room
-    /// for every item's bits made beforehand.
-    fn symbols(&mut self, items: &[u32], code: impl Fn(u32) -> (u64, u32)) {
-        self.room(items.len() * 7 + 16);
+    /// Writes every item: a literal run's bytes from `raw` through `lit`,
+    /// a match through `matched` (at most 56 bits each).
+    fn symbols(&mut self, items: &[u32], raw: &[u8], lit: &[u32; 256], matched: impl Fn(u32) -> (u64, u32)) {
+        self.room(raw.len() * 2 + items.len() * 7 + 16);
         let (mut acc, mut n, mut pos) = (self.acc, self.n, self.pos);
         let out = self.out.as_mut_slice();
+        let mut cur = 0usize;
         for &item in items {
-            let (bits, len) = code(item);
+            if item & MATCH == 0 {
+                let run = item as usize;
+                for &b in raw.get(cur..cur + run).unwrap_or_default() {
+                    let packed = lit.get(usize::from(b)).copied().unwrap_or(0);
+                    emit(out, &mut pos, &mut acc, &mut n, u64::from(packed & 0x00ff_ffff), packed >> 24);
+                }
+                cur += run;
+                continue;
+            }
+            cur += ((item >> 16) & 0x1ff) as usize;
+            let (bits, len) = matched(item);
             emit(out, &mut pos, &mut acc, &mut n, bits, len);
         }
         (self.acc, self.n, self.pos) = (acc, n, pos);
@@ -518,6 +532,7 @@ fn cost(freq: &[u32], lengths: &[u8]) -> u64 {
 }
 
 /// Writes `s` as one dynamic block (or stored blocks of `raw` when smaller).
+#[inline(never)]
 fn write_block(w: &mut Bits, s: &Symbols<'_>, raw: &[u8], last: bool) {
     let mut litlen = s.litlen;
     litlen[256] = 1;
@@ -598,11 +613,7 @@ fn write_block(w: &mut Bits, s: &Symbols<'_>, raw: &[u8], last: bool) {
             DIST_BASE.get(ds).copied().unwrap_or(0),
         );
     }
-    w.symbols(s.items(), |item| {
-        if item & MATCH == 0 {
-            let packed = lit.get((item & 0xff) as usize).copied().unwrap_or(0);
-            return (u64::from(packed & 0x00ff_ffff), packed >> 24);
-        }
+    w.symbols(s.items(), raw, &lit, |item| {
         let packed = by_len.get(((item >> 16) & 0x1ff) as usize).copied().unwrap_or(0);
         let d = (item & 0xffff) as usize;
         let ds = dist_symbol(d);
@@ -617,11 +628,17 @@ fn write_block(w: &mut Bits, s: &Symbols<'_>, raw: &[u8], last: bool) {
     w.put(ll_code.get(256).copied().unwrap_or(0), ll_len.get(256).copied().unwrap_or(0));
 }
 
+/// An empty match finder table, made on the heap.
+#[allow(clippy::large_stack_arrays)] // built in place: a fixed size lets the table's indexing go unchecked
+fn new_table() -> Box<Table> {
+    Box::new([0; 1 << HASH_BITS])
+}
+
 /// The memory one thread's [`deflate`] calls reuse: the match finder's
 /// table and a segment's symbols, allocated once instead of per block.
 #[derive(Default)]
 pub(crate) struct Scratch {
-    table: Vec<u64>,
+    table: Option<Box<Table>>,
     items: Vec<u32>,
 }
 
@@ -634,14 +651,14 @@ pub(crate) fn deflate(level: u32, input: &[u8], dict_len: usize, last: bool, scr
     let buf = input.get(dict_len.saturating_sub(WINDOW)..).unwrap_or_default();
     let dict_len = dict_len.min(WINDOW);
     let data_len = buf.len() - dict_len;
-    scratch.table.clear();
-    scratch.table.resize(1 << HASH_BITS, 0);
+    let table: &mut Table = scratch.table.get_or_insert_with(new_table);
+    table.fill(0);
     if scratch.items.len() < SEGMENT.min(data_len) {
         scratch.items.resize(SEGMENT.min(data_len), 0);
     }
-    let mut m = Matcher { buf, table: &mut scratch.table, level: level.clamp(1, 3) };
+    let level = level.clamp(1, 3);
     for i in 0..dict_len.saturating_sub(MIN_MATCH - 1) {
-        m.insert(i);
+        swap(table, read32(buf, i), i);
     }
     let mut w = Bits::with_capacity(data_len / 2 + 64);
     let mut from = dict_len;
@@ -651,7 +668,7 @@ pub(crate) fn deflate(level: u32, input: &[u8], dict_len: usize, last: bool, scr
     }
     while from < buf.len() {
         let end = (from + SEGMENT).min(buf.len());
-        let symbols = m.segment(from, end, &mut scratch.items);
+        let symbols = segment(buf, table, level, from, end, &mut scratch.items);
         write_block(&mut w, &symbols, buf.get(from..end).unwrap_or_default(), last && end == buf.len());
         from = end;
     }
