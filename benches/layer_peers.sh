@@ -12,7 +12,7 @@
 # as root); builds the examples in release mode.
 # ONLY=NAME runs only the comparisons whose name contains NAME (ONLY=rss: only
 # the peak RSS part); SKIP_RSS=1 skips the peak RSS part. GZIP_LEVEL=N (default
-# 2, kiln's default) is the level of kiln's gzip layers (1-3: its own fast deflate, 4-9:
+# 1, kiln's default) is the level of kiln's gzip layers (1-3: its own fast deflate, 4-9:
 # zlib-rs); the size of its whole-tree layer is compared with level 6's.
 #
 # Outputs of earlier runs are moved into WORK/trash, not deleted, until the
@@ -27,7 +27,7 @@ set -euo pipefail
 need umoci:umoci pigz:pigz zstd:zstd rsync:rsync time:/usr/bin/time bc:bc
 V1=$(realpath "$1"); V2=$(realpath "$2"); WORK=$(realpath -m "$3")
 RUNS=${RUNS:-5}
-GZIP_LEVEL=${GZIP_LEVEL:-2}
+GZIP_LEVEL=${GZIP_LEVEL:-1}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$WORK"
 (cd "$HERE" && cargo build --release -q -p layer-diff --examples >&2)

@@ -69,7 +69,7 @@ struct Args {
     /// Layer compression: gzip (default), zstd or none.
     #[arg(long, default_value = "gzip")]
     compression: String,
-    /// Compression level (gzip 0-9, default 2: 1-3 are kiln's own fast deflate, 4-9 zlib; zstd 1-22, default 3).
+    /// Compression level (gzip 0-9, default 1: 1-3 are kiln's own fast deflate, 4-9 zlib; zstd 1-22, default 3).
     #[arg(long)]
     level: Option<i32>,
     /// The time of every input file and of the image (`created`): seconds

@@ -3,8 +3,8 @@
 //! The deflate codec of levels 0 and 4-9 is `flate2` on its `zlib-rs`
 //! backend; levels 1-3 ([`FAST_LEVELS`]) are kiln's own encoder
 //! (`fastdeflate`: a single-probe hash match finder, greedy at 1, lazy at
-//! 2 and 3, dynamic Huffman codes per 128 KiB; 2-3x faster than zlib-rs
-//! level 6 for 4-7% more bytes on a Debian root filesystem, and the same
+//! 2 and 3, dynamic Huffman codes per 128 KiB; 3-4x faster than zlib-rs
+//! level 6 for 4-8% more bytes on a Debian root filesystem, and the same
 //! bytes on every CPU). What is written here is the pigz-style framing
 //! around the codec, which no crate offers with the two properties a layer
 //! needs: the work spreads across threads, and the bytes are identical for
@@ -47,7 +47,7 @@ pub fn compression_engine(compression: Compression, level: Option<i32>) -> &'sta
     match compression {
         Compression::Gzip => {
             if FAST_LEVELS.contains(&gzip_level(level)) {
-                "gzip:kiln-deflate/1"
+                "gzip:kiln-deflate/2"
             } else {
                 "gzip:zlib-rs"
             }
@@ -63,10 +63,10 @@ fn gzip_level(level: Option<i32>) -> u32 {
     level.and_then(|l| u32::try_from(l).ok()).unwrap_or(DEFAULT_GZIP_LEVEL).min(9)
 }
 
-/// The gzip level when none is given: kiln's fast deflate at its lazy
-/// level, 2.7x faster than zlib-rs level 6 for 6% more bytes on a Debian
-/// root filesystem (BENCHMARKS.md).
-pub const DEFAULT_GZIP_LEVEL: u32 = 2;
+/// The gzip level when none is given: kiln's fast deflate at its greedy
+/// level, about 4x faster than zlib-rs level 6 for 8% more bytes on a
+/// Debian root filesystem (level 2: 3.6x for 6%; BENCHMARKS.md).
+pub const DEFAULT_GZIP_LEVEL: u32 = 1;
 /// Input per zstd worker job.
 const ZSTD_JOB: u32 = 2 << 20;
 

@@ -95,7 +95,7 @@ pub struct PackOptions {
     pub id_map: Option<IdMap>,
     /// The blob's compression.
     pub compression: Compression,
-    /// Compression level (gzip 0-9, default 2: 1-3 are kiln's own fast deflate, 4-9 zlib; zstd 1-22, default 3).
+    /// Compression level (gzip 0-9, default 1: 1-3 are kiln's own fast deflate, 4-9 zlib; zstd 1-22, default 3).
     pub level: Option<i32>,
     /// Compression threads; the output is the same for any count. Above
     /// one, the blob's and the tar's sha256 also run on a thread each;

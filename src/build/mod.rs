@@ -273,7 +273,7 @@ impl fmt::Debug for Build {
 impl Build {
     /// A build of `CONTEXT/Dockerfile` (see [`Build::dockerfile`]) with
     /// `context` as the build context. Defaults: the host's platform, gzip
-    /// at [`layer_diff::DEFAULT_GZIP_LEVEL`] (2, kiln's own fast deflate),
+    /// at [`layer_diff::DEFAULT_GZIP_LEVEL`] (1, kiln's own fast deflate),
     /// the epoch of [`Build::epoch`] (`SOURCE_DATE_EPOCH`, else
     /// 0), [`Runc`], the cache in [`default_cache_dir`], no outputs (the
     /// image stays in the cache).
