@@ -32,9 +32,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(dir);
     std::fs::create_dir_all(&root)?;
     let opts = ApplyOptions::default();
-    for layer in &manifest.value().layers {
-        let blob = layout.open_blob(&layer.digest)?;
-        let info = layer_diff::apply_blob(blob, layer, &root, &opts)?;
+    let layers = &manifest.value().layers;
+    let blobs = layers
+        .iter()
+        .map(|layer| Ok((layout.open_blob(&layer.digest)?, layer)))
+        .collect::<Result<Vec<_>, oci_image::LayoutError>>()?;
+    // each blob is checked while the one below it is applied
+    let applied = layer_diff::apply_blobs(blobs, &root, &opts)?;
+    for (layer, info) in layers.iter().zip(applied) {
         println!("{} diff_id {}", layer.digest, info.diff_id);
     }
     Ok(())

@@ -766,15 +766,66 @@ fn compression_of(desc: &Descriptor) -> Result<oci_image::Compression, ApplyErro
 /// [`ApplyError::Verify`] for a blob that does not match `desc`,
 /// [`ApplyError::NotALayer`] for a non-layer media type, and the errors of [`apply_tar`].
 pub fn apply_blob<R: Read + Seek>(
-    mut blob: R,
+    blob: R,
+    desc: &Descriptor,
+    root: &Path,
+    opts: &ApplyOptions,
+) -> Result<ApplyInfo, ApplyError> {
+    let blob = verified(blob, desc, root)?;
+    apply_verified(blob, desc, root, opts)
+}
+
+/// Applies layer blobs onto `root` in order, as [`apply_blob`] does each,
+/// but checks the next blob's digest on another thread while the one
+/// before it is applied: nothing of a blob is written before it verifies,
+/// and the layers before a failing one stay applied. Returns what each
+/// layer applied.
+///
+/// # Errors
+/// The first error of [`apply_blob`] for any of the blobs.
+pub fn apply_blobs<'d, R, I>(blobs: I, root: &Path, opts: &ApplyOptions) -> Result<Vec<ApplyInfo>, ApplyError>
+where
+    R: Read + Seek + Send,
+    I: IntoIterator<Item = (R, &'d Descriptor)>,
+{
+    let mut blobs = blobs.into_iter();
+    let mut applied = Vec::new();
+    std::thread::scope(|scope| {
+        let check = |(blob, desc): (R, &'d Descriptor)| {
+            scope.spawn(move || Ok::<_, ApplyError>((verified(blob, desc, root)?, desc)))
+        };
+        let mut next = blobs.next().map(check);
+        while let Some(checking) = next.take() {
+            let (blob, desc) = checking.join().map_err(|_| ApplyError::Io {
+                op: "check a layer blob for",
+                path: root.to_owned(),
+                source: io::Error::other("the checking thread panicked"),
+            })??;
+            next = blobs.next().map(check);
+            applied.push(apply_verified(blob, desc, root, opts)?);
+        }
+        Ok(applied)
+    })
+}
+
+/// `blob` read through once to check it against `desc`, then rewound
+/// (`root`: where it is for).
+fn verified<R: Read + Seek>(mut blob: R, desc: &Descriptor, root: &Path) -> Result<R, ApplyError> {
+    compression_of(desc)?;
+    oci_image::verify(&mut blob, &desc.digest, desc.size)
+        .map_err(|source| ApplyError::Verify { digest: desc.digest.clone(), source: Box::new(source) })?;
+    blob.seek(SeekFrom::Start(0)).map_err(io_at("rewind blob for", root))?;
+    Ok(blob)
+}
+
+/// Applies `blob`, already [`verified`] against `desc`.
+fn apply_verified<R: Read>(
+    blob: R,
     desc: &Descriptor,
     root: &Path,
     opts: &ApplyOptions,
 ) -> Result<ApplyInfo, ApplyError> {
     let compression = compression_of(desc)?;
-    oci_image::verify(&mut blob, &desc.digest, desc.size)
-        .map_err(|source| ApplyError::Verify { digest: desc.digest.clone(), source: Box::new(source) })?;
-    blob.seek(SeekFrom::Start(0)).map_err(io_at("rewind blob for", root))?;
     let reader = Decompressor::new(blob.take(desc.size), Some(compression)).map_err(io_at("decompress", root))?;
     apply_stream(reader, root, opts, None)
 }

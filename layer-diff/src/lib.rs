@@ -24,7 +24,7 @@
 //!   reads an overlayfs upper directory as changes without the lower tree;
 //! - [`LayerWriter`] streams entries, whiteouts and opaque markers through the
 //!   hashes and the compressor ([`ParallelGzip`], zstd or none);
-//! - [`apply_blob`], [`apply_blob_streaming`] and [`apply_tar`] extract
+//! - [`apply_blob`], [`apply_blobs`], [`apply_blob_streaming`] and [`apply_tar`] extract
 //!   layers inside a root, whatever the layer's names and links say.
 
 use std::io::{self, Write};
@@ -43,7 +43,9 @@ mod readahead;
 mod snapshot;
 mod writer;
 
-pub use apply::{ApplyError, ApplyInfo, ApplyOptions, OverlayXattrs, apply_blob, apply_blob_streaming, apply_tar};
+pub use apply::{
+    ApplyError, ApplyInfo, ApplyOptions, OverlayXattrs, apply_blob, apply_blob_streaming, apply_blobs, apply_tar,
+};
 pub use compress::{DEFAULT_GZIP_LEVEL, Decompressor, FAST_LEVELS, ParallelGzip, compression_engine, detect};
 pub use diff::{Change, ChangeKind, changes_size, diff, overlay_changes};
 pub use idmap::{IdMap, IdRange};

@@ -313,12 +313,15 @@ impl Ctx {
     }
 
     /// Applies every layer of `image` onto `dir` (no overlayfs here).
+    /// Every blob is there before the first is applied; each is checked
+    /// while the one below it is applied.
     pub(super) fn flatten(&self, image: &Image, dir: &Path, step: Option<&StepId>) -> Result<(), BuildError> {
+        let mut blobs = Vec::with_capacity(image.layers.len());
         for desc in &image.layers {
             self.ensure_blob(desc, &image.name, step)?;
-            let blob = self.store.layout.open_blob(&desc.digest)?;
-            layer_diff::apply_blob(std::io::BufReader::new(blob), desc, dir, &ApplyOptions::default())?;
+            blobs.push((std::io::BufReader::new(self.store.layout.open_blob(&desc.digest)?), desc));
         }
+        layer_diff::apply_blobs(blobs, dir, &ApplyOptions::default())?;
         Ok(())
     }
 

@@ -354,6 +354,58 @@ fn blob_digest_or_size_mismatch_rejected() {
     assert!(matches!(err, ApplyError::NotALayer { .. }), "{err}");
 }
 
+/// `apply_blobs` applies what `apply_blob` applies layer by layer, with the
+/// same results, and never writes a byte of a blob that does not verify:
+/// the layers before it stay applied, none after it is touched.
+#[test]
+fn apply_blobs_checks_ahead_and_stops_at_a_bad_blob() {
+    let mut layers = Vec::new();
+    for (i, c) in [Compression::Gzip, Compression::Zstd, Compression::None].into_iter().enumerate() {
+        let d = tempfile::tempdir().unwrap();
+        make_tree(d.path(), &[["one", "two", "three"][i]]);
+        if i == 2 {
+            // the top layer rewrites the bottom one's file
+            fs::write(d.path().join("one"), b"top").unwrap();
+        }
+        layers.push(pack(d.path(), &PackOptions { compression: c, ..plain() }));
+    }
+    let one_by_one = tempfile::tempdir().unwrap();
+    let infos: Vec<_> = layers
+        .iter()
+        .map(|(blob, info)| {
+            let desc = info.descriptor();
+            layer_diff::apply_blob(Cursor::new(blob), &desc, one_by_one.path(), &ApplyOptions::default()).unwrap()
+        })
+        .collect();
+    let descs: Vec<Descriptor> = layers.iter().map(|(_, info)| info.descriptor()).collect();
+    let at_once = tempfile::tempdir().unwrap();
+    let blobs = layers.iter().zip(&descs).map(|((blob, _), desc)| (Cursor::new(blob), desc));
+    let applied = layer_diff::apply_blobs(blobs, at_once.path(), &ApplyOptions::default()).unwrap();
+    assert_eq!(applied, infos);
+    assert_eq!(crate::names(at_once.path()), ["one", "three", "two"]);
+    assert_eq!(fs::read(at_once.path().join("one")).unwrap(), b"top", "the layers applied in order");
+    assert_eq!(crate::names(at_once.path()), crate::names(one_by_one.path()));
+    // a bad blob in the middle, then at the bottom
+    for bad in [1, 0] {
+        let mut bytes: Vec<Vec<u8>> = layers.iter().map(|(b, _)| b.clone()).collect();
+        let mid = bytes[bad].len() / 2;
+        bytes[bad][mid] ^= 1;
+        let out = tempfile::tempdir().unwrap();
+        let blobs = bytes.iter().zip(&descs).map(|(b, desc)| (Cursor::new(b), desc));
+        let err = layer_diff::apply_blobs(blobs, out.path(), &ApplyOptions::default()).unwrap_err();
+        assert!(matches!(&err, ApplyError::Verify { digest, .. } if *digest == descs[bad].digest), "{err}");
+        let expected: &[&str] = if bad == 1 { &["one"] } else { &[] };
+        assert_eq!(crate::names(out.path()), expected, "layer {bad} bad");
+    }
+    // a non-layer media type is refused before anything is applied
+    let cfg = Descriptor::new(MediaType::OciConfig, descs[1].digest.clone(), descs[1].size);
+    let out = tempfile::tempdir().unwrap();
+    let blobs = [(Cursor::new(&layers[0].0), &descs[0]), (Cursor::new(&layers[1].0), &cfg)];
+    let err = layer_diff::apply_blobs(blobs, out.path(), &ApplyOptions::default()).unwrap_err();
+    assert!(matches!(err, ApplyError::NotALayer { .. }), "{err}");
+    assert_eq!(crate::names(out.path()), ["one"]);
+}
+
 #[test]
 fn decompression_bomb_bounded_by_limit() {
     let src = tempfile::tempdir().unwrap();
