@@ -641,6 +641,8 @@ struct Chunks {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     cur: Vec<u8>,
     pos: usize,
+    /// Where a chunk read through goes back to, to be filled again.
+    spent: std::sync::mpsc::Sender<Vec<u8>>,
 }
 
 impl Read for Chunks {
@@ -648,7 +650,8 @@ impl Read for Chunks {
         while self.pos >= self.cur.len() {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
-                    self.cur = chunk;
+                    // the reading side may be gone: then the chunk is dropped
+                    let _ = self.spent.send(std::mem::replace(&mut self.cur, chunk));
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
@@ -678,10 +681,14 @@ fn apply_stream<R: Read>(
 ) -> Result<ApplyInfo, ApplyError> {
     let mut limited = Limited { inner: reader, read: 0, limit: opts.size_limit };
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    // chunks come back once read through: at most the few in flight are
+    // ever made, and none is zeroed again
+    let (spent, reuse) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::scope(|s| {
-        let applier = s.spawn(|| apply_entries(Chunks { rx, cur: Vec::new(), pos: 0 }, root, opts, digest));
+        let applier = s.spawn(|| apply_entries(Chunks { rx, cur: Vec::new(), pos: 0, spent }, root, opts, digest));
         loop {
-            let mut chunk = vec![0u8; CHUNK];
+            let mut chunk = reuse.try_recv().unwrap_or_default();
+            chunk.resize(CHUNK, 0);
             let read = match crate::snapshot::read_full(&mut limited, &mut chunk) {
                 Ok(n) => n,
                 Err(e) => {
