@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use dockerfile_parse::Heredoc;
@@ -792,35 +792,39 @@ pub(crate) fn items_digest(items: &[Item], scratch: Option<&Path>) -> Result<Dig
         // is, and its time is the epoch (a setting of every key) unless it
         // came with its own (an archive's entries)
         let mtime = if made_here && item.time != Time::Source { layer_diff::Timestamp::default() } else { e.mtime };
-        let kind = match &e.kind {
-            Kind::File => "f".to_owned(),
-            Kind::Dir => "d".to_owned(),
-            Kind::Symlink(t) => format!("l {}", t.display()),
-            other => format!("{other:?}"),
-        };
-        let line = format!(
-            "{}\0{kind}\0{:o}\0{}\0{}\0{}\0{}\0{}.{}\n",
-            e.path.display(),
-            e.mode,
-            e.uid,
-            e.gid,
-            e.size,
-            item.time.name(),
-            mtime.sec,
-            mtime.nsec
-        );
-        std::io::Write::write_all(&mut w, line.as_bytes()).map_err(io_err("hash", &item.source))?;
-        if matches!(e.kind, Kind::File) {
-            if made_here {
-                let mut f = std::fs::File::open(&item.source).map_err(io_err("open", &item.source))?;
-                std::io::copy(&mut f, &mut w).map_err(io_err("read", &item.source))?;
-            } else {
-                let t = format!(
-                    "{}\0{}\0{}.{}\0{}.{}\n",
-                    e.dev, e.ino, e.mtime.sec, e.mtime.nsec, e.ctime.sec, e.ctime.nsec
-                );
-                std::io::Write::write_all(&mut w, t.as_bytes()).map_err(io_err("hash", &item.source))?;
+        // written straight into the hash, no string made per item
+        let hashed = (|| {
+            write!(w, "{}\0", e.path.display())?;
+            match &e.kind {
+                Kind::File => w.write_all(b"f")?,
+                Kind::Dir => w.write_all(b"d")?,
+                Kind::Symlink(t) => write!(w, "l {}", t.display())?,
+                other => write!(w, "{other:?}")?,
             }
+            writeln!(
+                w,
+                "\0{:o}\0{}\0{}\0{}\0{}\0{}.{}",
+                e.mode,
+                e.uid,
+                e.gid,
+                e.size,
+                item.time.name(),
+                mtime.sec,
+                mtime.nsec
+            )?;
+            if matches!(e.kind, Kind::File) && !made_here {
+                writeln!(
+                    w,
+                    "{}\0{}\0{}.{}\0{}.{}",
+                    e.dev, e.ino, e.mtime.sec, e.mtime.nsec, e.ctime.sec, e.ctime.nsec
+                )?;
+            }
+            Ok::<_, std::io::Error>(())
+        })();
+        hashed.map_err(io_err("hash", &item.source))?;
+        if matches!(e.kind, Kind::File) && made_here {
+            let mut f = std::fs::File::open(&item.source).map_err(io_err("open", &item.source))?;
+            std::io::copy(&mut f, &mut w).map_err(io_err("read", &item.source))?;
         }
     }
     let (_, digest, _) = w.finish();
