@@ -48,8 +48,14 @@ impl OverlayMount {
         if upper.is_some() {
             // the upper directory must hold plain copies: no redirects for
             // renamed directories, no metadata-only copy-ups (kernels where
-            // these features default to on); older kernels lack the options
-            if mount(format!("{data},redirect_dir=off,metacopy=off,index=off")).is_err() {
+            // these features default to on); older kernels lack the options.
+            // `volatile` (Linux 5.10): the upper directory is thrown away or
+            // read back by this process, never needed after a crash, and
+            // without it every unmount syncs the whole file system under
+            // it, everything anyone wrote there (276 ms at the start of a
+            // build with 400 MB of someone else's writes pending)
+            let plain = format!("{data},redirect_dir=off,metacopy=off,index=off");
+            if mount(format!("{plain},volatile")).is_err() && mount(plain).is_err() {
                 mount(data)?;
             }
         } else {
@@ -210,6 +216,38 @@ pub(crate) fn restore_parents(root: &Path, parents: &[Parent], upper: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An overlay with an upper directory is mounted `volatile` where the
+    /// kernel has it (5.10 on), so that its unmount does not sync the whole
+    /// file system under it.
+    #[test]
+    fn an_overlay_with_an_upper_directory_is_volatile() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("note: not root, overlayfs not mounted; skipping");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = ["l", "u", "w", "m"].iter().map(|n| d.path().join(n)).collect();
+        for dir in &dirs {
+            std::fs::create_dir(dir).unwrap();
+        }
+        let Ok(m) = OverlayMount::mount(&dirs[..1], Some((&dirs[1], &dirs[2])), &dirs[3]) else {
+            eprintln!("note: overlayfs cannot be mounted here; skipping");
+            return;
+        };
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let target = dirs[3].to_str().unwrap();
+        let line = info.lines().find(|l| l.split(' ').nth(4) == Some(target)).unwrap().to_owned();
+        m.unmount().unwrap();
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned();
+        let mut version = release.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (version.next().unwrap_or(0), version.next().unwrap_or(0));
+        if (major, minor) >= (5, 10) {
+            // newer kernels show it as `fsync=volatile`
+            let volatile = line.split([' ', ',']).any(|o| o == "volatile" || o == "fsync=volatile");
+            assert!(volatile, "not volatile on {release}: {line}");
+        }
+    }
 
     #[test]
     fn stub_removal_never_follows_a_planted_symlink() {
