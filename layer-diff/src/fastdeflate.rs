@@ -111,7 +111,8 @@ fn match_len(buf: &[u8], older: usize, newer: usize, max: usize) -> usize {
     len + tail.take_while(|(o, n)| o == n).count()
 }
 
-/// A literal (`< 256`) or a match (`MATCH | length << 16 | distance`).
+/// An item of a segment: the length of a run of literals (`< MATCH`), or
+/// a match (`MATCH | length << 16 | distance`).
 const MATCH: u32 = 1 << 31;
 
 /// One segment's symbols and their frequencies. The items go into a
@@ -334,26 +335,30 @@ impl Bits {
             if item & MATCH == 0 {
                 let run = item as usize;
                 for &b in raw.get(cur..cur + run).unwrap_or_default() {
-                    if p >= STAGE {
-                        self.bytes(stage.get(..p).unwrap_or_default());
-                        p = 0;
-                    }
+                    self.drain(&stage, &mut p, STAGE);
                     let packed = lit.get(usize::from(b)).copied().unwrap_or(0);
                     emit(&mut stage, &mut p, &mut acc, &mut n, u64::from(packed & 0x00ff_ffff), packed >> 24);
                 }
                 cur += run;
                 continue;
             }
-            if p >= STAGE {
-                self.bytes(stage.get(..p).unwrap_or_default());
-                p = 0;
-            }
+            self.drain(&stage, &mut p, STAGE);
             cur += ((item >> 16) & 0x1ff) as usize;
             let (bits, len) = matched(item);
             emit(&mut stage, &mut p, &mut acc, &mut n, bits, len);
         }
         self.bytes(stage.get(..p).unwrap_or_default());
         (self.acc, self.n) = (acc, n);
+    }
+
+    /// Moves the `*p` complete bytes staged in `stage` to `out` once they
+    /// reach `at`.
+    #[inline]
+    fn drain(&mut self, stage: &[u8], p: &mut usize, at: usize) {
+        if *p >= at {
+            self.bytes(stage.get(..*p).unwrap_or_default());
+            *p = 0;
+        }
     }
 
     /// Pads to a byte boundary.
