@@ -778,8 +778,8 @@ pub fn apply_blob<R: Read + Seek>(
     root: &Path,
     opts: &ApplyOptions,
 ) -> Result<ApplyInfo, ApplyError> {
-    let blob = verified(blob, desc, root)?;
-    apply_verified(blob, desc, root, opts)
+    let (blob, compression) = verified(blob, desc, root)?;
+    apply_verified(blob, compression, desc, root, opts)
 }
 
 /// Applies layer blobs onto `root` in order, as [`apply_blob`] does each,
@@ -799,40 +799,44 @@ where
     let mut applied = Vec::new();
     std::thread::scope(|scope| {
         let check = |(blob, desc): (R, &'d Descriptor)| {
-            scope.spawn(move || Ok::<_, ApplyError>((verified(blob, desc, root)?, desc)))
+            scope.spawn(move || verified(blob, desc, root).map(|checked| (checked, desc)))
         };
         let mut next = blobs.next().map(check);
         while let Some(checking) = next.take() {
-            let (blob, desc) = checking.join().map_err(|_| ApplyError::Io {
+            let ((blob, compression), desc) = checking.join().map_err(|_| ApplyError::Io {
                 op: "check a layer blob for",
                 path: root.to_owned(),
                 source: io::Error::other("the checking thread panicked"),
             })??;
             next = blobs.next().map(check);
-            applied.push(apply_verified(blob, desc, root, opts)?);
+            applied.push(apply_verified(blob, compression, desc, root, opts)?);
         }
         Ok(applied)
     })
 }
 
 /// `blob` read through once to check it against `desc`, then rewound
-/// (`root`: where it is for).
-fn verified<R: Read + Seek>(mut blob: R, desc: &Descriptor, root: &Path) -> Result<R, ApplyError> {
-    compression_of(desc)?;
+/// (`root`: where it is for), and its compression.
+fn verified<R: Read + Seek>(
+    mut blob: R,
+    desc: &Descriptor,
+    root: &Path,
+) -> Result<(R, oci_image::Compression), ApplyError> {
+    let compression = compression_of(desc)?;
     oci_image::verify(&mut blob, &desc.digest, desc.size)
         .map_err(|source| ApplyError::Verify { digest: desc.digest.clone(), source: Box::new(source) })?;
     blob.seek(SeekFrom::Start(0)).map_err(io_at("rewind blob for", root))?;
-    Ok(blob)
+    Ok((blob, compression))
 }
 
 /// Applies `blob`, already [`verified`] against `desc`.
 fn apply_verified<R: Read>(
     blob: R,
+    compression: oci_image::Compression,
     desc: &Descriptor,
     root: &Path,
     opts: &ApplyOptions,
 ) -> Result<ApplyInfo, ApplyError> {
-    let compression = compression_of(desc)?;
     let reader = Decompressor::new(blob.take(desc.size), Some(compression)).map_err(io_at("decompress", root))?;
     apply_stream(reader, root, opts, None)
 }
