@@ -6,13 +6,13 @@
 //! the metadata a layer records (hard-link identity, device numbers, a
 //! filtered set of xattrs), which a generic walker does not give in one pass.
 
-use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 /// Why a tree could not be snapshotted.
 #[derive(Debug, thiserror::Error)]
@@ -261,11 +261,17 @@ impl Snapshot {
     /// # Errors
     /// [`SnapshotError::Io`] naming the path that could not be read.
     pub fn walk(root: &Path) -> Result<Snapshot, SnapshotError> {
-        let mut entries = Vec::new();
-        walk_each(root, &mut |e| {
-            entries.push(e);
-            true
-        })?;
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(WALKERS);
+        let entries = if threads > 1 {
+            walk_parallel(root, threads)?
+        } else {
+            let mut entries = Vec::new();
+            walk_each(root, &mut |e| {
+                entries.push(e);
+                true
+            })?;
+            entries
+        };
         Ok(Snapshot { root: root.to_owned(), entries })
     }
 
@@ -286,6 +292,11 @@ impl Snapshot {
         &self.entries
     }
 
+    /// The entries in order, taken out of the snapshot.
+    pub fn into_entries(self) -> Vec<Entry> {
+        self.entries
+    }
+
     /// The entry at `path` (relative), if any.
     pub fn get(&self, path: &Path) -> Option<&Entry> {
         self.entries.binary_search_by(|e| e.path.as_path().cmp(path)).ok().and_then(|i| self.entries.get(i))
@@ -300,24 +311,120 @@ pub(crate) fn walk_each(root: &Path, sink: &mut dyn FnMut(Entry) -> bool) -> Res
 }
 
 fn walk_into(root: &Path, rel: &Path, sink: &mut dyn FnMut(Entry) -> bool) -> Result<bool, SnapshotError> {
-    let dir = root.join(rel);
-    let mut children: Vec<(OsString, fs::DirEntry)> = Vec::new();
-    for entry in fs::read_dir(&dir).map_err(io_err("read directory", &dir))? {
-        let entry = entry.map_err(io_err("read directory", &dir))?;
-        children.push((entry.file_name(), entry));
-    }
-    children.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    for (name, dirent) in children {
-        let rel_path = rel.join(&name);
-        let full = dirent.path();
-        let meta = dirent.metadata().map_err(io_err("stat", &full))?;
-        let Some(entry) = Entry::from_metadata(&full, rel_path.clone(), &meta)? else { continue };
-        let is_dir = entry.kind.is_dir();
-        if !sink(entry) || (is_dir && !walk_into(root, &rel_path, sink)?) {
+    let DirRead { entries, failed } = read_dir(root, rel);
+    for entry in entries {
+        let below = entry.kind.is_dir().then(|| entry.path.clone());
+        if !sink(entry) {
+            return Ok(false);
+        }
+        if let Some(p) = below
+            && !walk_into(root, &p, sink)?
+        {
             return Ok(false);
         }
     }
-    Ok(true)
+    failed.map_or(Ok(true), Err)
+}
+
+/// The threads [`Snapshot::walk`] reads directories on, at most.
+const WALKERS: usize = 4;
+
+/// One directory's entries in walk order, each read: those before the first
+/// that could not be read, and that failure.
+struct DirRead {
+    entries: Vec<Entry>,
+    failed: Option<SnapshotError>,
+}
+
+/// Reads the directory `rel` under `root`: its entries sorted by name,
+/// sockets left out.
+fn read_dir(root: &Path, rel: &Path) -> DirRead {
+    let dir = root.join(rel);
+    let listed = fs::read_dir(&dir).and_then(|list| {
+        list.map(|entry| entry.map(|entry| (entry.file_name(), entry))).collect::<io::Result<Vec<_>>>()
+    });
+    let mut children = match listed {
+        Ok(children) => children,
+        Err(e) => return DirRead { entries: Vec::new(), failed: Some(io_err("read directory", &dir)(e)) },
+    };
+    children.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut entries = Vec::with_capacity(children.len());
+    for (name, dirent) in children {
+        let full = dirent.path();
+        let read = dirent
+            .metadata()
+            .map_err(io_err("stat", &full))
+            .and_then(|meta| Entry::from_metadata(&full, rel.join(&name), &meta));
+        match read {
+            Ok(Some(entry)) => entries.push(entry),
+            Ok(None) => {}
+            Err(e) => return DirRead { entries, failed: Some(e) },
+        }
+    }
+    DirRead { entries, failed: None }
+}
+
+/// [`Snapshot::walk`] on `threads` threads: each takes a directory not yet
+/// read, reads it and queues its subdirectories; the directories read are
+/// then put together in the one walk order, and the first failure in that
+/// order is the walk's, as on one thread.
+fn walk_parallel(root: &Path, threads: usize) -> Result<Vec<Entry>, SnapshotError> {
+    struct Shared {
+        queue: Vec<PathBuf>,
+        busy: usize,
+        read: HashMap<PathBuf, DirRead>,
+    }
+    let shared = Mutex::new(Shared { queue: vec![PathBuf::new()], busy: 0, read: HashMap::new() });
+    let changed = Condvar::new();
+    let lock = || shared.lock().unwrap_or_else(PoisonError::into_inner);
+    let work = || {
+        let mut s = lock();
+        loop {
+            if let Some(rel) = s.queue.pop() {
+                s.busy += 1;
+                drop(s);
+                let read = read_dir(root, &rel);
+                let below: Vec<PathBuf> =
+                    read.entries.iter().filter(|e| e.kind.is_dir()).map(|e| e.path.clone()).collect();
+                s = lock();
+                let more = !below.is_empty();
+                s.queue.extend(below);
+                s.read.insert(rel, read);
+                s.busy -= 1;
+                if more || s.busy == 0 {
+                    changed.notify_all();
+                }
+            } else if s.busy == 0 {
+                return;
+            } else {
+                s = changed.wait(s).unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(work);
+        }
+        work();
+    });
+    let mut read = shared.into_inner().unwrap_or_else(PoisonError::into_inner).read;
+    let mut entries = Vec::new();
+    gather(&mut read, Path::new(""), &mut entries)?;
+    Ok(entries)
+}
+
+/// Appends the directory `rel` of `read` to `out` in walk order, each
+/// subdirectory's entries after it.
+fn gather(read: &mut HashMap<PathBuf, DirRead>, rel: &Path, out: &mut Vec<Entry>) -> Result<(), SnapshotError> {
+    let Some(DirRead { entries, failed }) = read.remove(rel) else { return Ok(()) };
+    for entry in entries {
+        let below = entry.kind.is_dir().then(|| entry.path.clone());
+        out.push(entry);
+        if let Some(p) = below {
+            gather(read, &p, out)?;
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
@@ -347,5 +454,49 @@ mod tests {
         assert_eq!(names, [PathBuf::from("a"), PathBuf::from("a/z"), PathBuf::from("a-b")]);
         assert!(s.get(Path::new("a/z")).is_some());
         assert!(s.get(Path::new("sock")).is_none());
+    }
+
+    #[test]
+    fn the_parallel_walk_gives_the_walk_of_one_thread() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..40 {
+            let dir = d.path().join(format!("d{}", i % 7)).join(format!("s{i}"));
+            fs::create_dir_all(dir.join("deeper/still")).unwrap();
+            fs::write(dir.join("f"), format!("{i}")).unwrap();
+            fs::write(dir.join("deeper/still/g"), "g").unwrap();
+            std::os::unix::fs::symlink("../f", dir.join("deeper/link")).unwrap();
+        }
+        fs::write(d.path().join("d1-"), "").unwrap();
+        let mut one = Vec::new();
+        assert!(
+            walk_each(d.path(), &mut |e| {
+                one.push(e);
+                true
+            })
+            .unwrap()
+        );
+        for threads in [2, 4] {
+            assert_eq!(walk_parallel(d.path(), threads).unwrap(), one);
+        }
+        assert_eq!(Snapshot::walk(d.path()).unwrap().entries(), &one[..]);
+        assert_eq!(one.len(), 7 + 40 * 6 + 1);
+    }
+
+    #[test]
+    fn the_first_failure_in_walk_order_is_the_walks() {
+        let failure = |p: &str| SnapshotError::Io { op: "stat", path: p.into(), source: io::Error::other("gone") };
+        let dir = |p: &str| Entry::new(p, Kind::Dir, 0o755, 0, 0);
+        let file = |p: &str| Entry::new(p, Kind::File, 0o644, 0, 0);
+        let mut read = HashMap::new();
+        read.insert(PathBuf::new(), DirRead { entries: vec![dir("a"), dir("b"), file("c")], failed: None });
+        read.insert(PathBuf::from("a"), DirRead { entries: vec![file("a/x")], failed: Some(failure("a/y")) });
+        read.insert(PathBuf::from("b"), DirRead { entries: vec![], failed: Some(failure("b/z")) });
+        let mut out = Vec::new();
+        let Err(SnapshotError::Io { path, .. }) = gather(&mut read, Path::new(""), &mut out) else {
+            panic!("the walk did not fail")
+        };
+        assert_eq!(path, Path::new("a/y"));
+        let names: Vec<_> = out.iter().map(|e| e.path.clone()).collect();
+        assert_eq!(names, [PathBuf::from("a"), PathBuf::from("a/x")]);
     }
 }

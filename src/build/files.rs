@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use dockerfile_parse::Heredoc;
@@ -290,27 +291,24 @@ fn excluded(src: &SourceTree<'_>, rel: &str) -> bool {
 /// parents first) the tree's ignore rules keep: those not excluded, and the
 /// excluded directories that hold a kept entry (a `!` re-include keeps
 /// its parents, with their own metadata, as BuildKit's copier does).
-fn kept_entries<'e>(src: &SourceTree<'_>, base: &str, entries: &'e [Entry]) -> Vec<&'e Entry> {
+/// Whether each entry is kept.
+fn kept_entries(src: &SourceTree<'_>, base: &str, entries: &[Entry]) -> Vec<bool> {
+    let Some(ignore) = src.ignore else { return vec![true; entries.len()] };
     let in_tree = |e: &Entry| {
         let p = e.path.to_string_lossy();
         if base.is_empty() { p.into_owned() } else { format!("{base}/{p}") }
     };
-    let reincludes = src.ignore.is_some_and(DockerIgnore::has_exceptions);
+    let reincludes = ignore.has_exceptions();
     let mut needed: std::collections::HashSet<&Path> = std::collections::HashSet::new();
-    let mut kept = Vec::with_capacity(entries.len());
+    let mut kept = vec![false; entries.len()];
     // children come after their parents: walk backwards, so that a kept
     // entry marks its parents before they are looked at
-    for e in entries.iter().rev() {
-        let keep =
-            !excluded(src, &in_tree(e)) || (reincludes && e.kind == Kind::Dir && needed.contains(e.path.as_path()));
-        if keep {
-            kept.push(e);
-            if reincludes {
-                needed.extend(e.path.ancestors().skip(1));
-            }
+    for (e, keep) in entries.iter().zip(&mut kept).rev() {
+        *keep = !excluded(src, &in_tree(e)) || (reincludes && e.kind == Kind::Dir && needed.contains(e.path.as_path()));
+        if *keep && reincludes {
+            needed.extend(e.path.ancestors().skip(1));
         }
     }
-    kept.reverse();
     kept
 }
 
@@ -321,7 +319,7 @@ fn keeps_something_below(src: &SourceTree<'_>, rel: &str, full: &Path) -> Result
         return Ok(false);
     }
     let snap = Snapshot::walk(full)?;
-    Ok(!kept_entries(src, rel, snap.entries()).is_empty())
+    Ok(kept_entries(src, rel, snap.entries()).contains(&true))
 }
 
 /// Every path under `root` (relative, `/`-separated) with exactly `depth` components, not ignored.
@@ -611,13 +609,20 @@ fn git_clone(url: &str, keep_git_dir: bool, dir: &Path) -> Result<Match, BuildEr
     Ok(Match { full: dir.to_owned(), rel: String::new(), kept: String::new(), time: Time::Input, is_dir: true })
 }
 
-fn components(p: &Path) -> Vec<OsString> {
-    p.components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_owned()),
-            _ => None,
-        })
-        .collect()
+/// The key items are merged and ordered by: `p`'s names joined by NUL,
+/// which no name holds and every byte sorts after, so that the keys' bytes
+/// sort as [`Path`]s do, by their names (and are compared at memory speed).
+fn components(p: &Path) -> Vec<u8> {
+    let mut key = Vec::with_capacity(p.as_os_str().len());
+    for c in p.components() {
+        if let Component::Normal(name) = c {
+            if !key.is_empty() {
+                key.push(0);
+            }
+            key.extend_from_slice(name.as_bytes());
+        }
+    }
+    key
 }
 
 /// Plans a `COPY`/`ADD`: the entries of its layer, sorted, parents first.
@@ -647,8 +652,8 @@ pub(crate) fn plan(
         Some(DockerIgnore::from_patterns(req.exclude.iter()).map_err(|e| BuildError::Ignore(Box::new(e)))?)
     };
     let (uid, gid) = req.chown.unwrap_or((0, 0));
-    let mut items: BTreeMap<Vec<OsString>, Item> = BTreeMap::new();
-    let put = |entry: Entry, source: PathBuf, time: Time, items: &mut BTreeMap<Vec<OsString>, Item>| {
+    let mut items: BTreeMap<Vec<u8>, Item> = BTreeMap::new();
+    let put = |entry: Entry, source: PathBuf, time: Time, items: &mut BTreeMap<Vec<u8>, Item>| {
         items.insert(components(&entry.path), Item { source, entry, time });
     };
     // where the destination directory (or the file's directory) really is in the image
@@ -691,20 +696,18 @@ pub(crate) fn plan(
                 created_dirs.push(d);
             }
             let snap = Snapshot::walk(&m.full)?;
-            let entries: Vec<&Entry> = if src.is_context {
-                kept_entries(src, &m.rel, snap.entries())
-            } else {
-                snap.entries().iter().collect()
-            };
-            for e in entries {
-                let rel_in_src = e.path.to_string_lossy();
-                if excludes.as_ref().is_some_and(|x| x.is_excluded(&rel_in_src)) {
+            let kept = src.is_context.then(|| kept_entries(src, &m.rel, snap.entries()));
+            for (i, mut entry) in snap.into_entries().into_iter().enumerate() {
+                if kept.as_ref().is_some_and(|k| k.get(i) != Some(&true)) {
                     continue;
                 }
-                let mut entry = e.clone();
+                if excludes.as_ref().is_some_and(|x| x.is_excluded(&entry.path.to_string_lossy())) {
+                    continue;
+                }
+                let source = m.full.join(&entry.path);
+                entry.path = base.join(&entry.path);
                 keep(&mut entry);
-                entry.path = base.join(&e.path);
-                put(entry, m.full.join(&e.path), m.time, &mut items);
+                put(entry, source, m.time, &mut items);
             }
         } else {
             let name = Path::new(&m.rel).file_name().map_or_else(|| OsString::from("file"), OsString::from);
@@ -785,6 +788,8 @@ pub(crate) fn existing_above(root: &Path, paths: &[PathBuf]) -> Result<Vec<Entry
 /// it is their own (an archive's), not the epoch or the time they were made.
 pub(crate) fn items_digest(items: &[Item], scratch: Option<&Path>) -> Result<Digest, BuildError> {
     let mut w = DigestWriter::new(std::io::sink());
+    // the items' lines are put together here and hashed 32 KiB at a time
+    let mut lines: Vec<u8> = Vec::with_capacity(40 * 1024);
     for item in items {
         let e = &item.entry;
         let made_here = scratch.is_some_and(|s| item.source.starts_with(s));
@@ -792,17 +797,16 @@ pub(crate) fn items_digest(items: &[Item], scratch: Option<&Path>) -> Result<Dig
         // is, and its time is the epoch (a setting of every key) unless it
         // came with its own (an archive's entries)
         let mtime = if made_here && item.time != Time::Source { layer_diff::Timestamp::default() } else { e.mtime };
-        // written straight into the hash, no string made per item
         let hashed = (|| {
-            write!(w, "{}\0", e.path.display())?;
+            write!(lines, "{}\0", e.path.display())?;
             match &e.kind {
-                Kind::File => w.write_all(b"f")?,
-                Kind::Dir => w.write_all(b"d")?,
-                Kind::Symlink(t) => write!(w, "l {}", t.display())?,
-                other => write!(w, "{other:?}")?,
+                Kind::File => lines.push(b'f'),
+                Kind::Dir => lines.push(b'd'),
+                Kind::Symlink(t) => write!(lines, "l {}", t.display())?,
+                other => write!(lines, "{other:?}")?,
             }
             writeln!(
-                w,
+                lines,
                 "\0{:o}\0{}\0{}\0{}\0{}\0{}.{}",
                 e.mode,
                 e.uid,
@@ -814,7 +818,7 @@ pub(crate) fn items_digest(items: &[Item], scratch: Option<&Path>) -> Result<Dig
             )?;
             if matches!(e.kind, Kind::File) && !made_here {
                 writeln!(
-                    w,
+                    lines,
                     "{}\0{}\0{}.{}\0{}.{}",
                     e.dev, e.ino, e.mtime.sec, e.mtime.nsec, e.ctime.sec, e.ctime.nsec
                 )?;
@@ -822,11 +826,17 @@ pub(crate) fn items_digest(items: &[Item], scratch: Option<&Path>) -> Result<Dig
             Ok::<_, std::io::Error>(())
         })();
         hashed.map_err(io_err("hash", &item.source))?;
-        if matches!(e.kind, Kind::File) && made_here {
+        let contents = matches!(e.kind, Kind::File) && made_here;
+        if contents || lines.len() >= 32 * 1024 {
+            w.write_all(&lines).map_err(io_err("hash", &item.source))?;
+            lines.clear();
+        }
+        if contents {
             let mut f = std::fs::File::open(&item.source).map_err(io_err("open", &item.source))?;
             std::io::copy(&mut f, &mut w).map_err(io_err("read", &item.source))?;
         }
     }
+    w.write_all(&lines).map_err(io_err("hash", Path::new("")))?;
     let (_, digest, _) = w.finish();
     Ok(digest)
 }
@@ -871,9 +881,14 @@ pub(crate) fn tree_mount(src: &SourceTree<'_>, source: &str) -> Result<TreeMount
     // what COPY of the same source would take (re-included files with their parents)
     let snap = Snapshot::walk(&full)?;
     let kept = kept_entries(src, &rel, snap.entries());
-    let filtered = kept.len() < snap.entries().len();
-    let items =
-        kept.into_iter().map(|e| Item { source: full.join(&e.path), entry: e.clone(), time: Time::Source }).collect();
+    let filtered = kept.contains(&false);
+    let items = snap
+        .into_entries()
+        .into_iter()
+        .zip(kept)
+        .filter(|&(_, keep)| keep)
+        .map(|(entry, _)| Item { source: full.join(&entry.path), entry, time: Time::Source })
+        .collect();
     Ok(TreeMount { full, items, filtered, is_dir: true })
 }
 
