@@ -47,7 +47,7 @@ pub fn compression_engine(compression: Compression, level: Option<i32>) -> &'sta
     match compression {
         Compression::Gzip => {
             if FAST_LEVELS.contains(&gzip_level(level)) {
-                "gzip:kiln-deflate/2"
+                "gzip:kiln-deflate/3"
             } else {
                 "gzip:zlib-rs"
             }
