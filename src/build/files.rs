@@ -652,9 +652,10 @@ pub(crate) fn plan(
         Some(DockerIgnore::from_patterns(req.exclude.iter()).map_err(|e| BuildError::Ignore(Box::new(e)))?)
     };
     let (uid, gid) = req.chown.unwrap_or((0, 0));
-    let mut items: BTreeMap<Vec<u8>, Item> = BTreeMap::new();
-    let put = |entry: Entry, source: PathBuf, time: Time, items: &mut BTreeMap<Vec<u8>, Item>| {
-        items.insert(components(&entry.path), Item { source, entry, time });
+    // keyed items in the order they are put; [`merged`] sorts them
+    let mut items: Vec<(Vec<u8>, Item)> = Vec::new();
+    let put = |entry: Entry, source: PathBuf, time: Time, items: &mut Vec<(Vec<u8>, Item)>| {
+        items.push((components(&entry.path), Item { source, entry, time }));
     };
     // where the destination directory (or the file's directory) really is in the image
     let resolve_dir = |abs: &str| -> PathBuf {
@@ -733,23 +734,43 @@ pub(crate) fn plan(
             put(entry, m.full.clone(), m.time, &mut items);
         }
     }
+    let mut items = merged(items);
+    let copied = items.len();
     for d in created_dirs {
         let key = components(&d);
-        if key.is_empty() || items.contains_key(&key) {
+        if key.is_empty() || items.get(..copied).is_some_and(|c| c.binary_search_by(|(k, _)| k.cmp(&key)).is_ok()) {
             continue;
         }
         // parents the step creates get --chmod's mode too (BuildKit's copier)
         let entry = Entry::new(d, Kind::Dir, req.chmod.map_or(0o755, Chmod::for_new_dir), uid, gid);
         put(entry, PathBuf::from("/"), Time::Made, &mut items);
     }
+    let mut items = merged(items);
     if let Some(root) = dest_root {
-        let paths: Vec<PathBuf> = items.values().map(|i| i.entry.path.clone()).collect();
+        let paths: Vec<PathBuf> = items.iter().map(|(_, i)| i.entry.path.clone()).collect();
         for entry in existing_above(root, &paths)? {
             let full = root.join(&entry.path);
             put(entry, full, Time::Source, &mut items);
         }
+        items = merged(items);
     }
-    Ok(items.into_values().collect())
+    Ok(items.into_iter().map(|(_, i)| i).collect())
+}
+
+/// `items` sorted by key, the last put of a key kept (a source named later
+/// replaces what an earlier one put at the same path). A directory's walk
+/// comes already sorted, which the sort sees in one pass.
+fn merged(mut items: Vec<(Vec<u8>, Item)>) -> Vec<(Vec<u8>, Item)> {
+    // stable: equal keys stay in the order they were put
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<(Vec<u8>, Item)> = Vec::with_capacity(items.len());
+    for (key, item) in items {
+        match out.last_mut() {
+            Some(last) if last.0 == key => last.1 = item,
+            _ => out.push((key, item)),
+        }
+    }
+    out
 }
 
 /// The directories above `paths` (relative, in the image) that the image

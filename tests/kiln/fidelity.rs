@@ -181,6 +181,26 @@ async fn wildcards_that_match_nothing() {
 
 // 8. `.dockerignore` re-includes keep their parents, with their own modes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_later_of_two_sources_wins_where_they_overlap() {
+    // BuildKit copies the sources in order: a path both hold ends up as the
+    // later one's, and the directories both hold are in the layer once
+    let Some(b) = built(
+        "FROM kiln-base\nCOPY one/ two/ /merged/\nCOPY two/ one/ /reversed/\n",
+        &[("one/same.txt", "one\n"), ("one/d/only-one", "1\n"), ("two/same.txt", "two\n"), ("two/d/only-two", "2\n")],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(b.read("merged/same.txt"), "two\n");
+    assert_eq!(b.read("reversed/same.txt"), "one\n");
+    for dir in ["merged", "reversed"] {
+        assert_eq!(b.read(&format!("{dir}/d/only-one")), "1\n");
+        assert_eq!(b.read(&format!("{dir}/d/only-two")), "2\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockerignore_reincludes_keep_their_parents() {
     let tmp = tempfile::tempdir().unwrap();
     let Some(busybox) = base_layout(tmp.path()) else { return };
