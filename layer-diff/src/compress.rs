@@ -34,6 +34,13 @@ use oci_image::Compression;
 /// dictionary and sets up a fresh compressor, and at 512 KiB that costs 5%
 /// fewer instructions in all (cachegrind, level 6 on a Debian root tar).
 const BLOCK: usize = 512 * 1024;
+/// Blocks in flight per deflate thread: queued, being deflated, or done and
+/// waiting to be written in order. 4 rather than 2: the thread that reads
+/// the files and feeds the workers shares the cores with them and with the
+/// hashing threads, and a deeper queue keeps the workers busy while it
+/// waits for a core (the bench's `COPY` build 2.2% faster for the same CPU,
+/// medians of 21 alternating runs); memory grows by 2 blocks per thread.
+const IN_FLIGHT: usize = 4;
 /// Size of the preset dictionary taken from the preceding input.
 const DICT: usize = 32 * 1024;
 /// The gzip levels kiln's own fast deflate encoder makes
@@ -142,8 +149,8 @@ struct Pool {
 
 impl Pool {
     fn new(threads: usize, level: u32) -> Pool {
-        let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
-        let (done_tx, done_rx) = sync_channel::<Done>(threads * 2);
+        let (job_tx, job_rx) = sync_channel::<Job>(threads * IN_FLIGHT);
+        let (done_tx, done_rx) = sync_channel::<Done>(threads * IN_FLIGHT);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let workers = (0..threads)
             .map(|_| {
@@ -226,7 +233,7 @@ impl<W: Write> ParallelGzip<W> {
             next_out: 0,
             pending: BTreeMap::new(),
             in_flight: 0,
-            max_in_flight: threads * 2,
+            max_in_flight: threads * IN_FLIGHT,
         }
     }
 
