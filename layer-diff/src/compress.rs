@@ -4,7 +4,7 @@
 //! backend; levels 1-3 ([`FAST_LEVELS`]) are kiln's own encoder
 //! (`fastdeflate`: a single-probe hash match finder, greedy at 1, lazy at
 //! 2 and 3, dynamic Huffman codes per 128 KiB; 3-4x faster than zlib-rs
-//! level 6 for 4-8% more bytes on a Debian root filesystem, and the same
+//! level 6 for 4-9% more bytes on a Debian root filesystem, and the same
 //! bytes on every CPU). What is written here is the pigz-style framing
 //! around the codec, which no crate offers with the two properties a layer
 //! needs: the work spreads across threads, and the bytes are identical for
@@ -71,7 +71,7 @@ fn gzip_level(level: Option<i32>) -> u32 {
 }
 
 /// The gzip level when none is given: kiln's fast deflate at its greedy
-/// level, about 4x faster than zlib-rs level 6 for 8% more bytes on a
+/// level, about 4x faster than zlib-rs level 6 for 9% more bytes on a
 /// Debian root filesystem (level 2: 3.6x for 6%; BENCHMARKS.md).
 pub const DEFAULT_GZIP_LEVEL: u32 = 1;
 /// Input per zstd worker job.
