@@ -340,6 +340,8 @@ struct DirRead {
 /// sockets left out.
 fn read_dir(root: &Path, rel: &Path) -> DirRead {
     let dir = root.join(rel);
+    #[cfg(test)]
+    tests::maybe_panic(&dir);
     let listed = fs::read_dir(&dir).and_then(|list| {
         list.map(|entry| entry.map(|entry| (entry.file_name(), entry))).collect::<io::Result<Vec<_>>>()
     });
@@ -374,6 +376,20 @@ fn walk_parallel(root: &Path, threads: usize) -> Result<Vec<Entry>, SnapshotErro
         busy: usize,
         read: HashMap<PathBuf, DirRead>,
     }
+    /// Held while a directory is read: a reader that panics clears the
+    /// queue and counts itself out, so that the others stop instead of
+    /// waiting for it forever (the scope then carries the panic on).
+    struct Reading<'a>(&'a Mutex<Shared>, &'a Condvar);
+    impl Drop for Reading<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+                s.queue.clear();
+                s.busy -= 1;
+                self.1.notify_all();
+            }
+        }
+    }
     let shared = Mutex::new(Shared { queue: vec![PathBuf::new()], busy: 0, read: HashMap::new() });
     let changed = Condvar::new();
     let lock = || shared.lock().unwrap_or_else(PoisonError::into_inner);
@@ -383,7 +399,9 @@ fn walk_parallel(root: &Path, threads: usize) -> Result<Vec<Entry>, SnapshotErro
             if let Some(rel) = s.queue.pop() {
                 s.busy += 1;
                 drop(s);
+                let reading = Reading(&shared, &changed);
                 let read = read_dir(root, &rel);
+                drop(reading);
                 let below: Vec<PathBuf> =
                     read.entries.iter().filter(|e| e.kind.is_dir()).map(|e| e.path.clone()).collect();
                 s = lock();
@@ -480,6 +498,33 @@ mod tests {
         }
         assert_eq!(Snapshot::walk(d.path()).unwrap().entries(), &one[..]);
         assert_eq!(one.len(), 7 + 40 * 6 + 1);
+    }
+
+    /// A directory whose reading panics, for the test below.
+    static PANIC_IN: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+    pub(super) fn maybe_panic(dir: &Path) {
+        if PANIC_IN.lock().unwrap_or_else(PoisonError::into_inner).as_deref() == Some(dir) {
+            panic!("injected: reading {}", dir.display());
+        }
+    }
+
+    #[test]
+    fn a_reader_that_panics_stops_the_walk_instead_of_hanging_it() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..30 {
+            fs::create_dir_all(d.path().join(format!("d{i}/e/f"))).unwrap();
+        }
+        *PANIC_IN.lock().unwrap() = Some(d.path().join("d7/e"));
+        let root = d.path().to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let walked = std::panic::catch_unwind(|| walk_parallel(&root, 4));
+            let _ = tx.send(walked.is_err());
+        });
+        let panicked = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the walk hung");
+        *PANIC_IN.lock().unwrap() = None;
+        assert!(panicked, "the reader's panic did not reach the caller");
     }
 
     #[test]
