@@ -89,6 +89,8 @@ fn deflate_block(
     scratch: &mut crate::fastdeflate::Scratch,
 ) -> io::Result<(Vec<u8>, Crc)> {
     let (dict, data) = input.split_at(dict_len.min(input.len()));
+    #[cfg(test)]
+    assert!(!data.starts_with(tests::PANIC_MARK), "injected: a block that panics");
     let deflated = if FAST_LEVELS.contains(&level) {
         crate::fastdeflate::deflate(level, input, dict_len, last, scratch)
     } else {
@@ -164,7 +166,15 @@ impl Pool {
                             Err(_) => return,
                         };
                         let Ok(job) = job else { return };
-                        let result = deflate_block(level, &job.input, job.dict_len, job.last, &mut scratch);
+                        // a block that panics fails the stream: its result
+                        // never coming would leave the writer waiting forever
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            deflate_block(level, &job.input, job.dict_len, job.last, &mut scratch)
+                        }))
+                        .unwrap_or_else(|_| {
+                            scratch = crate::fastdeflate::Scratch::default();
+                            Err(io::Error::other(format!("the gzip worker failed on block {}", job.seq)))
+                        });
                         if done_tx.send((job.seq, result)).is_err() {
                             return;
                         }
@@ -479,6 +489,27 @@ mod tests {
 
     fn gz(input: &[u8], threads: usize) -> Vec<u8> {
         gz_at(input, 6, threads)
+    }
+
+    /// A block whose data starts with this panics in [`deflate_block`].
+    pub(super) const PANIC_MARK: &[u8] = b"kiln test: this block panics";
+
+    #[test]
+    fn a_worker_that_panics_fails_the_stream_instead_of_hanging_it() {
+        for level in [1, 6] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut input = data(BLOCK);
+                input.extend_from_slice(PANIC_MARK);
+                input.extend(data(3 * BLOCK));
+                let mut g = ParallelGzip::new(Vec::new(), level, 2);
+                let written = g.write_all(&input).and_then(|()| g.finish().map(drop));
+                let _ = tx.send(written.map_err(|e| e.to_string()));
+            });
+            let written = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the stream hung");
+            let err = written.expect_err("a block that could not be deflated still made a stream");
+            assert!(err.contains("gzip"), "{err}");
+        }
     }
 
     fn gz_at(input: &[u8], level: u32, threads: usize) -> Vec<u8> {

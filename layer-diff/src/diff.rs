@@ -55,6 +55,8 @@ fn same_metadata(a: &Entry, b: &Entry) -> bool {
 }
 
 fn same_content(a: &Path, b: &Path) -> Result<bool, SnapshotError> {
+    #[cfg(test)]
+    assert!(!a.ends_with(tests::PANICS), "injected: a comparison that panics");
     let mut fa = fs::File::open(a).map_err(io_err("open", a))?;
     let mut fb = fs::File::open(b).map_err(io_err("open", b))?;
     let mut ba = vec![0u8; 64 * 1024];
@@ -156,10 +158,18 @@ impl Compares {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Compares pair `k` and records the answer.
+    /// Compares pair `k` and records the answer: a comparison that panics
+    /// is an error, as an answer that never came would leave the merge
+    /// waiting for it forever.
     fn run(&self, k: usize) {
         let Some((a, b)) = self.pairs.get(k) else { return };
-        let answer = same_content(a, b);
+        let answer = std::panic::catch_unwind(|| same_content(a, b)).unwrap_or_else(|_| {
+            Err(SnapshotError::Io {
+                op: "compare",
+                path: a.clone(),
+                source: std::io::Error::other("the comparison failed"),
+            })
+        });
         if let Some(slot) = self.lock().1.get_mut(k) {
             *slot = Some(answer);
         }
@@ -397,6 +407,37 @@ pub fn overlay_changes(upper: &Path) -> Result<(Snapshot, Vec<Change>), Snapshot
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file whose comparison panics in [`same_content`].
+    pub(super) const PANICS: &str = "kiln-test-comparing-this-panics";
+
+    #[test]
+    fn a_comparison_that_panics_on_the_helper_is_an_error_not_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let (lo, up) = (d.path().join("lo"), d.path().join("up"));
+        for dir in [&lo, &up] {
+            fs::create_dir_all(dir).unwrap();
+            fs::write(dir.join("same"), "x").unwrap();
+            fs::write(dir.join(PANICS), "y").unwrap();
+        }
+        let pairs: Vec<(PathBuf, PathBuf)> = ["same", PANICS].iter().map(|n| (lo.join(n), up.join(n))).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let compares = Compares {
+                state: std::sync::Mutex::new((0, pairs.iter().map(|_| None).collect())),
+                pairs,
+                done: std::sync::Condvar::new(),
+                stop: std::sync::atomic::AtomicBool::new(false),
+            };
+            // the helper claims both pairs before the merge asks for the second
+            let helper = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compares.work()));
+            let _ = tx.send((helper.is_ok(), compares.same(1, || Ok(true)).map_err(|e| e.to_string())));
+        });
+        let (helper_ok, answer) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the merge hung");
+        assert!(helper_ok, "the helper's panic escaped it");
+        let err = answer.expect_err("a comparison that failed gave an answer");
+        assert!(err.contains(PANICS), "{err}");
+    }
 
     #[test]
     fn hardlinks_count_once() {
