@@ -456,27 +456,37 @@ impl Executor for Runc {
             });
             let mut reader = reader;
             let mut buf = vec![0u8; 16 * 1024];
-            let result = loop {
-                match reader.read(&mut buf) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => {
-                        let chunk = buf.get(..n).unwrap_or_default();
-                        output(chunk);
-                        tail.extend_from_slice(chunk);
-                        if tail.len() > 2 * OUTPUT_TAIL {
-                            tail.drain(..tail.len() - OUTPUT_TAIL);
+            // `output` is the caller's: should it panic, the RUN is stopped
+            // as a cancelled one is and its state deleted before the panic
+            // goes on (the watcher would otherwise wait for it forever)
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            let chunk = buf.get(..n).unwrap_or_default();
+                            output(chunk);
+                            tail.extend_from_slice(chunk);
+                            if tail.len() > 2 * OUTPUT_TAIL {
+                                tail.drain(..tail.len() - OUTPUT_TAIL);
+                            }
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(e),
                 }
-            };
+            }));
+            if result.is_err() {
+                self.kill(&state, &id);
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
             // reaped after the watcher stops: it never signals a recycled pid
             finished.store(true, Ordering::Release);
             result
         });
         let status = child.wait().map_err(setup("waiting for runc"));
         self.delete(&state, &id);
+        let read = read.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         if cancelled.load(Ordering::Acquire) {
             return Err(ExecError::Cancelled);
         }

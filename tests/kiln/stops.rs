@@ -77,6 +77,30 @@ async fn a_dropped_build_stops_in_the_background_and_the_next_build_reclaims_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_callback_that_panics_on_output_stops_the_run_and_fails_the_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(base) = base_layout(tmp.path()) else { return };
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), &format!("FROM {base}\nRUN echo started && sleep 44.4444\n"));
+    let cache = tmp.path().join("cache");
+    let panicking = build(&ctx, &cache).with_base(&base).progress(|p| {
+        if matches!(p, kiln::build::Progress::Output { .. }) {
+            panic!("a progress callback that panics");
+        }
+    });
+    let task = tokio::spawn(panicking.build());
+    let joined = tokio::time::timeout(Duration::from_secs(30), task).await.expect("the build hung");
+    // the step's task carries the panic out as the build's error
+    let err = joined.expect("the build itself panicked").expect_err("a build whose callback panicked succeeded");
+    assert!(matches!(&err, BuildError::Task(msg) if msg.contains("a progress callback that panics")), "{err:?}");
+    // the RUN did not outlive it, nor its state
+    assert!(processes_with_arg("44.4444").is_empty(), "{:?}", processes_with_arg("44.4444"));
+    until("scratch left behind", Duration::from_secs(10), || scratch_dirs(&cache).is_empty()).await;
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&cache.display().to_string()), "a mount under the cache is left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_dockerfiles_are_refused_before_they_exhaust_memory_or_block() {
     // forty lines of doubling: 2^40 bytes if expanded
     let mut df = String::from("FROM scratch\nENV V0=0123456789abcdef\n");
