@@ -307,18 +307,26 @@ impl Snapshot {
 /// entry to `sink` as soon as it is read, in the snapshot's order. The walk
 /// stops early, returning `Ok(false)`, when `sink` returns `false`.
 pub(crate) fn walk_each(root: &Path, sink: &mut dyn FnMut(Entry) -> bool) -> Result<bool, SnapshotError> {
-    walk_into(root, Path::new(""), sink)
+    walk_from(Path::new(""), &mut |rel| read_dir(root, rel), sink)
 }
 
-fn walk_into(root: &Path, rel: &Path, sink: &mut dyn FnMut(Entry) -> bool) -> Result<bool, SnapshotError> {
-    let DirRead { entries, failed } = read_dir(root, rel);
+/// Hands `sink` the entries of the directory `rel` and of every directory
+/// below it in walk order, each directory's as `next` gives them (read
+/// now, or read before on other threads), until `sink` says stop
+/// (`Ok(false)`) or a directory's failure is reached in that order.
+fn walk_from(
+    rel: &Path,
+    next: &mut dyn FnMut(&Path) -> DirRead,
+    sink: &mut dyn FnMut(Entry) -> bool,
+) -> Result<bool, SnapshotError> {
+    let DirRead { entries, failed } = next(rel);
     for entry in entries {
         let below = entry.kind.is_dir().then(|| entry.path.clone());
         if !sink(entry) {
             return Ok(false);
         }
         if let Some(p) = below
-            && !walk_into(root, &p, sink)?
+            && !walk_from(&p, next, sink)?
         {
             return Ok(false);
         }
@@ -434,15 +442,12 @@ fn walk_parallel(root: &Path, threads: usize) -> Result<Vec<Entry>, SnapshotErro
 /// Appends the directory `rel` of `read` to `out` in walk order, each
 /// subdirectory's entries after it.
 fn gather(read: &mut HashMap<PathBuf, DirRead>, rel: &Path, out: &mut Vec<Entry>) -> Result<(), SnapshotError> {
-    let Some(DirRead { entries, failed }) = read.remove(rel) else { return Ok(()) };
-    for entry in entries {
-        let below = entry.kind.is_dir().then(|| entry.path.clone());
-        out.push(entry);
-        if let Some(p) = below {
-            gather(read, &p, out)?;
-        }
-    }
-    failed.map_or(Ok(()), Err)
+    let mut next = |dir: &Path| read.remove(dir).unwrap_or(DirRead { entries: Vec::new(), failed: None });
+    walk_from(rel, &mut next, &mut |e| {
+        out.push(e);
+        true
+    })
+    .map(drop)
 }
 
 #[cfg(test)]

@@ -436,6 +436,13 @@ impl Executor for Runc {
         let finished = std::sync::atomic::AtomicBool::new(false);
         let cancelled = std::sync::atomic::AtomicBool::new(false);
         let mut tail = Vec::new();
+        // the container first (all there is to stop when runc could not be
+        // made a namespace's init), then the launcher, whose PID namespace
+        // dies with it
+        let stop = || {
+            self.kill(&state, &id);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        };
         let read = std::thread::scope(|scope| {
             // kills the launcher when the build is cancelled: its PID
             // namespace, the container's processes with it, dies
@@ -445,11 +452,7 @@ impl Executor for Runc {
                         && !finished.load(Ordering::Acquire)
                     {
                         cancelled.store(true, Ordering::Release);
-                        // the container first (all there is to stop when
-                        // runc could not be made a namespace's init), then
-                        // the launcher, whose PID namespace dies with it
-                        self.kill(&state, &id);
-                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                        stop();
                         return;
                     }
                 }
@@ -477,8 +480,7 @@ impl Executor for Runc {
                 }
             }));
             if result.is_err() {
-                self.kill(&state, &id);
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                stop();
             }
             // reaped after the watcher stops: it never signals a recycled pid
             finished.store(true, Ordering::Release);

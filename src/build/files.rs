@@ -290,8 +290,8 @@ fn excluded(src: &SourceTree<'_>, rel: &str) -> bool {
 /// Which of `entries` (a walk of the tree's directory `base`, sorted,
 /// parents first) the tree's ignore rules keep: those not excluded, and the
 /// excluded directories that hold a kept entry (a `!` re-include keeps
-/// its parents, with their own metadata, as BuildKit's copier does).
-/// Whether each entry is kept.
+/// its parents, with their own metadata, as BuildKit's copier does): for
+/// each entry, whether it is kept.
 fn kept_entries(src: &SourceTree<'_>, base: &str, entries: &[Entry]) -> Vec<bool> {
     let Some(ignore) = src.ignore else { return vec![true; entries.len()] };
     let in_tree = |e: &Entry| {
